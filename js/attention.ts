@@ -1,0 +1,466 @@
+// The attention widget's frontend: token strip, layer × head thumbnails, sortable head scores,
+// a selected head's full pattern, and live ablation. Everything on screen is drawn from traits
+// (so saved notebooks render with no kernel); clicks become requests to the kernel.
+
+import { decodeArray, isEncoded, type Encoded, type NDArray } from "./lib/array";
+import { mountStatus } from "./lib/banner";
+import { sequential, diverging, css } from "./lib/colormap";
+import { clip, fmt, h, showToken } from "./lib/dom";
+import { HeatmapView, legend } from "./lib/heatmap";
+import { RequestClient, StaleReplyError, type ModelLike } from "./lib/request";
+
+interface Predictions {
+  tokens: string[];
+  token_ids: number[];
+  probs: Encoded;
+}
+
+interface Ablation {
+  heads?: number[][];
+  mode?: string;
+  before?: Predictions;
+  after?: Predictions;
+  loss_before?: Encoded;
+  loss_after?: Encoded;
+  changed?: { layer: number; head: number; change: number }[];
+}
+
+export interface AttentionModel extends ModelLike {
+  get(name: string): any;
+  set(name: string, value: unknown): void;
+  save_changes(): void;
+}
+
+const SCORE_LABELS: Record<string, string> = {
+  previous_token: "prev token",
+  duplicate_token: "duplicate",
+  induction: "induction",
+  first_token: "first token",
+};
+
+export function render({ model, el }: { model: AttentionModel; el: HTMLElement }): () => void {
+  const client = new RequestClient(model);
+  const root = h("div", { class: "mw-root mw-attention" });
+  el.append(root);
+  const status = mountStatus(model, root, (kind) => client.cancel(kind));
+  const live = (): boolean => model.get("live") !== false;
+
+  // ------------------------------------------------------------------ state
+  const layerCache = new Map<number, { data: NDArray; scale: number }>();
+  let selected: { layer: number; head: number } | null = null;
+  let selectedPattern: NDArray | null = null;
+  let sortKey = "induction";
+  let hoverToken: number | null = null;
+  const tokens = (): string[] => model.get("tokens") ?? [];
+  const nHeads = (): number => model.get("n_heads");
+  const layers = (): number[] => model.get("layers") ?? [];
+
+  // ------------------------------------------------------------------ layout
+  const title = h("div", { class: "mw-title" });
+  const strip = h("div", { class: "mw-token-strip", "data-testid": "token-strip" });
+  const stripNote = h("div", { class: "mw-note" });
+  const grid = h("div", { class: "mw-thumb-grid", "data-testid": "thumb-grid" });
+  const sortSelect = h("select", { class: "mw-select", "aria-label": "sort heads by" });
+  for (const [key, label] of Object.entries(SCORE_LABELS)) sortSelect.append(h("option", { value: key }, label));
+  const scoreTable = h("table", { class: "mw-table mw-scores", "data-testid": "score-table" });
+  const detailTitle = h("div", { class: "mw-subtitle", "data-testid": "detail-title" }, "Click a head to see its pattern");
+  const heatmap = new HeatmapView();
+  const tooltip = h("div", { class: "mw-tooltip", "data-testid": "tooltip" });
+  const modeSelect = h("select", { class: "mw-select", "aria-label": "ablation mode" });
+  for (const m of ["zero", "mean", "resample"]) modeSelect.append(h("option", { value: m }, `${m} ablation`));
+  const ablateButton = h("button", { class: "mw-button", "data-testid": "ablate-button" }, "Ablate this head");
+  const ablatedList = h("div", { class: "mw-chips", "data-testid": "ablated-list" });
+  const results = h("div", { class: "mw-ablation-results", "data-testid": "ablation-results" });
+
+  root.append(
+    title,
+    strip,
+    stripNote,
+    h(
+      "div",
+      { class: "mw-row" },
+      h("div", { class: "mw-col" }, h("div", { class: "mw-subtitle" }, "Layers × heads (click to inspect)"), grid),
+      h(
+        "div",
+        { class: "mw-col" },
+        h("div", { class: "mw-subtitle" }, "Head scores — sort by ", sortSelect),
+        h("div", { class: "mw-scroll" }, scoreTable),
+      ),
+      h(
+        "div",
+        { class: "mw-col" },
+        detailTitle,
+        heatmap.el,
+        legend(sequential, 0, 1, "attention probability"),
+        tooltip,
+      ),
+    ),
+    h("div", { class: "mw-row mw-controls" }, modeSelect, ablateButton, ablatedList),
+    results,
+  );
+
+  // ------------------------------------------------------------------ helpers
+  const scores = (): Record<string, NDArray> => {
+    const out: Record<string, NDArray> = {};
+    const raw = model.get("scores") ?? {};
+    for (const k of Object.keys(raw)) if (isEncoded(raw[k])) out[k] = decodeArray(raw[k]);
+    return out;
+  };
+
+  const fail = (e: unknown): void => {
+    if (e instanceof StaleReplyError) return;
+    // The kernel also writes the message to the `error` trait; this covers a dead kernel.
+    if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
+  };
+
+  const requestLayer = (layer: number): Promise<void> => {
+    if (layerCache.has(layer) || !live()) return Promise.resolve();
+    return client
+      .request<{ layer: number; patterns: Encoded; scale: number }>(`layer_patterns`, { layer })
+      .then((r) => {
+        layerCache.set(r.layer, { data: decodeArray(r.patterns), scale: r.scale });
+      });
+  };
+
+  const patternOf = (layer: number, head: number): NDArray | null => {
+    const cached = layerCache.get(layer);
+    if (cached) {
+      const n = tokens().length;
+      const size = n * n;
+      const out = new Float32Array(size);
+      const off = head * size;
+      for (let k = 0; k < size; k++) out[k] = cached.data.data[off + k] * cached.scale;
+      return { dtype: "float32", shape: [n, n], data: out };
+    }
+    const sel = model.get("selected");
+    const pat = model.get("pattern");
+    if (sel && sel.layer === layer && sel.head === head && isEncoded(pat)) return decodeArray(pat);
+    return null;
+  };
+
+  // ------------------------------------------------------------------ drawing
+  const drawTitle = (): void => {
+    const n = tokens().length;
+    title.textContent = `Attention — ${n} tokens, ${model.get("n_layers")} layers × ${nHeads()} heads` + (live() ? "" : " (static view: no model)");
+  };
+
+  const drawStrip = (): void => {
+    strip.replaceChildren();
+    const toks = tokens();
+    const pat = selectedPattern;
+    const n = toks.length;
+    toks.forEach((tok, k) => {
+      let bg = "";
+      if (pat && hoverToken !== null) {
+        if (k <= hoverToken) bg = css(sequential(pat.data[hoverToken * n + k])); // what hover attends to
+        if (k > hoverToken) bg = css(diverging(-pat.data[k * n + hoverToken])); // what attends to hover
+      }
+      const span = h("span", { class: "mw-token" + (k === hoverToken ? " mw-token-hover" : ""), title: `position ${k}: ${JSON.stringify(tok)}`, "data-pos": k }, showToken(tok));
+      if (bg) span.style.background = bg;
+      span.addEventListener("mouseenter", () => {
+        hoverToken = k;
+        drawStrip();
+        heatmap.highlight({ row: k });
+      });
+      span.addEventListener("mouseleave", () => {
+        hoverToken = null;
+        drawStrip();
+        heatmap.highlight(null);
+      });
+      strip.append(span);
+    });
+    if (!pat) stripNote.textContent = "Select a head, then hover a token: blue = what it attends to, violet = what attends to it.";
+    else if (hoverToken === null) stripNote.textContent = `Hover a token to see, for L${selected?.layer}H${selected?.head}, what it attends to (blue, earlier tokens) and what attends to it (violet, later tokens).`;
+    else {
+      const row = Array.from({ length: hoverToken + 1 }, (_, k) => [k, pat.data[hoverToken! * n + k]] as const).sort((a, b) => b[1] - a[1]);
+      const best = row.slice(0, 3).map(([k, p]) => `${clip(showToken(toks[k]), 12)}@${k} ${fmt(p, 2)}`);
+      stripNote.textContent = `${showToken(toks[hoverToken])}@${hoverToken} attends most to: ${best.join(", ")}`;
+    }
+  };
+
+  const drawGrid = (): void => {
+    grid.replaceChildren();
+    const thumbsRaw = model.get("thumbnails");
+    if (!isEncoded(thumbsRaw)) return;
+    const thumbs = decodeArray(thumbsRaw);
+    const [nL, nH, t] = thumbs.shape;
+    const ls = layers();
+    const sc = scores()[sortKey];
+    const ablated: number[][] = model.get("ablated") ?? [];
+    grid.style.gridTemplateColumns = `auto repeat(${nH}, 44px)`;
+    grid.append(h("div", {}));
+    for (let hd = 0; hd < nH; hd++) grid.append(h("div", { class: "mw-axis" }, `H${hd}`));
+    for (let li = 0; li < nL; li++) {
+      const layer = ls[li];
+      grid.append(h("div", { class: "mw-axis" }, `L${layer}`));
+      for (let hd = 0; hd < nH; hd++) {
+        const canvas = h("canvas", { width: t, height: t, class: "mw-thumb-canvas" });
+        const ctx = canvas.getContext("2d");
+        if (ctx) {
+          const img = ctx.createImageData(t, t);
+          const off = (li * nH + hd) * t * t;
+          for (let k = 0; k < t * t; k++) {
+            const [r, g, b] = sequential(thumbs.data[off + k] / 255);
+            img.data.set([r, g, b, 255], 4 * k);
+          }
+          ctx.putImageData(img, 0, 0);
+        }
+        const isSel = selected?.layer === layer && selected?.head === hd;
+        const isAbl = ablated.some((p) => p[0] === layer && p[1] === hd);
+        const score = sc ? sc.data[li * nH + hd] : NaN;
+        const cell = h(
+          "div",
+          {
+            class: "mw-thumb" + (isSel ? " mw-selected" : "") + (isAbl ? " mw-ablated" : ""),
+            title: `L${layer}H${hd} — ${SCORE_LABELS[sortKey]} score ${fmt(score, 2)}`,
+            "data-layer": layer,
+            "data-head": hd,
+            "data-testid": `thumb-${layer}-${hd}`,
+          },
+          canvas,
+          h("span", { class: "mw-thumb-score" }, Number.isFinite(score) ? fmt(score, 2) : ""),
+        );
+        cell.addEventListener("mouseenter", () => void requestLayer(layer).catch(fail));
+        cell.addEventListener("click", () => selectHead(layer, hd));
+        grid.append(cell);
+      }
+    }
+  };
+
+  const drawScores = (): void => {
+    scoreTable.replaceChildren();
+    const sc = scores();
+    const keys = Object.keys(SCORE_LABELS).filter((k) => sc[k]);
+    const head = h("tr", {}, h("th", {}, "head"));
+    for (const k of keys) {
+      const th = h("th", { class: "mw-sortable" + (k === sortKey ? " mw-sorted" : ""), "data-key": k, title: `sort by ${SCORE_LABELS[k]}` }, SCORE_LABELS[k] + (k === sortKey ? " ▼" : ""));
+      th.addEventListener("click", () => setSort(k));
+      head.append(th);
+    }
+    scoreTable.append(h("thead", {}, head));
+    const body = h("tbody", {});
+    const ls = layers();
+    const nH = nHeads();
+    const rows: { layer: number; head: number; idx: number }[] = [];
+    ls.forEach((layer, li) => {
+      for (let hd = 0; hd < nH; hd++) rows.push({ layer, head: hd, idx: li * nH + hd });
+    });
+    const key = sc[sortKey];
+    if (key) rows.sort((a, b) => key.data[b.idx] - key.data[a.idx]);
+    for (const r of rows) {
+      const tr = h("tr", { class: selected?.layer === r.layer && selected?.head === r.head ? "mw-selected" : "", "data-testid": `score-row-${r.layer}-${r.head}` }, h("td", {}, `L${r.layer}H${r.head}`));
+      for (const k of keys) {
+        const v = sc[k].data[r.idx];
+        const td = h("td", { class: "mw-num" }, fmt(v, 2));
+        td.style.background = css(sequential(v * 0.8));
+        tr.append(td);
+      }
+      tr.addEventListener("click", () => selectHead(r.layer, r.head));
+      body.append(tr);
+    }
+    scoreTable.append(body);
+  };
+
+  const drawDetail = (): void => {
+    const n = tokens().length;
+    if (!selected) return;
+    const pat = patternOf(selected.layer, selected.head);
+    selectedPattern = pat;
+    if (!pat) {
+      detailTitle.textContent = `L${selected.layer}H${selected.head}: loading…`;
+      return;
+    }
+    detailTitle.textContent = `L${selected.layer}H${selected.head} pattern (rows: destination token, columns: source token)`;
+    heatmap.draw({
+      rows: n,
+      cols: n,
+      value: (i, j) => pat.data[i * n + j],
+      color: sequential,
+      rowLabels: tokens(),
+      colLabels: tokens(),
+      masked: (i, j) => j > i,
+    });
+    drawStrip();
+  };
+
+  heatmap.onHover = (c) => {
+    if (!c || !selectedPattern) {
+      tooltip.textContent = "";
+      return;
+    }
+    const toks = tokens();
+    const n = toks.length;
+    tooltip.textContent = `${showToken(toks[c.i])}@${c.i} → ${showToken(toks[c.j])}@${c.j}: ${fmt(selectedPattern.data[c.i * n + c.j], 4)}`;
+  };
+
+  const drawAblation = (): void => {
+    const ablated: number[][] = model.get("ablated") ?? [];
+    ablatedList.replaceChildren();
+    if (ablated.length === 0) ablatedList.append(h("span", { class: "mw-note" }, "No head ablated."));
+    for (const [l, hd] of ablated) {
+      const chip = h("span", { class: "mw-chip" }, `L${l}H${hd} `);
+      const x = h("button", { class: "mw-chip-x", title: "restore this head", "data-testid": `unablate-${l}-${hd}` }, "×");
+      x.addEventListener("click", () => setAblation(ablated.filter((p) => !(p[0] === l && p[1] === hd))));
+      chip.append(x);
+      ablatedList.append(chip);
+    }
+    const isAbl = selected && ablated.some((p) => p[0] === selected!.layer && p[1] === selected!.head);
+    ablateButton.textContent = !selected ? "Select a head to ablate it" : isAbl ? `Restore L${selected.layer}H${selected.head}` : `Ablate L${selected.layer}H${selected.head}`;
+    ablateButton.disabled = !selected || !live();
+    modeSelect.value = model.get("ablation_mode") ?? "zero";
+    const resampleOption = modeSelect.querySelector('option[value="resample"]') as HTMLOptionElement;
+    resampleOption.disabled = !model.get("has_ablation_prompt");
+    resampleOption.title = "needs ablation_prompt= in show_attention";
+
+    results.replaceChildren();
+    const ab: Ablation = model.get("ablation") ?? {};
+    if (!ab.before || !ab.after) return;
+    const before = decodeArray(ab.before.probs);
+    const after = decodeArray(ab.after.probs);
+    const heads = (ab.heads ?? []).map(([l, hd]) => `L${l}H${hd}`).join(", ") || "none";
+    const predTable = h("table", { class: "mw-table", "data-testid": "predictions" }, h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "before"), h("th", {}, "p"), h("th", {}, `after (${ab.mode}: ${heads})`), h("th", {}, "p"))));
+    const tb = h("tbody", {});
+    for (let k = 0; k < ab.before.tokens.length; k++) {
+      tb.append(
+        h(
+          "tr",
+          {},
+          h("td", {}, k + 1),
+          h("td", { class: "mw-tok" }, showToken(ab.before.tokens[k])),
+          h("td", { class: "mw-num" }, fmt(before.data[k], 3)),
+          h("td", { class: "mw-tok", "data-testid": `after-${k}` }, showToken(ab.after.tokens[k] ?? "")),
+          h("td", { class: "mw-num" }, fmt(after.data[k] ?? NaN, 3)),
+        ),
+      );
+    }
+    predTable.append(tb);
+    // per-token loss, before vs after
+    const lossBox = h("div", { class: "mw-loss", "data-testid": "loss" });
+    if (ab.loss_before && ab.loss_after) {
+      const lb = decodeArray(ab.loss_before);
+      const la = decodeArray(ab.loss_after);
+      const toks = tokens();
+      let sumB = 0;
+      let sumA = 0;
+      for (let k = 0; k < lb.data.length; k++) {
+        sumB += lb.data[k];
+        sumA += la.data[k];
+      }
+      const n = Math.max(1, lb.data.length);
+      lossBox.append(h("div", { class: "mw-subtitle" }, `Per-token loss (predicting the next token): mean ${fmt(sumB / n, 3)} → ${fmt(sumA / n, 3)}`));
+      const row = h("div", { class: "mw-token-strip" });
+      for (let k = 0; k < lb.data.length; k++) {
+        const d = la.data[k] - lb.data[k];
+        const span = h("span", { class: "mw-token", title: `predicting ${JSON.stringify(toks[k + 1])} at position ${k}: loss ${fmt(lb.data[k])} → ${fmt(la.data[k])} (${d >= 0 ? "+" : ""}${fmt(d)})` }, showToken(toks[k + 1] ?? ""));
+        span.style.background = css(diverging(d / 2));
+        row.append(span);
+      }
+      lossBox.append(row, legend((v) => diverging(v / 2), -2, 2, "loss change (red: worse after ablation)"));
+    }
+    const changed = h("div", { class: "mw-changed", "data-testid": "changed-heads" }, h("div", { class: "mw-subtitle" }, "Downstream heads whose pattern changed most (mean total-variation distance)"));
+    const changedList = ab.changed ?? [];
+    if (changedList.length === 0) changed.append(h("div", { class: "mw-note" }, "none"));
+    for (const c of changedList) {
+      const item = h("div", { class: "mw-changed-item", title: "click to inspect" }, `L${c.layer}H${c.head}: ${fmt(c.change, 3)}`);
+      item.addEventListener("click", () => selectHead(c.layer, c.head));
+      changed.append(item);
+    }
+    results.append(h("div", { class: "mw-row" }, predTable, h("div", { class: "mw-col" }, lossBox, changed)));
+  };
+
+  const drawAll = (): void => {
+    drawTitle();
+    drawGrid();
+    drawScores();
+    drawDetail();
+    drawStrip();
+    drawAblation();
+  };
+
+  // ------------------------------------------------------------------ actions
+  function selectHead(layer: number, head: number): void {
+    selected = { layer, head };
+    drawGrid();
+    drawScores();
+    drawDetail(); // from the layer cache when we have it: no kernel round trip
+    drawAblation();
+    if (!live()) return;
+    client
+      .request("select_head", { layer, head })
+      .then(() => requestLayer(layer))
+      .catch(fail);
+  }
+
+  function setSort(key: string): void {
+    sortKey = key;
+    sortSelect.value = key;
+    drawScores();
+    drawGrid();
+  }
+
+  function setAblation(heads: number[][]): void {
+    status.setLocalError("");
+    client.request("ablate", { heads, mode: modeSelect.value }).catch(fail);
+  }
+
+  sortSelect.value = sortKey;
+  sortSelect.addEventListener("change", () => setSort(sortSelect.value));
+  modeSelect.addEventListener("change", () => {
+    const ablated: number[][] = model.get("ablated") ?? [];
+    if (ablated.length) setAblation(ablated);
+    else {
+      model.set("ablation_mode", modeSelect.value);
+      model.save_changes();
+    }
+  });
+  ablateButton.addEventListener("click", () => {
+    if (!selected) return;
+    const ablated: number[][] = model.get("ablated") ?? [];
+    const on = ablated.some((p) => p[0] === selected!.layer && p[1] === selected!.head);
+    setAblation(on ? ablated.filter((p) => !(p[0] === selected!.layer && p[1] === selected!.head)) : [...ablated, [selected.layer, selected.head]]);
+  });
+
+  // ------------------------------------------------------------------ trait changes
+  const onSelected = (): void => {
+    const sel = model.get("selected");
+    if (sel && typeof sel.layer === "number" && (selected?.layer !== sel.layer || selected?.head !== sel.head)) {
+      selected = { layer: sel.layer, head: sel.head };
+      drawGrid();
+      drawScores();
+      drawAblation();
+    }
+    drawDetail();
+  };
+  const onAblation = (): void => {
+    drawGrid();
+    drawAblation();
+  };
+  const onData = (): void => {
+    layerCache.clear();
+    drawAll();
+  };
+  model.on("change:selected", onSelected);
+  model.on("change:pattern", onSelected);
+  model.on("change:ablation", onAblation);
+  model.on("change:ablated", onAblation);
+  model.on("change:thumbnails", onData);
+  model.on("change:scores", onData);
+
+  const sel = model.get("selected");
+  if (sel && typeof sel.layer === "number") selected = { layer: sel.layer, head: sel.head };
+  drawAll();
+  if (selected) void requestLayer(selected.layer).catch(fail);
+
+  return () => {
+    model.off("change:selected", onSelected);
+    model.off("change:pattern", onSelected);
+    model.off("change:ablation", onAblation);
+    model.off("change:ablated", onAblation);
+    model.off("change:thumbnails", onData);
+    model.off("change:scores", onData);
+    client.dispose();
+    status.dispose();
+  };
+}
+
+export default { render };

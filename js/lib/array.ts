@@ -1,0 +1,95 @@
+// Binary arrays from Python: {dtype, shape, buffer}. In widget state the buffer arrives as a
+// DataView (ipywidgets lifts bytes out of the JSON); in custom messages as {"$buffer": i},
+// an index into the message's buffers (see mechwidgets/_tensor.py:split_buffers).
+
+export type DType = "float32" | "float16" | "uint8" | "int32" | "uint16";
+
+export interface Encoded {
+  dtype: DType;
+  shape: number[];
+  buffer: DataView | ArrayBuffer | Uint8Array;
+}
+
+export interface NDArray {
+  dtype: DType;
+  shape: number[];
+  data: Float32Array | Uint8Array | Int32Array | Uint16Array;
+}
+
+const BYTES: Record<DType, number> = { float32: 4, float16: 2, uint8: 1, int32: 4, uint16: 2 };
+
+function toBytes(buffer: Encoded["buffer"]): Uint8Array {
+  if (buffer instanceof Uint8Array) return buffer;
+  if (buffer instanceof ArrayBuffer) return new Uint8Array(buffer);
+  // A DataView may be a window into a larger buffer: honour byteOffset and byteLength.
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+}
+
+/** IEEE 754 half → float. */
+export function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * 2 ** -14 * (frac / 1024);
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * 2 ** (exp - 15) * (1 + frac / 1024);
+}
+
+function size(shape: number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Decode an encoded array. float16 is widened to float32; the data is copied so it is aligned. */
+export function decodeArray(enc: Encoded): NDArray {
+  const bytes = toBytes(enc.buffer);
+  const n = size(enc.shape);
+  const need = n * BYTES[enc.dtype];
+  if (bytes.byteLength < need) {
+    throw new Error(`array buffer holds ${bytes.byteLength} bytes, shape ${enc.shape} needs ${need}`);
+  }
+  const copy = bytes.slice(0, need); // aligned, owned copy
+  const dv = new DataView(copy.buffer);
+  switch (enc.dtype) {
+    case "float32":
+      return { dtype: "float32", shape: enc.shape, data: new Float32Array(copy.buffer) };
+    case "float16": {
+      const out = new Float32Array(n);
+      for (let i = 0; i < n; i++) out[i] = halfToFloat(dv.getUint16(2 * i, true));
+      return { dtype: "float32", shape: enc.shape, data: out };
+    }
+    case "uint8":
+      return { dtype: "uint8", shape: enc.shape, data: copy };
+    case "int32":
+      return { dtype: "int32", shape: enc.shape, data: new Int32Array(copy.buffer) };
+    case "uint16":
+      return { dtype: "uint16", shape: enc.shape, data: new Uint16Array(copy.buffer) };
+    default:
+      throw new Error(`unknown dtype ${String(enc.dtype)}`);
+  }
+}
+
+/** True for a non-empty encoded array (an empty trait is `{}`). */
+export function isEncoded(x: unknown): x is Encoded {
+  return !!x && typeof x === "object" && "dtype" in x && "shape" in x && "buffer" in x;
+}
+
+/** Put custom-message buffers back where `{"$buffer": i}` placeholders stand. */
+export function putBuffers(obj: unknown, buffers: ReadonlyArray<DataView | ArrayBuffer>): unknown {
+  if (Array.isArray(obj)) return obj.map((v) => putBuffers(v, buffers));
+  if (obj && typeof obj === "object") {
+    const rec = obj as Record<string, unknown>;
+    const keys = Object.keys(rec);
+    if (keys.length === 1 && keys[0] === "$buffer" && typeof rec.$buffer === "number") {
+      return buffers[rec.$buffer];
+    }
+    const out: Record<string, unknown> = {};
+    for (const k of keys) out[k] = putBuffers(rec[k], buffers);
+    return out;
+  }
+  return obj;
+}
+
+/** Element (i, j) of a 2-d slice starting at `offset`, row length `cols`. */
+export function at2(a: NDArray, offset: number, cols: number, i: number, j: number): number {
+  return a.data[offset + i * cols + j];
+}

@@ -1,0 +1,58 @@
+// The error banner and the progress bar every widget shows.
+import { clear, h } from "./dom";
+
+export interface BannerModel {
+  get(name: "error"): string;
+  get(name: "progress"): { kind?: string; done?: number; total?: number; message?: string };
+  on(event: string, cb: () => void): void;
+  off(event: string, cb?: () => void): void;
+}
+
+export interface Status {
+  /** Show an error raised in the frontend itself (e.g. a failed request), beside the trait's. */
+  setLocalError(message: string): void;
+  dispose(): void;
+}
+
+/** A banner bound to the `error` trait, plus a progress bar (with cancel) bound to `progress`. */
+export function mountStatus(model: BannerModel, el: HTMLElement, onCancel?: (kind: string) => void): Status {
+  const banner = h("div", { class: "mw-error", role: "alert" });
+  const progress = h("div", { class: "mw-progress" });
+  el.append(banner, progress);
+  let localError = "";
+  const draw = () => {
+    const message = model.get("error") || localError;
+    banner.textContent = message ?? "";
+    banner.style.display = message ? "block" : "none";
+    const p = model.get("progress") ?? {};
+    clear(progress);
+    if (p.kind && p.total) {
+      const frac = Math.max(0, Math.min(1, (p.done ?? 0) / p.total));
+      const fill = h("div", { class: "mw-progress-fill", style: `width:${(frac * 100).toFixed(1)}%` });
+      progress.append(
+        h("div", { class: "mw-progress-bar" }, fill),
+        h("span", { class: "mw-progress-text" }, `${p.message || p.kind} ${p.done}/${p.total}`),
+      );
+      if (onCancel) {
+        const kind = p.kind;
+        progress.append(h("button", { class: "mw-button", onclick: () => onCancel(kind) }, "cancel"));
+      }
+      progress.style.display = "flex";
+    } else {
+      progress.style.display = "none";
+    }
+  };
+  model.on("change:error", draw);
+  model.on("change:progress", draw);
+  draw();
+  return {
+    setLocalError(message: string) {
+      localError = message;
+      draw();
+    },
+    dispose() {
+      model.off("change:error", draw);
+      model.off("change:progress", draw);
+    },
+  };
+}

@@ -1,0 +1,23 @@
+"""mechwidgets: live Jupyter widgets for mechanistic interpretability of TransformerLens models.
+
+Quick start::
+
+    from mechwidgets import show_attention, zoo
+    model = zoo.load("induction-2l")
+    show_attention(model, "...")
+"""
+
+from ._model import ModelHandle
+from .errors import MechWidgetsError
+from .widgets import AttentionWidget, attention_patterns, show_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionWidget",
+    "MechWidgetsError",
+    "ModelHandle",
+    "__version__",
+    "attention_patterns",
+    "show_attention",
+]

@@ -1,0 +1,66 @@
+"""Errors raised by mechwidgets.
+
+Every error is a :class:`MechWidgetsError`; its message says what was wrong and how to fix it.
+Widgets show the same message in their error banner. Input errors also subclass the built-in
+exception a user would expect (``ValueError``, ``TypeError``, ``KeyError``), so existing
+``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class MechWidgetsError(Exception):
+    """Base class of every error mechwidgets raises on purpose."""
+
+
+class ModelError(MechWidgetsError, TypeError):
+    """The object passed as a model is not a TransformerLens model this package can drive."""
+
+
+class PromptError(MechWidgetsError, ValueError):
+    """A prompt is empty, too long, or does not match another prompt it must pair with."""
+
+
+class ComponentError(MechWidgetsError, ValueError):
+    """A layer, head, position or hook name does not exist in the model."""
+
+
+class AnswerError(MechWidgetsError, ValueError):
+    """An answer token is not a single token, or the answers cannot be told apart."""
+
+
+class MetricError(MechWidgetsError, ValueError):
+    """A metric returned something that is not a finite scalar, or an unknown metric was named."""
+
+
+class SAEError(MechWidgetsError, ValueError):
+    """A sparse autoencoder does not fit the model or hook it is used with."""
+
+
+class HypothesisError(MechWidgetsError, ValueError):
+    """A causal-scrubbing hypothesis or its dataset cannot be evaluated."""
+
+
+class ZooError(MechWidgetsError, KeyError):
+    """A zoo model is unknown, or its files are missing or corrupted."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CancelledError(MechWidgetsError):
+    """Long work was cancelled by the user or superseded by a newer request."""
+
+
+__all__ = [
+    "AnswerError",
+    "CancelledError",
+    "ComponentError",
+    "HypothesisError",
+    "MechWidgetsError",
+    "MetricError",
+    "ModelError",
+    "PromptError",
+    "SAEError",
+    "ZooError",
+]

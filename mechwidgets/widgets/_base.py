@@ -1,0 +1,270 @@
+"""The base every mechwidgets widget stands on.
+
+- **State** that must survive a save and an export (the data on screen, the user's selections)
+  lives in synced traits. Arrays inside traits are ``{dtype, shape, buffer}`` dicts
+  (:mod:`mechwidgets._tensor`), which ipywidgets sends as binary buffers.
+- **Live work** against the model goes through one request protocol. The frontend sends
+  ``{"type": "request", "id", "kind", "args"}``; the widget answers
+  ``{"type": "reply", "id", "kind", "result"}`` or ``{..., "error": message}``, and usually also
+  writes the result into traits. A newer request of a kind supersedes older ones: the frontend
+  drops stale replies, and a long job of that kind still running here is cancelled. Long work
+  is a generator that yields progress; it runs one step at a time on the kernel's event loop, so
+  a ``{"type": "cancel"}`` message (or a newer request) gets in between two steps.
+- **Errors** are drawn as a banner from the ``error`` trait. A call made from Python raises the
+  same :class:`~mechwidgets.errors.MechWidgetsError`; an unexpected exception is reported, never
+  allowed to kill the kernel or vanish silently in a message handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import traceback
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import traitlets
+from anywidget._util import try_file_contents
+
+from .._tensor import encoded_nbytes, split_buffers
+from ..errors import CancelledError, MechWidgetsError
+
+log = logging.getLogger("mechwidgets")
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+#: No single message or trait update may exceed this many bytes (DESIGN: ≤ 4 MiB per update).
+MAX_UPDATE_BYTES = 4 * 1024 * 1024
+
+
+def static_file(name: str) -> Path:
+    """Path of a built frontend file, with a clear error when the JS was never built."""
+    path = STATIC / name
+    if not path.exists():
+        raise MechWidgetsError(
+            f"the widget's frontend file {path} is missing: the JavaScript was not built. In a "
+            f"source checkout run `npm ci && npm run build` (or `make dev`); an installed wheel "
+            f"always contains it."
+        )
+    return path
+
+
+def error_message(exc: BaseException) -> str:
+    """The text shown in the banner for an exception."""
+    if isinstance(exc, MechWidgetsError):
+        return str(exc)
+    return (
+        f"Unexpected error: {type(exc).__name__}: {exc}. This is probably a bug in mechwidgets; "
+        f"the model was left unchanged. The full traceback is in the log (logger 'mechwidgets')."
+    )
+
+
+def _load_frontend(cls: type) -> None:
+    """Point a widget class's ``_esm``/``_css`` at its built files, on first use.
+
+    Done lazily (not as class attributes) so that ``import mechwidgets`` works in a source
+    checkout before the JS is built; anywidget's file watching (``ANYWIDGET_HMR=1``) still
+    applies, since ``try_file_contents`` returns a watched ``FileContents``.
+    """
+    if "_esm" in cls.__dict__:
+        return
+    cls._esm = try_file_contents(static_file(cls._bundle))  # type: ignore[attr-defined]
+    cls._css = try_file_contents(static_file("style.css"))  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Job:
+    id: Any
+    kind: str
+    gen: Generator[Any, None, Any]
+    cancelled: bool = False
+    steps: int = field(default=0)
+
+
+class MechWidget(anywidget.AnyWidget):
+    """Base class: error banner, progress, request protocol, static fallback picture."""
+
+    #: File name of this widget's built ES module in ``mechwidgets/static/``.
+    _bundle: str = ""
+
+    #: Message of the last failed request, drawn as a banner; "" when all is well.
+    error = traitlets.Unicode("").tag(sync=True)
+    #: Progress of the long job running now: ``{kind, id, done, total, message}``; {} when idle.
+    progress = traitlets.Dict({}).tag(sync=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        _load_frontend(type(self))
+        super().__init__(**kwargs)
+        self._latest: dict[str, Any] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._python_ids = itertools.count(1)
+        self.on_msg(self._on_frontend_message)
+
+    # ------------------------------------------------------------ handlers
+    def _handler(self, kind: str) -> Callable[..., Any]:
+        fn = getattr(self, f"_req_{kind}", None)
+        if fn is None:
+            raise MechWidgetsError(f"unknown request kind {kind!r} for {type(self).__name__}.")
+        return fn  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ from Python
+    def _call(self, kind: str, **args: Any) -> Any:
+        """Run a request from Python: same handler, same error banner, and the error is raised."""
+        self._cancel_job(kind)
+        self._latest[kind] = f"py{next(self._python_ids)}"
+        try:
+            out = self._handler(kind)(**args)
+            if inspect.isgenerator(out):
+                while True:
+                    try:
+                        step = next(out)
+                    except StopIteration as stop:
+                        out = stop.value
+                        break
+                    self._set_progress(kind, self._latest[kind], step)
+        except Exception as exc:
+            self.progress = {}
+            self._record_error(exc)
+            raise
+        self.progress = {}
+        self.error = ""
+        return out
+
+    # ------------------------------------------------------------ from the frontend
+    def _on_frontend_message(self, _widget: Any, content: Any, buffers: Any) -> None:
+        # Never let an exception escape: ipywidgets would only log it, and the frontend would
+        # wait forever for its reply.
+        try:
+            if not isinstance(content, dict):
+                return
+            mtype = content.get("type")
+            if mtype == "request":
+                self._dispatch(content.get("id"), str(content.get("kind")), content.get("args") or {})
+            elif mtype == "cancel":
+                self._cancel_job(str(content.get("kind")), reason="cancelled by the user")
+        except Exception as exc:  # pragma: no cover - defensive
+            log.exception("mechwidgets: failed to handle a frontend message")
+            self._record_error(exc)
+
+    def _dispatch(self, req_id: Any, kind: str, args: dict[str, Any]) -> None:
+        self._cancel_job(kind, reason="superseded by a newer request")
+        self._latest[kind] = req_id
+        try:
+            if not isinstance(args, dict):
+                raise MechWidgetsError(f"request {kind!r} needs a dict of arguments.")
+            out = self._handler(kind)(**args)
+        except Exception as exc:
+            self._reply_error(req_id, kind, exc)
+            return
+        if inspect.isgenerator(out):
+            job = _Job(req_id, kind, out)  # type: ignore[arg-type]
+            self._jobs[kind] = job
+            self._schedule(job)
+        else:
+            self._reply(req_id, kind, out)
+
+    def _schedule(self, job: _Job) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            # No event loop (plain Python, tests): run the job to the end now.
+            while self._step(job):
+                pass
+        else:
+            loop.call_soon(self._step_and_reschedule, job)
+
+    def _step_and_reschedule(self, job: _Job) -> None:
+        if self._step(job):
+            asyncio.get_running_loop().call_soon(self._step_and_reschedule, job)
+
+    def _step(self, job: _Job) -> bool:
+        """Advance a job by one step; False once it has finished, failed or been cancelled."""
+        if job.cancelled:
+            return False
+        try:
+            progress = next(job.gen)
+        except StopIteration as stop:
+            self._jobs.pop(job.kind, None)
+            self.progress = {}
+            self._reply(job.id, job.kind, stop.value)
+            return False
+        except Exception as exc:
+            self._jobs.pop(job.kind, None)
+            self.progress = {}
+            self._reply_error(job.id, job.kind, exc)
+            return False
+        job.steps += 1
+        self._set_progress(job.kind, job.id, progress)
+        return True
+
+    def _cancel_job(self, kind: str, reason: str = "cancelled") -> None:
+        job = self._jobs.pop(kind, None)
+        if job is None:
+            return
+        job.cancelled = True
+        job.gen.close()  # runs the generator's finally blocks: hooks come off
+        self.progress = {}
+        self._send_message({"type": "reply", "id": job.id, "kind": kind, "cancelled": True,
+                    "error": f"{kind}: {reason}"})
+
+    def _set_progress(self, kind: str, req_id: Any, step: Any) -> None:
+        step = step if isinstance(step, dict) else {}
+        self.progress = {
+            "kind": kind,
+            "id": req_id,
+            "done": step.get("done", 0),
+            "total": step.get("total", 0),
+            "message": step.get("message", ""),
+        }
+
+    # ------------------------------------------------------------ replies
+    def _send_message(self, content: dict[str, Any]) -> None:
+        body, buffers = split_buffers(content)
+        if self.comm is not None:
+            self.send(body, buffers)
+
+    def _reply(self, req_id: Any, kind: str, result: Any) -> None:
+        if self._latest.get(kind) != req_id:
+            return  # superseded while running: its reply would be dropped anyway
+        size = encoded_nbytes(result)
+        if size > MAX_UPDATE_BYTES:
+            log.warning("mechwidgets: reply %s is %d bytes, over the budget", kind, size)
+        self.error = ""
+        self._send_message({"type": "reply", "id": req_id, "kind": kind, "result": result})
+
+    def _reply_error(self, req_id: Any, kind: str, exc: BaseException) -> None:
+        self._record_error(exc)
+        self._send_message({"type": "reply", "id": req_id, "kind": kind, "error": error_message(exc)})
+
+    def _record_error(self, exc: BaseException) -> None:
+        if not isinstance(exc, (MechWidgetsError, CancelledError)):
+            log.error("mechwidgets: unexpected error\n%s", traceback.format_exc())
+        self.error = error_message(exc)
+
+    # ------------------------------------------------------------ display
+    def _static_svg(self) -> str | None:
+        """An SVG picture of the current view for places without a widget manager."""
+        return None
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        try:
+            svg = self._static_svg()
+        except Exception:  # a failed picture must never break display
+            log.exception("mechwidgets: static picture failed")
+            svg = None
+        if svg is not None and isinstance(bundle, dict):
+            bundle["image/svg+xml"] = svg
+        elif svg is not None and isinstance(bundle, tuple):
+            bundle[0]["image/svg+xml"] = svg
+        return bundle
+
+
+__all__ = ["MAX_UPDATE_BYTES", "MechWidget", "error_message", "static_file"]

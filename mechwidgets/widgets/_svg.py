@@ -1,0 +1,93 @@
+"""Static SVG pictures of widget views, for places where no widget manager runs.
+
+GitHub's notebook view, nbviewer and ``nbconvert --to markdown/pdf`` show the ``image/svg+xml``
+entry of a widget's MIME bundle. Every text (tokens, titles) is escaped: it is drawn as text,
+never interpreted as markup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+import torch
+import torch.nn.functional as F
+
+#: Larger grids are max-pooled (by magnitude) down to this many rows and columns.
+MAX_CELLS = 64
+CELL = 10
+
+
+def _label(text: str, limit: int = 14) -> str:
+    text = text.replace("\n", "\\n")
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return escape(text, quote=True)
+
+
+def diverging_rgb(t: float) -> str:
+    """Blue (-1) → white (0) → red (+1)."""
+    t = max(-1.0, min(1.0, t))
+    if t >= 0:
+        r, g, b = 255, int(255 * (1 - t) + 40 * t), int(255 * (1 - t) + 40 * t)
+    else:
+        s = -t
+        r, g, b = int(255 * (1 - s) + 40 * s), int(255 * (1 - s) + 90 * s), 255
+    return f"rgb({r},{g},{b})"
+
+
+def sequential_rgb(t: float) -> str:
+    """White (0) → deep blue (1)."""
+    t = max(0.0, min(1.0, t))
+    return f"rgb({int(255 - 225 * t)},{int(255 - 180 * t)},{int(255 - 75 * t)})"
+
+
+def heatmap_svg(
+    values: torch.Tensor,
+    *,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    title: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    diverging: bool = False,
+) -> str:
+    """A labelled heatmap of a 2-d tensor as a standalone SVG document."""
+    vals = values.detach().float().cpu()
+    rows, cols = vals.shape
+    if rows > MAX_CELLS or cols > MAX_CELLS:
+        out = (min(rows, MAX_CELLS), min(cols, MAX_CELLS))
+        # keep, in each block, the value of largest magnitude (its sign included)
+        _, idx = F.adaptive_max_pool2d(vals.abs()[None, None], out, return_indices=True)
+        vals = vals.flatten()[idx.flatten()].reshape(out)
+        row_labels = [""] * out[0] if rows > MAX_CELLS else list(row_labels)
+        col_labels = [""] * out[1] if cols > MAX_CELLS else list(col_labels)
+        rows, cols = out
+    lo = float(vals.min()) if vmin is None else vmin
+    hi = float(vals.max()) if vmax is None else vmax
+    scale = max(abs(lo), abs(hi)) if diverging else (hi - lo)
+    scale = scale or 1.0
+    left, top = 100, 110
+    width, height = left + cols * CELL + 20, top + rows * CELL + 20
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="9">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="4" y="14" font-size="12">{escape(title)}</text>',
+    ]
+    for i, text in enumerate(row_labels):
+        if text:
+            parts.append(f'<text x="{left - 4}" y="{top + i * CELL + 8}" text-anchor="end">{_label(text)}</text>')
+    for j, text in enumerate(col_labels):
+        if text:
+            x, y = left + j * CELL + 7, top - 4
+            parts.append(f'<text transform="translate({x},{y}) rotate(-60)">{_label(text)}</text>')
+    for i in range(rows):
+        for j in range(cols):
+            v = float(vals[i, j])
+            colour = diverging_rgb(v / scale) if diverging else sequential_rgb((v - lo) / scale)
+            parts.append(
+                f'<rect x="{left + j * CELL}" y="{top + i * CELL}" width="{CELL}" height="{CELL}" fill="{colour}"/>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
