@@ -52,7 +52,10 @@ def tl_major_version() -> int:
     """The installed TransformerLens major version (3 has ``HookedTransformer``, 4 does not)."""
     import transformer_lens
 
-    return 3 if hasattr(transformer_lens, "HookedTransformer") else 4
+    try:  # 4.x raises ImportError (not AttributeError) for the removed class
+        return 3 if getattr(transformer_lens, "HookedTransformer", None) is not None else 4
+    except ImportError:
+        return 4
 
 
 def hook_count(model: Any) -> int:
@@ -138,7 +141,7 @@ class ModelHandle:
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise PromptError(f"the {what} is empty: pass some text to analyse.")
-            toks = self.model.to_tokens(prompt)
+            toks = self.model.to_tokens(prompt, truncate=False)
         else:
             toks = torch.as_tensor(prompt)
             if toks.ndim == 1:
@@ -306,11 +309,16 @@ class ModelHandle:
             def wanted(name: str) -> bool:
                 return name in names_set
 
-        def save(act: torch.Tensor, hook: Any) -> None:
-            cache[hook.name] = act.detach() if detach else act
+        def saver(name: str) -> HookFn:
+            # keyed by the name asked for: a TransformerBridge hook point's own `.name` can be
+            # its canonical name (e.g. "blocks.0.attn.o.hook_in" for "blocks.0.attn.hook_z")
+            def save(act: torch.Tensor, hook: Any) -> None:
+                cache[name] = act.detach() if detach else act
+
+            return save
 
         hooks = [*fwd_hooks]
-        hooks += [(name, save) for name in self.model.hook_dict if wanted(name)]
+        hooks += [(name, saver(name)) for name in self.model.hook_dict if wanted(name)]
         out = self.run(tokens, fwd_hooks=hooks, **forward_kwargs)
         return out, cache
 

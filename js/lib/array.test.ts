@@ -1,0 +1,42 @@
+import { describe, expect, it } from "vitest";
+import { decodeArray, halfToFloat, putBuffers } from "./array";
+
+describe("decodeArray", () => {
+  it("honours the DataView's byteOffset", () => {
+    const backing = new ArrayBuffer(4 + 3 * 4);
+    const f = new Float32Array(backing, 4, 3);
+    f.set([1.5, -2, 3.25]);
+    new Uint8Array(backing, 0, 4).set([9, 9, 9, 9]); // garbage before the array
+    const dv = new DataView(backing, 4, 12);
+    const arr = decodeArray({ dtype: "float32", shape: [3], buffer: dv });
+    expect(Array.from(arr.data)).toEqual([1.5, -2, 3.25]);
+  });
+
+  it("widens float16 and keeps the shape", () => {
+    const halves = new Uint16Array([0x3c00, 0xc000, 0x3555, 0x0000]); // 1, -2, ~0.333, 0
+    const arr = decodeArray({ dtype: "float16", shape: [2, 2], buffer: new DataView(halves.buffer) });
+    expect(arr.shape).toEqual([2, 2]);
+    expect(arr.data[0]).toBe(1);
+    expect(arr.data[1]).toBe(-2);
+    expect(arr.data[2]).toBeCloseTo(1 / 3, 3);
+    expect(halfToFloat(0x7c00)).toBe(Infinity);
+  });
+
+  it("rejects a buffer too short for the shape", () => {
+    expect(() => decodeArray({ dtype: "float32", shape: [4], buffer: new ArrayBuffer(8) })).toThrow(/needs 16/);
+  });
+
+  it("decodes uint8", () => {
+    const arr = decodeArray({ dtype: "uint8", shape: [3], buffer: new Uint8Array([0, 128, 255]) });
+    expect(Array.from(arr.data)).toEqual([0, 128, 255]);
+  });
+});
+
+describe("putBuffers", () => {
+  it("puts custom-message buffers back in place", () => {
+    const b0 = new DataView(new ArrayBuffer(4));
+    const out = putBuffers({ a: [{ buffer: { $buffer: 0 } }], n: 1 }, [b0]) as any;
+    expect(out.a[0].buffer).toBe(b0);
+    expect(out.n).toBe(1);
+  });
+});

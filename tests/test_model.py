@@ -1,0 +1,113 @@
+"""ModelHandle: tokens, names, and the guarantee that the user's model is left as it was."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import TL3, assert_unchanged, snapshot
+from mechwidgets import ModelHandle
+from mechwidgets._model import hook_count, tl_major_version
+from mechwidgets.errors import AnswerError, ComponentError, ModelError, PromptError
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_version_detected() -> None:
+    assert tl_major_version() == (3 if TL3 else 4)
+
+
+def test_rejects_non_models() -> None:
+    with pytest.raises(ModelError, match="TransformerLens model"):
+        ModelHandle(torch.nn.Linear(2, 2))
+    with pytest.raises(ModelError, match="HookedTransformer"):
+        ModelHandle("gpt2")
+
+
+def test_tokens_and_errors(model: Any) -> None:
+    h = ModelHandle(model)
+    toks = h.tokens(PROMPT)
+    assert toks.shape == (1, 15)
+    assert h.str_tokens(toks)[:3] == ["<|endoftext|>", "When", " Mary"]
+    assert torch.equal(h.tokens(toks[0]), toks)
+    with pytest.raises(PromptError, match="empty"):
+        h.tokens("   ")
+    with pytest.raises(PromptError, match="n_ctx"):
+        h.tokens(" the" * 40)
+    with pytest.raises(PromptError, match="max_positions=4"):
+        h.tokens(PROMPT, max_positions=4)
+    with pytest.raises(PromptError, match="outside the vocabulary"):
+        h.tokens(torch.tensor([0, 10**6]))
+
+
+def test_single_token(model: Any) -> None:
+    h = ModelHandle(model)
+    assert h.token_str(h.single_token(" Mary")) == " Mary"
+    with pytest.raises(AnswerError, match=r"2 tokens.*' Mary', ' John'"):
+        h.single_token(" Mary John")
+    with pytest.raises(AnswerError):
+        h.single_token("")
+
+
+def test_hook_names(model: Any) -> None:
+    h = ModelHandle(model)
+    assert h.hook_name("resid_pre", 1) == "blocks.1.hook_resid_pre"
+    assert h.hook_name("pattern", 0) == "blocks.0.attn.hook_pattern"
+    with pytest.raises(ComponentError, match=r"layers 0\.\.1"):
+        h.hook_name("resid_pre", 2)
+    with pytest.raises(ComponentError, match="unknown component"):
+        h.hook_name("resid_sideways", 0)
+    with pytest.raises(ComponentError, match=r"heads 0\.\.3"):
+        h.check_head(0, 4)
+
+
+def test_gqa_kv_head(make_model: Any) -> None:
+    h = ModelHandle(make_model(n_heads=4, n_key_value_heads=2))
+    assert h.n_kv_heads == 2
+    assert [h.kv_head(i) for i in range(4)] == [0, 0, 1, 1]
+
+
+def test_session_restores_everything_after_an_exception(model: Any) -> None:
+    h = ModelHandle(model)
+    model.train()
+    before = snapshot(model)
+    tokens = h.tokens(PROMPT)
+
+    def boom(act: torch.Tensor, hook: Any) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"), h.session(grad=True):
+        assert not model.training and torch.is_grad_enabled()
+        h.run(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", boom)])
+    assert_unchanged(model, before)
+    model.eval()
+
+
+def test_run_with_cache_sees_patched_activation(model: Any) -> None:
+    h = ModelHandle(model)
+    tokens = h.tokens(PROMPT)
+
+    def zero(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return torch.zeros_like(act)
+
+    with h.session():
+        _, cache = h.run_with_cache(tokens, ["blocks.0.hook_attn_out"], fwd_hooks=[("blocks.0.hook_attn_out", zero)])
+    assert torch.all(cache["blocks.0.hook_attn_out"] == 0)
+    assert hook_count(model) == 0
+
+
+def test_users_own_hooks_survive(model: Any) -> None:
+    """Our cleanup removes only our hooks: a hook the user added stays."""
+    from mechwidgets import show_attention
+
+    calls = []
+    model.add_hook("blocks.0.hook_resid_pre", lambda act, hook: calls.append(1))
+    try:
+        n = hook_count(model)
+        show_attention(model, PROMPT).ablate([(0, 0)])
+        assert hook_count(model) == n
+        assert calls, "the user's hook should still run"
+    finally:
+        model.reset_hooks()
