@@ -21,7 +21,8 @@ $(BIN)/python:
 	$(BIN)/pip install -q $(TORCH)
 
 node_modules/.stamp: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	# `npm ci` rejects this lock file (npm 11 drops other platforms' optional rollup packages from it)
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 mechwidgets/static/.stamp: node_modules/.stamp js/build.mjs $(wildcard js/*.ts js/lib/*.ts js/lib/*.css)
