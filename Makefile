@@ -44,7 +44,7 @@ demo: $(VENV)/.stamp
 	  --ServerApp.token='' --ServerApp.password='' --allow-root
 
 lint: $(VENV)/.stamp
-	$(BIN)/ruff check mechwidgets tests benchmarks
+	$(BIN)/ruff check
 	$(BIN)/mypy
 
 typecheck: node_modules/.stamp
