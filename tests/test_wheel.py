@@ -26,7 +26,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_contains_frontend(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for built in ("attention.js", "style.css"):
+    for built in ("attention.js", "standalone.js", "style.css"):
         assert f"mechwidgets/static/{built}" in names, f"{built} missing from the wheel"
     js = zipfile.ZipFile(wheel).read("mechwidgets/static/attention.js").decode()
     assert "render" in js and len(js) > 1000

@@ -253,6 +253,24 @@ class MechWidget(anywidget.AnyWidget):
         """An SVG picture of the current view for places without a widget manager."""
         return None
 
+    def to_html(self, path: str | Path | None = None, *, title: str | None = None) -> str:
+        """Write this widget's current view as one self-contained, offline HTML file.
+
+        The page inlines a small runtime, the widget's ES module, CSS and state (binary buffers
+        in base64) and its static picture as a fallback: opening it makes no network request and
+        needs no kernel. Clicks that would ask the kernel for more do nothing there.
+
+        Args:
+            path: where to write the file; ``None`` only returns the text.
+            title: the page title (default: the class name).
+
+        Returns:
+            The HTML text.
+        """
+        from .._export import widget_to_html
+
+        return widget_to_html(self, path, title=title)
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)
         try:

@@ -7,6 +7,7 @@ never interpreted as markup.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from html import escape
 
@@ -18,8 +19,17 @@ MAX_CELLS = 64
 CELL = 10
 
 
+# Controls, invisible and bidirectional-formatting characters (as js/lib/dom.ts:showToken): a
+# right-to-left override in a token must not reorder the picture's labels.
+_INVISIBLE = re.compile(
+    "[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f"
+    "\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
+
+
 def _label(text: str, limit: int = 14) -> str:
-    text = text.replace("\n", "\\n")
+    text = text.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    text = _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04X}", text)
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return escape(text, quote=True)
@@ -68,7 +78,8 @@ def heatmap_svg(
     scale = max(abs(lo), abs(hi)) if diverging else (hi - lo)
     scale = scale or 1.0
     left, top = 100, 110
-    width, height = left + cols * CELL + 20, top + rows * CELL + 20
+    # wide enough for the title (12 px sans-serif: under 7 px a character)
+    width, height = max(left + cols * CELL + 20, 8 + 7 * len(title)), top + rows * CELL + 20
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="9">',
