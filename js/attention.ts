@@ -48,7 +48,7 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
   // ------------------------------------------------------------------ state
   const layerCache = new Map<number, { data: NDArray; scale: number }>();
   let selected: { layer: number; head: number } | null = null;
-  let selectedPattern: NDArray | null = null;
+  let selectedPattern: (NDArray & { approx?: boolean }) | null = null;
   let sortKey = "induction";
   let hoverToken: number | null = null;
   const tokens = (): string[] => model.get("tokens") ?? [];
@@ -65,6 +65,8 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
   const scoreTable = h("table", { class: "mw-table mw-scores", "data-testid": "score-table" });
   const detailTitle = h("div", { class: "mw-subtitle", "data-testid": "detail-title" }, "Click a head to see its pattern");
   const heatmap = new HeatmapView();
+  // hidden until a head is drawn (an empty canvas would show as a blank 300×150 box)
+  const detailPlot = h("div", { class: "mw-detail-plot mw-empty" }, heatmap.el, legend(sequential, 0, 1, "attention probability"));
   const tooltip = h("div", { class: "mw-tooltip", "data-testid": "tooltip" });
   const modeSelect = h("select", { class: "mw-select", "aria-label": "ablation mode" });
   for (const m of ["zero", "mean", "resample"]) modeSelect.append(h("option", { value: m }, `${m} ablation`));
@@ -90,8 +92,7 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
         "div",
         { class: "mw-col" },
         detailTitle,
-        heatmap.el,
-        legend(sequential, 0, 1, "attention probability"),
+        detailPlot,
         tooltip,
       ),
     ),
@@ -114,15 +115,24 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
   };
 
   const requestLayer = (layer: number): Promise<void> => {
-    if (layerCache.has(layer) || !live()) return Promise.resolve();
+    // Patterns need the kernel, not a model: a view of precomputed patterns (live = false) asks too.
+    if (layerCache.has(layer)) return Promise.resolve();
     return client
       .request<{ layer: number; patterns: Encoded; scale: number }>(`layer_patterns`, { layer })
       .then((r) => {
         layerCache.set(r.layer, { data: decodeArray(r.patterns), scale: r.scale });
+        // a click that came before its layer is answered by the layer (which the kernel sends
+        // first), not by the select_head reply queued behind it
+        if (selected?.layer === r.layer && (!selectedPattern || selectedPattern.approx)) drawDetail();
       });
   };
 
-  const patternOf = (layer: number, head: number): NDArray | null => {
+  /** A head's [dest, src] pattern; `approx` when it is the 8-bit thumbnail, not the float data. */
+  const patternOf = (layer: number, head: number): (NDArray & { approx?: boolean }) | null => {
+    // the kernel's float32 `pattern` trait first (exact), then the layer cache (float16)
+    const sel = model.get("selected");
+    const pat = model.get("pattern");
+    if (sel && sel.layer === layer && sel.head === head && isEncoded(pat)) return decodeArray(pat);
     const cached = layerCache.get(layer);
     if (cached) {
       const n = tokens().length;
@@ -132,42 +142,72 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
       for (let k = 0; k < size; k++) out[k] = cached.data.data[off + k] * cached.scale;
       return { dtype: "float32", shape: [n, n], data: out };
     }
-    const sel = model.get("selected");
-    const pat = model.get("pattern");
-    if (sel && sel.layer === layer && sel.head === head && isEncoded(pat)) return decodeArray(pat);
+    // With no kernel (a saved notebook, an HTML export) the thumbnails are all there is; for a
+    // prompt of at most THUMBNAIL_SIZE tokens they hold the whole pattern, in 8 bits.
+    const thumbsRaw = model.get("thumbnails");
+    const li = layers().indexOf(layer);
+    if (isEncoded(thumbsRaw) && li >= 0) {
+      const [, nH, t] = thumbsRaw.shape;
+      const n = tokens().length;
+      if (t === n && head < nH) {
+        const thumbs = decodeArray(thumbsRaw);
+        const out = new Float32Array(n * n);
+        const off = (li * nH + head) * n * n;
+        for (let k = 0; k < n * n; k++) out[k] = thumbs.data[off + k] / 255;
+        return { dtype: "float32", shape: [n, n], data: out, approx: true };
+      }
+    }
     return null;
   };
 
   // ------------------------------------------------------------------ drawing
   const drawTitle = (): void => {
     const n = tokens().length;
-    title.textContent = `Attention — ${n} tokens, ${model.get("n_layers")} layers × ${nHeads()} heads` + (live() ? "" : " (static view: no model)");
+    const plural = (k: number, word: string): string => `${k} ${word}${k === 1 ? "" : "s"}`;
+    title.textContent = `Attention — ${plural(n, "token")}, ${plural(model.get("n_layers"), "layer")} × ${plural(nHeads(), "head")}` + (live() ? "" : " (static view: no model)");
+  };
+
+  // The token spans are built once per token list and repainted in place on hover: rebuilding
+  // them under the pointer detaches the hovered span (its mouseleave never fires) and makes the
+  // browser fire mouseenter on the new one, redrawing the strip in a loop.
+  let stripSpans: HTMLSpanElement[] = [];
+  let stripTokens: string[] | null = null;
+  const buildStrip = (): void => {
+    const toks = tokens();
+    if (stripTokens === toks && stripSpans.length === toks.length) return;
+    stripTokens = toks;
+    stripSpans = toks.map((tok, k) => {
+      const span = h("span", { class: "mw-token", title: `position ${k}: ${JSON.stringify(tok)}`, "data-pos": k }, showToken(tok));
+      span.addEventListener("mouseenter", () => {
+        hoverToken = k;
+        drawStrip();
+        heatmap.highlight(selectedPattern ? { row: k } : null);
+      });
+      span.addEventListener("mouseleave", () => {
+        if (hoverToken !== k) return;
+        hoverToken = null;
+        drawStrip();
+        heatmap.highlight(null);
+      });
+      return span;
+    });
+    strip.replaceChildren(...stripSpans);
   };
 
   const drawStrip = (): void => {
-    strip.replaceChildren();
+    buildStrip();
     const toks = tokens();
     const pat = selectedPattern;
     const n = toks.length;
-    toks.forEach((tok, k) => {
+    if (hoverToken !== null && hoverToken >= n) hoverToken = null;
+    stripSpans.forEach((span, k) => {
       let bg = "";
       if (pat && hoverToken !== null) {
         if (k <= hoverToken) bg = css(sequential(pat.data[hoverToken * n + k])); // what hover attends to
         if (k > hoverToken) bg = css(diverging(-pat.data[k * n + hoverToken])); // what attends to hover
       }
-      const span = h("span", { class: "mw-token" + (k === hoverToken ? " mw-token-hover" : ""), title: `position ${k}: ${JSON.stringify(tok)}`, "data-pos": k }, showToken(tok));
-      if (bg) span.style.background = bg;
-      span.addEventListener("mouseenter", () => {
-        hoverToken = k;
-        drawStrip();
-        heatmap.highlight({ row: k });
-      });
-      span.addEventListener("mouseleave", () => {
-        hoverToken = null;
-        drawStrip();
-        heatmap.highlight(null);
-      });
-      strip.append(span);
+      span.style.background = bg;
+      span.classList.toggle("mw-token-hover", k === hoverToken);
     });
     if (!pat) stripNote.textContent = "Select a head, then hover a token: blue = what it attends to, violet = what attends to it.";
     else if (hoverToken === null) stripNote.textContent = `Hover a token to see, for L${selected?.layer}H${selected?.head}, what it attends to (blue, earlier tokens) and what attends to it (violet, later tokens).`;
@@ -178,15 +218,20 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
     }
   };
 
-  const drawGrid = (): void => {
-    grid.replaceChildren();
+  // The grid's canvases are painted once per thumbnails value; selection, ablation and sorting
+  // only update classes and labels (a GPT-2-sized grid has 144 canvases).
+  let gridCells: { layer: number; head: number; idx: number; cell: HTMLDivElement; score: HTMLSpanElement }[] = [];
+  let gridThumbs: unknown = null;
+  const buildGrid = (): void => {
     const thumbsRaw = model.get("thumbnails");
+    if (thumbsRaw === gridThumbs && gridCells.length) return;
+    gridThumbs = thumbsRaw;
+    gridCells = [];
+    grid.replaceChildren();
     if (!isEncoded(thumbsRaw)) return;
     const thumbs = decodeArray(thumbsRaw);
     const [nL, nH, t] = thumbs.shape;
     const ls = layers();
-    const sc = scores()[sortKey];
-    const ablated: number[][] = model.get("ablated") ?? [];
     grid.style.gridTemplateColumns = `auto repeat(${nH}, 44px)`;
     grid.append(h("div", {}));
     for (let hd = 0; hd < nH; hd++) grid.append(h("div", { class: "mw-axis" }, `H${hd}`));
@@ -201,29 +246,46 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
           const off = (li * nH + hd) * t * t;
           for (let k = 0; k < t * t; k++) {
             const [r, g, b] = sequential(thumbs.data[off + k] / 255);
-            img.data.set([r, g, b, 255], 4 * k);
+            img.data[4 * k] = r;
+            img.data[4 * k + 1] = g;
+            img.data[4 * k + 2] = b;
+            img.data[4 * k + 3] = 255;
           }
           ctx.putImageData(img, 0, 0);
         }
-        const isSel = selected?.layer === layer && selected?.head === hd;
-        const isAbl = ablated.some((p) => p[0] === layer && p[1] === hd);
-        const score = sc ? sc.data[li * nH + hd] : NaN;
+        const score = h("span", { class: "mw-thumb-score" });
         const cell = h(
           "div",
-          {
-            class: "mw-thumb" + (isSel ? " mw-selected" : "") + (isAbl ? " mw-ablated" : ""),
-            title: `L${layer}H${hd} — ${SCORE_LABELS[sortKey]} score ${fmt(score, 2)}`,
-            "data-layer": layer,
-            "data-head": hd,
-            "data-testid": `thumb-${layer}-${hd}`,
-          },
+          { class: "mw-thumb", "data-layer": layer, "data-head": hd, "data-testid": `thumb-${layer}-${hd}` },
           canvas,
-          h("span", { class: "mw-thumb-score" }, Number.isFinite(score) ? fmt(score, 2) : ""),
+          score,
         );
         cell.addEventListener("mouseenter", () => void requestLayer(layer).catch(fail));
         cell.addEventListener("click", () => selectHead(layer, hd));
         grid.append(cell);
+        gridCells.push({ layer, head: hd, idx: li * nH + hd, cell, score });
       }
+    }
+  };
+
+  const drawGrid = (): void => {
+    buildGrid();
+    const sc = scores()[sortKey];
+    const ablated: number[][] = model.get("ablated") ?? [];
+    for (const g of gridCells) {
+      const value = sc ? sc.data[g.idx] : NaN;
+      g.cell.classList.toggle("mw-selected", selected?.layer === g.layer && selected?.head === g.head);
+      g.cell.classList.toggle("mw-ablated", ablated.some((p) => p[0] === g.layer && p[1] === g.head));
+      g.cell.title = `L${g.layer}H${g.head} — ${SCORE_LABELS[sortKey]} score ${fmt(value, 2)}`;
+      g.score.textContent = Number.isFinite(value) ? fmt(value, 2) : "";
+    }
+  };
+
+  /** Mark the selected head's row in the score table (without rebuilding the table). */
+  const markScoreRows = (): void => {
+    for (const tr of Array.from(scoreTable.querySelectorAll<HTMLTableRowElement>("tbody tr"))) {
+      const on = !!selected && tr.dataset.testid === `score-row-${selected.layer}-${selected.head}`;
+      tr.classList.toggle("mw-selected", on);
     }
   };
 
@@ -270,7 +332,8 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
       detailTitle.textContent = `L${selected.layer}H${selected.head}: loading…`;
       return;
     }
-    detailTitle.textContent = `L${selected.layer}H${selected.head} pattern (rows: destination token, columns: source token)`;
+    detailTitle.textContent = `L${selected.layer}H${selected.head} pattern (rows: destination token, columns: source token)` + (pat.approx ? " — 8-bit copy from the thumbnails" : "");
+    detailPlot.classList.remove("mw-empty");
     heatmap.draw({
       rows: n,
       cols: n,
@@ -296,7 +359,7 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
   const drawAblation = (): void => {
     const ablated: number[][] = model.get("ablated") ?? [];
     ablatedList.replaceChildren();
-    if (ablated.length === 0) ablatedList.append(h("span", { class: "mw-note" }, "No head ablated."));
+    if (ablated.length === 0) ablatedList.append(h("span", { class: "mw-note" }, live() ? "No head ablated." : "No model behind this view (a saved or exported page, or precomputed patterns): ablation is unavailable."));
     for (const [l, hd] of ablated) {
       const chip = h("span", { class: "mw-chip" }, `L${l}H${hd} `);
       const x = h("button", { class: "mw-chip-x", title: "restore this head", "data-testid": `unablate-${l}-${hd}` }, "×");
@@ -380,15 +443,15 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
   // ------------------------------------------------------------------ actions
   function selectHead(layer: number, head: number): void {
     selected = { layer, head };
-    drawGrid();
-    drawScores();
-    drawDetail(); // from the layer cache when we have it: no kernel round trip
-    drawAblation();
-    if (!live()) return;
+    // ask first, so the kernel works while this redraws
     client
       .request("select_head", { layer, head })
       .then(() => requestLayer(layer))
       .catch(fail);
+    drawGrid();
+    markScoreRows();
+    drawDetail(); // from the layer cache when we have it: no kernel round trip
+    drawAblation();
   }
 
   function setSort(key: string): void {
@@ -426,7 +489,7 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
     if (sel && typeof sel.layer === "number" && (selected?.layer !== sel.layer || selected?.head !== sel.head)) {
       selected = { layer: sel.layer, head: sel.head };
       drawGrid();
-      drawScores();
+      markScoreRows();
       drawAblation();
     }
     drawDetail();

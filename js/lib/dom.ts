@@ -37,9 +37,18 @@ export function clear(el: Element): void {
   while (el.firstChild) el.removeChild(el.firstChild);
 }
 
-/** Make whitespace and control characters of a token visible, without changing it. */
+// Characters that are invisible or reorder the text around them: C0/C1 controls, zero-width and
+// bidirectional formatting characters (U+202E would show "\u202Eevil" as "live").
+const INVISIBLE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]/g;
+
+/** Make whitespace, control and formatting characters of a token visible, without changing it. */
 export function showToken(tok: string): string {
-  return tok.replace(/\n/g, "\\n").replace(/\t/g, "\\t").replace(/ /g, "\u00b7");
+  return tok
+    .replace(/\n/g, "\\n")
+    .replace(/\t/g, "\\t")
+    .replace(/\r/g, "\\r")
+    .replace(/ /g, "\u00b7")
+    .replace(INVISIBLE, (c) => "\\u" + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0"));
 }
 
 /** Shorten long text for labels (the full text stays available in a title tooltip). */
