@@ -9,15 +9,17 @@ Quick start::
 
 from ._model import ModelHandle
 from .errors import MechWidgetsError
-from .widgets import AttentionWidget, attention_patterns, show_attention
+from .widgets import AttentionWidget, FeaturesWidget, attention_patterns, show_attention, show_features
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttentionWidget",
+    "FeaturesWidget",
     "MechWidgetsError",
     "ModelHandle",
     "__version__",
     "attention_patterns",
     "show_attention",
+    "show_features",
 ]

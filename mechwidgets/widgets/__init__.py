@@ -1,5 +1,6 @@
 """Widget classes (anywidget). Each turns clicks into :mod:`mechwidgets.analysis` calls."""
 
 from .attention import AttentionWidget, attention_patterns, show_attention
+from .features import FeaturesWidget, show_features
 
-__all__ = ["AttentionWidget", "attention_patterns", "show_attention"]
+__all__ = ["AttentionWidget", "FeaturesWidget", "attention_patterns", "show_attention", "show_features"]

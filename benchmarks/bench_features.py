@@ -1,0 +1,275 @@
+"""SAE feature widget: encoding speed, steering latency (browser-timed) and message sizes.
+
+Model: the zoo's ``toy-lm`` with its SAEs when shipped; otherwise a random model of toy-lm's shape
+(4 layers, d_model 128, d_mlp 512) with random TopK SAEs of the zoo's shape (512 features, k 24)
+on the same five hooks: the arithmetic, and so the timings, are the same. Prompt: 128 tokens.
+
+Rows (median of ``--repeats``; torch on ``--threads`` CPU threads, default 1):
+
+- **encode all SAEs**: :func:`~mechwidgets.analysis.features.feature_activations` (one forward
+  pass with caching hooks, every SAE's encode and decode, top-k, reconstruction statistics).
+  Target ≤ 200 ms. Ratio against the bare minimum done by hand with TransformerLens in the same
+  process: ``run_with_cache`` of the five hooks and each SAE's ``encode``.
+- **steer (Python)**: ``widget.steer(...)``: the intervention request as the kernel handles it
+  (clean and spliced forward passes, every SAE read, changed features, traits written).
+- **steer click → view updated (browser)**: in headless Chromium through the light harness of
+  ``tests/browser/harness.py`` (the real Python widget behind a Playwright binding standing in
+  for the Jupyter comm): from the slider's ``change`` event to the results header naming the
+  new clamp value, measured in the page with ``performance.now()``. Target ≤ 300 ms.
+- **feature click → detail drawn (browser)**: a bar's click to the feature's title.
+- **largest update**: the biggest kernel → page message seen (target ≤ 4 MiB); the initial state
+  (with the ESM and CSS) is listed separately.
+
+Run: ``python benchmarks/bench_features.py [--repeats 15]`` (``make bench`` runs every bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "browser"))
+
+TARGET_ENCODE_MS = 200.0
+TARGET_STEER_MS = 300.0
+TARGET_UPDATE_BYTES = 4 * 1024 * 1024
+N_POS = 128
+
+
+def _toy_lm() -> tuple[Any, Any, str]:
+    """The zoo's toy-lm and SAEs, or a random model and random SAEs of the same shapes."""
+    from mechwidgets import zoo
+
+    try:
+        if (zoo.model_dir("toy-lm") / "config.json").is_file():
+            saes = zoo.load_saes("toy-lm")
+            if saes:
+                return zoo.load("toy-lm"), saes, "zoo toy-lm + its SAEs"
+    except Exception as exc:  # a broken zoo must not stop the benchmark
+        print(f"(zoo toy-lm did not load: {exc}; using a random model of its shape)")
+    from transformers import PreTrainedTokenizerFast
+
+    from mechwidgets.zoo import SimpleSAE, SimpleSAEConfig
+    from mechwidgets.zoo._tokenizers import save_tokenizer, toy_lm_tokenizer
+    from mechwidgets.zoo.train import SAE_HOOKS, SAE_TRAIN, TOY_LM_CONFIG
+
+    folder = Path(tempfile.mkdtemp(prefix="mw-bench-tok-"))
+    save_tokenizer(toy_lm_tokenizer(), folder)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        cfg = {k: v for k, v in TOY_LM_CONFIG.items()}
+        cfg["d_vocab"] = len(tok)
+        model = HookedTransformer(HookedTransformerConfig(**cfg, seed=0), tokenizer=tok).eval()
+    except ImportError:  # TransformerLens 4.x
+        from transformer_lens import TransformerBridge, TransformerBridgeConfig
+
+        from mechwidgets.zoo._loading import bridge_config_dict
+
+        cfg = bridge_config_dict({**TOY_LM_CONFIG, "d_vocab": len(tok)})
+        cfg["init_weights"] = True
+        model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(cfg), tokenizer=tok).eval()
+    saes = {}
+    g = torch.Generator().manual_seed(0)
+    d = TOY_LM_CONFIG["d_model"]
+    for hook in SAE_HOOKS:
+        sae = SimpleSAE(SimpleSAEConfig(d_in=d, d_sae=SAE_TRAIN["d_sae"], architecture="topk",
+                                        k=SAE_TRAIN["k"], metadata=SimpleNamespace(hook_name=hook)))
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(d, SAE_TRAIN["d_sae"], generator=g) / d**0.5)
+            sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(SAE_TRAIN["d_sae"], d, generator=g), dim=-1))
+        saes[hook] = sae.eval()
+    return model, saes, "random model and SAEs of toy-lm's shape (toy-lm not shipped)"
+
+
+def _prompt(model: Any) -> torch.Tensor:
+    """A 128-token prompt (BOS + generated text, cut to length)."""
+    from mechwidgets.zoo import tasks
+
+    text = " ".join(tasks.sample_text(4, seed=3, n_segments=12))
+    toks = model.to_tokens(text, truncate=False)[0, :N_POS]
+    assert toks.shape[0] == N_POS, f"sample text too short: {toks.shape[0]} tokens"
+    return toks
+
+
+def _median_ms(fn: Any, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+_STEER_JS = """async ([id, value, expected]) => {
+    const root = document.querySelector(`[data-mw-host="${id}"]`);
+    const slider = root.querySelector('[data-testid="steer-slider"]');
+    slider.value = String(value);
+    const t0 = performance.now();
+    slider.dispatchEvent(new Event('input'));
+    slider.dispatchEvent(new Event('change'));
+    while (true) {
+        const t = root.querySelector('[data-testid="results-title"]');
+        if (t && t.textContent.includes(expected)) return performance.now() - t0;
+        if (performance.now() - t0 > 20000) return -1;
+        await new Promise(r => setTimeout(r, 0));
+    }
+}"""
+
+_CLICK_JS = """async ([id, testid, expected]) => {
+    const root = document.querySelector(`[data-mw-host="${id}"]`);
+    const t0 = performance.now();
+    root.querySelector(`[data-testid="${testid}"]`).click();
+    while (true) {
+        const t = root.querySelector('[data-testid="feature-title"]');
+        if (t && t.textContent.includes(expected) && !t.textContent.includes('loading')) return performance.now() - t0;
+        if (performance.now() - t0 > 20000) return -1;
+        await new Promise(r => setTimeout(r, 0));
+    }
+}"""
+
+
+def _browser(widget: Any, repeats: int) -> dict[str, Any]:
+    import harness
+    from playwright.sync_api import sync_playwright
+
+    from mechwidgets.analysis.features import short_hook_label
+
+    out: dict[str, Any] = {}
+    server = harness.StaticServer()
+    try:
+        with sync_playwright() as pw:
+            chromium = harness.launch_chromium(pw)
+            try:
+                context, _guard = harness.new_guarded_context(chromium)
+                wh = harness.WidgetHarness(context, server)
+                m = wh.mount(widget)
+                pos, sae = N_POS - 1, 1
+                m.el.locator(f'[data-testid="token-{pos}"]').click()
+                m.settle()
+                feats = [int(f) for f in widget.trace.top_indices[sae, pos] if f >= 0]
+                clicks = []
+                for r in range(repeats + 1):
+                    f = feats[r % len(feats)]
+                    expected = f"{short_hook_label(widget.hook_names[sae])} #{f} —"
+                    ms = wh.page.evaluate(_CLICK_JS, [m.id, f"bar-{sae}-{f}", expected])
+                    m.settle()
+                    if r:
+                        clicks.append(ms)
+                steers = []
+                wh.calls.clear()
+                for r in range(repeats + 1):
+                    value = round(2.0 + 0.5 * r, 2)
+                    ms = wh.page.evaluate(_STEER_JS, [m.id, value, f"clamp to {value:.2f}"])
+                    m.settle()
+                    if r:
+                        steers.append(ms)
+                out["click"] = statistics.median(clicks)
+                out["steer"] = statistics.median(steers)
+                out["steer_max"] = max(steers)
+                py = [sec * 1000 for what, sec in wh.calls if what.endswith(":intervene")][1:]
+                out["steer_py"] = statistics.median(py) if py else float("nan")
+                out["largest"] = max(u.nbytes for u in m.updates)
+                out["largest_what"] = max(m.updates, key=lambda u: u.nbytes).what
+                out["initial"] = m.initial.nbytes
+                out["errors"] = m.js_errors() + wh.py_errors
+                wh.close()
+                context.close()
+            finally:
+                chromium.close()
+    finally:
+        server.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: steady on a shared 2-core machine)")
+    args = parser.parse_args(argv if argv is not None else [])
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        _run(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: Any) -> None:
+    from mechwidgets._model import ModelHandle
+    from mechwidgets.analysis.features import bind_saes, feature_activations
+    from mechwidgets.widgets.features import show_features
+
+    model, saes, what = _toy_lm()
+    toks = _prompt(model)
+    handle = ModelHandle.wrap(model)
+    bound = bind_saes(handle, saes)
+    names = [b.hook_name for b in bound]
+
+    def by_hand() -> None:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(toks[None], names_filter=lambda n: n in names)
+            for b in bound:
+                b.sae.encode(cache[b.hook_name])
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(toks[None])
+
+    encode = _median_ms(lambda: feature_activations(handle, bound, toks), args.repeats)
+    hand = _median_ms(by_hand, args.repeats)
+    fwd = _median_ms(forward, args.repeats)
+    t0 = time.perf_counter()
+    widget = show_features(model, saes, toks)
+    build = (time.perf_counter() - t0) * 1000
+    f = int(widget.trace.top_indices[1, N_POS - 1, 0])
+    counter = iter(range(10**6))
+    steer_py = _median_ms(lambda: widget.steer(1, f, 1.0 + next(counter) % 7), args.repeats)
+
+    rows = [
+        ("encode all SAEs (128 tokens)", f"{encode:.1f} ms", f"≤ {TARGET_ENCODE_MS:.0f} ms",
+         f"{encode / hand:.2f}x TL run_with_cache + encode ({hand:.1f} ms); one forward {fwd:.1f} ms"),
+        ("widget built (trace, labels, links)", f"{build:.0f} ms", "", f"links on {widget.links_info.get('n_tokens')} tokens"),
+        ("steer (Python)", f"{steer_py:.1f} ms", "", "clean + spliced forward, all SAEs read"),
+    ]
+    if not args.no_browser:
+        try:
+            b = _browser(widget, args.repeats)
+        except Exception as exc:  # no Chromium: report, do not fail the whole bench run
+            rows.append(("browser rows", "skipped", "", f"{type(exc).__name__}: {exc}"[:90]))
+        else:
+            rows += [
+                ("feature click → detail drawn (browser)", f"{b['click']:.1f} ms", "", ""),
+                ("steer click → view updated (browser)", f"{b['steer']:.1f} ms", f"≤ {TARGET_STEER_MS:.0f} ms",
+                 f"max {b['steer_max']:.1f} ms; of which Python handling {b['steer_py']:.1f} ms"),
+                ("largest update", f"{b['largest'] / 1024:.1f} KiB", "≤ 4096 KiB", b["largest_what"][:40]),
+                ("initial state (with ESM + CSS)", f"{b['initial'] / 1024:.1f} KiB", "", ""),
+            ]
+            if b["errors"]:
+                rows.append(("page errors", str(len(b["errors"])), "0", str(b["errors"][0])[:80]))
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    print(f"\nSAE features — {what}; {len(bound)} SAEs, torch threads {torch.get_num_threads()}{load}")
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"{'measure':<{widths[0]}}  {'value':>{widths[1]}}  {'target':<{widths[2]}}  notes")
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,465 @@
+"""The SAE feature widget: which features fire on each token, how they carry across layers, and
+what switching one off or turning it up does downstream.
+
+Python owns the model and the SAEs; the frontend (``js/features.ts``) draws. Everything on screen
+lives in traits (a saved notebook redraws it with no kernel); clicks that need the model go
+through the request protocol of :class:`~mechwidgets.widgets._base.MechWidget`:
+
+- ``select_token {pos}`` → ``selected_token`` (the token's top features per SAE are already in
+  the ``top`` trait, so the bars draw at once);
+- ``select_feature {sae, feature}`` → ``selected_feature`` and ``feature`` (activation over the
+  prompt, logit effects, lineage across the SAEs);
+- ``intervene {interventions}`` → ``interventions`` and ``intervention`` (predictions and loss
+  before vs after, downstream features that changed, counts of the edited run).
+
+The maths is in :mod:`mechwidgets.analysis.features`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import traitlets
+
+from .._model import ModelHandle
+from .._tensor import encode_array
+from ..analysis.features import (
+    INTERVENTION_MODES,
+    BoundSAE,
+    FeatureIntervention,
+    FeatureLinks,
+    FeatureTrace,
+    InterventionResult,
+    bind_saes,
+    default_link_prompts,
+    feature_activations,
+    feature_links,
+    intervene_features,
+    lineage,
+    logit_effect_matrix,
+)
+from ..errors import SAEError
+from ._base import MechWidget
+from ._svg import heatmap_svg
+
+#: Promoted tokens shown as a feature's label.
+LABEL_TOKENS = 3
+#: Promoted / suppressed tokens listed in a feature's detail.
+DETAIL_TOKENS = 8
+#: Downstream features listed after an intervention.
+N_CHANGES = 12
+
+
+def _predictions_state(pred: Any) -> dict[str, Any]:
+    return {"tokens": pred.str_tokens, "token_ids": pred.token_ids, "probs": encode_array(pred.probs)}
+
+
+def _overview_state(trace: FeatureTrace) -> dict[str, Any]:
+    return {
+        "n_active": encode_array(trace.n_active, "int32"),
+        "total": encode_array(trace.total_activation),
+    }
+
+
+def _top_state(trace: FeatureTrace) -> dict[str, Any]:
+    return {
+        "indices": encode_array(trace.top_indices, "int32"),
+        "values": encode_array(trace.top_values),
+    }
+
+
+class FeaturesWidget(MechWidget):
+    """SAE features per token and layer, their cross-layer lineage, and live interventions.
+
+    Build it with :func:`mechwidgets.show_features`. Traits (all synced):
+
+    - ``prompt``, ``tokens`` (str tokens), ``hook_names``, ``sae_labels`` (``"L1 pre"``),
+      ``d_sae`` (features per SAE)
+    - ``overview``: ``{n_active: [sae, pos] int32, total: [sae, pos] float32}``;
+      ``colour_by``: ``"count"`` or ``"total"``, which of the two colours the overview
+    - ``top``: ``{indices: [sae, pos, k] int32 (-1: none), values: [sae, pos, k] float32}``
+    - ``recon``: ``{explained_variance: [sae], relative_error: [sae], error_norm: [sae, pos],
+      act_norm: [sae, pos]}`` (float32): how well each SAE reconstructs its hook on this prompt
+    - ``feature_labels``: per SAE, ``{feature: [top promoted tokens]}`` for every feature in ``top``
+    - ``selected_token`` (-1: none), ``selected_feature`` (``{sae, feature}`` or ``{}``)
+    - ``feature``: the selected feature's detail: ``activations`` ``[pos]``, ``promoted`` /
+      ``suppressed`` logit effects, ``lineage`` (``nodes``, ``edges`` across the SAEs),
+      ``frequency`` on the link sample
+    - ``interventions``: ``[{sae, hook_name, feature, mode, value, positions}]`` in force
+    - ``intervention``: the last run's predictions, per-token loss before vs after, the
+      downstream features that changed, and the edited run's ``overview``
+    - ``links_info``: what the cross-layer links were measured on
+    """
+
+    _bundle = "features.js"
+
+    prompt = traitlets.Unicode("").tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    hook_names = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    sae_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    d_sae = traitlets.List(traitlets.Int()).tag(sync=True)
+    overview = traitlets.Dict({}).tag(sync=True)
+    colour_by = traitlets.Unicode("count").tag(sync=True)
+    top = traitlets.Dict({}).tag(sync=True)
+    recon = traitlets.Dict({}).tag(sync=True)
+    feature_labels: traitlets.List[dict[str, list[str]]] = traitlets.List([]).tag(sync=True)
+    selected_token = traitlets.Int(-1).tag(sync=True)
+    selected_feature = traitlets.Dict({}).tag(sync=True)
+    feature = traitlets.Dict({}).tag(sync=True)
+    interventions: traitlets.List[dict[str, Any]] = traitlets.List([]).tag(sync=True)
+    intervention = traitlets.Dict({}).tag(sync=True)
+    links_info = traitlets.Dict({}).tag(sync=True)
+
+    def __init__(
+        self,
+        model: Any,
+        saes: Any,
+        prompt: str | torch.Tensor,
+        *,
+        top_k: int = 8,
+        links: FeatureLinks | None = None,
+        link_prompts: Sequence[str] | None = None,
+        n_links: int = 5,
+        colour_by: str = "auto",
+        max_positions: int = 512,
+        **kwargs: Any,
+    ) -> None:
+        if colour_by not in ("auto", "count", "total"):
+            raise SAEError(
+                f"colour_by={colour_by!r}: use 'count' (features firing), 'total' (their summed "
+                f"activation) or 'auto'."
+            )
+        handle = ModelHandle.wrap(model)
+        bound = bind_saes(handle, saes)
+        self._handle = handle
+        self._bound = bound
+        self._prompt_input = prompt
+        self._max_positions = max_positions
+        self.trace: FeatureTrace = feature_activations(
+            handle, bound, prompt, top_k=top_k, max_positions=max_positions
+        )
+        self._tokens = self.trace.tokens[None].to(handle.device)
+        source = "given"
+        if links is None:
+            if link_prompts is None:
+                try:
+                    link_prompts = default_link_prompts(handle)
+                    source = "zoo sample text"
+                except SAEError:
+                    link_prompts = [self._tokens]  # type: ignore[list-item]
+                    source = "this prompt only (pass link_prompts= for a real sample)"
+            else:
+                source = "link_prompts"
+            links = feature_links(handle, bound, link_prompts, n_links=n_links) if len(bound) > 1 else None
+        elif list(links.hook_names) != [b.hook_name for b in bound]:
+            raise SAEError(
+                f"links= was computed for the SAEs {links.hook_names}, not for these "
+                f"({[b.hook_name for b in bound]}): recompute it with feature_links(model, saes)."
+            )
+        self.links: FeatureLinks | None = links
+        self.last_intervention: InterventionResult | None = None
+        self._clean_logits: torch.Tensor | None = None
+        self._label_cache: list[dict[int, list[str]]] = [{} for _ in bound]
+        labels = self._labels_for(
+            [sorted({int(f) for f in self.trace.top_indices[i].flatten().tolist() if f >= 0})
+             for i in range(len(bound))]
+        )
+        t = self.trace
+        if colour_by == "auto":
+            # TopK SAEs fire exactly k features everywhere: their counts say nothing
+            counts = t.n_active[:, 1:] if t.n_active.shape[1] > 1 else t.n_active
+            constant = bool((counts == counts[:, :1]).all())
+            colour_by = "total" if constant else "count"
+        MechWidget.__init__(
+            self,
+            prompt=prompt if isinstance(prompt, str) else "".join(t.str_tokens),
+            tokens=t.str_tokens,
+            hook_names=t.hook_names,
+            sae_labels=t.labels,
+            d_sae=t.d_sae,
+            overview=_overview_state(t),
+            colour_by=colour_by,
+            top=_top_state(t),
+            recon={
+                "explained_variance": encode_array(t.explained_variance),
+                "relative_error": encode_array(t.relative_error),
+                "error_norm": encode_array(t.error_norm),
+                "act_norm": encode_array(t.act_norm),
+            },
+            feature_labels=labels,
+            links_info={
+                "n_tokens": links.n_tokens if links else 0,
+                "n_prompts": links.n_prompts if links else 0,
+                "by": links.by if links else "",
+                "source": source if links else "no links: a single SAE",
+            },
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------ helpers
+    def _labels_for(self, features: Sequence[Sequence[int]]) -> list[dict[str, list[str]]]:
+        """Top promoted tokens of features (cached), as the ``feature_labels`` trait's shape."""
+        for i, feats in enumerate(features):
+            new = [f for f in feats if f not in self._label_cache[i]]
+            if not new:
+                continue
+            with torch.no_grad():
+                eff = logit_effect_matrix(self._handle, self._bound[i], new, ln_scale=self.trace.ln_scale)
+            ids = eff.topk(min(LABEL_TOKENS, eff.shape[-1]), dim=-1).indices
+            uniq = sorted(set(ids.flatten().tolist()))
+            strs = dict(zip(uniq, self._handle.model.to_str_tokens(torch.tensor(uniq)), strict=True))
+            for f, row in zip(new, ids.tolist(), strict=True):
+                self._label_cache[i][f] = [str(strs[t]) for t in row]
+        return [{str(f): toks for f, toks in sorted(cache.items())} for cache in self._label_cache]
+
+    def _sae(self, sae: Any) -> int:
+        return self.trace.index(sae)
+
+    def _check_feature(self, i: int, feature: Any) -> int:
+        d = self.trace.d_sae[i]
+        if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < d:
+            raise SAEError(
+                f"feature {feature!r} is out of range: the SAE on {self.trace.hook_names[i]!r} "
+                f"has features 0..{d - 1}."
+            )
+        return feature
+
+    # ------------------------------------------------------------ requests
+    def _req_select_token(self, pos: int) -> dict[str, Any]:
+        n = len(self.trace.str_tokens)
+        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < n:
+            raise SAEError(f"token position {pos!r} is out of range: the prompt has positions 0..{n - 1}.")
+        self.selected_token = pos
+        return {"pos": pos}
+
+    def _req_select_feature(self, sae: Any, feature: int) -> dict[str, Any]:
+        i = self._sae(sae)
+        self._check_feature(i, feature)
+        t = self.trace
+        acts = t.feature_values(i, feature)
+        with torch.no_grad():
+            eff = logit_effect_matrix(self._handle, self._bound[i], [feature], ln_scale=t.ln_scale)[0]
+        k = min(DETAIL_TOKENS, eff.shape[-1])
+        pv, pi = eff.topk(k)
+        sv, si = (-eff).topk(k)
+        ids = sorted(set(pi.tolist()) | set(si.tolist()))
+        strs = dict(zip(ids, (str(s) for s in self._handle.model.to_str_tokens(torch.tensor(ids))), strict=True))
+        graph: dict[str, Any] = {"nodes": [{"sae": i, "feature": feature, "score": 1.0}], "edges": []}
+        freq = None
+        if self.links is not None:
+            graph = lineage(self.links, i, feature)
+            freq = float(self.links.frequency[i][feature])
+        # labels for every node of the lineage, so the flow is readable
+        wanted: list[list[int]] = [[] for _ in self._bound]
+        for node in graph["nodes"]:
+            wanted[node["sae"]].append(node["feature"])
+        wanted[i].append(feature)
+        labels = self._labels_for(wanted)
+        detail = {
+            "sae": i,
+            "feature": feature,
+            "hook_name": t.hook_names[i],
+            "activations": encode_array(acts),
+            "promoted": {"tokens": [strs[x] for x in pi.tolist()], "values": encode_array(pv)},
+            "suppressed": {"tokens": [strs[x] for x in si.tolist()], "values": encode_array(-sv)},
+            "lineage": graph,
+            "frequency": freq,
+            "max_activation": float(acts.max()),
+            "ln_scale": t.ln_scale,
+        }
+        with self.hold_sync():
+            if labels != self.feature_labels:
+                self.feature_labels = labels
+            self.feature = detail
+            self.selected_feature = {"sae": i, "feature": feature}
+        return {"sae": i, "feature": feature}
+
+    def _req_intervene(self, interventions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        edits = []
+        for item in interventions:
+            if not isinstance(item, Mapping):
+                raise SAEError(f"each intervention is a dict {{sae, feature, mode, value, positions}}, got {item!r}.")
+            sae = item.get("sae", item.get("hook_name"))
+            i = self._sae(sae)
+            mode = item.get("mode", "ablate")
+            if mode not in INTERVENTION_MODES:
+                raise SAEError(f"unknown intervention mode {mode!r}: use one of {INTERVENTION_MODES}.")
+            positions = item.get("positions")
+            edits.append(FeatureIntervention(
+                self.trace.hook_names[i], self._check_feature(i, item.get("feature")), mode,
+                float(item.get("value", 0.0) or 0.0), None if positions is None else list(positions)))
+        if not edits:
+            self.last_intervention = None
+            with self.hold_sync():
+                self.interventions = []
+                self.intervention = {}
+            return {"interventions": []}
+        if self._clean_logits is None:
+            with self._handle.session():
+                self._clean_logits = self._handle.run(self._tokens)[0]
+        result = intervene_features(
+            self._handle, self._bound, self._tokens, edits, n_changes=N_CHANGES, before=self.trace,
+            logits_before=self._clean_logits, trace_top_k=1, max_positions=self._max_positions,
+        )
+        self.last_intervention = result
+        names = self.trace.hook_names
+        state = [
+            {"sae": names.index(str(iv.hook_name)), "hook_name": str(iv.hook_name), "feature": iv.feature,
+             "mode": iv.mode, "value": iv.value,
+             "positions": None if iv.positions is None else list(iv.positions)}
+            for iv in result.interventions
+        ]
+        wanted: list[list[int]] = [[] for _ in self._bound]
+        for c in result.changes:
+            wanted[c.sae].append(c.feature)
+        labels = self._labels_for(wanted)
+        changed = [
+            {"sae": c.sae, "feature": c.feature, "max_change": c.max_change, "position": c.position,
+             "before": float(c.before[c.position]), "after": float(c.after[c.position]),
+             "before_total": float(c.before.sum()), "after_total": float(c.after.sum())}
+            for c in result.changes
+        ]
+        with self.hold_sync():
+            self._write_intervention(state, labels, result, changed)
+        return {"interventions": state}
+
+    def _write_intervention(self, state: list[dict[str, Any]], labels: list[dict[str, list[str]]],
+                            result: InterventionResult, changed: list[dict[str, Any]]) -> None:
+        if labels != self.feature_labels:
+            self.feature_labels = labels
+        self.interventions = state
+        self.intervention = {
+            "interventions": state,
+            "position": result.position,
+            "before": _predictions_state(result.before),
+            "after": _predictions_state(result.after),
+            "loss_before": encode_array(result.loss_before),
+            "loss_after": encode_array(result.loss_after),
+            "changed": changed,
+            "overview": _overview_state(result.trace_after),
+            "max_logit_change": result.max_abs_logit_change,
+        }
+
+    # ------------------------------------------------------------ Python API
+    def select_token(self, pos: int) -> None:
+        """Show one token's top features per SAE (as a click on the token does)."""
+        self._call("select_token", pos=pos)
+
+    def select_feature(self, sae: int | str, feature: int) -> None:
+        """Show one feature: its activation over the prompt, logit effects and lineage.
+
+        Args:
+            sae: the SAE's index (in :attr:`hook_names`) or its hook name.
+            feature: the feature's index in that SAE.
+        """
+        self._call("select_feature", sae=sae, feature=feature)
+
+    def _set_intervention(self, sae: int | str, feature: int, mode: str, value: float,
+                          positions: Sequence[int] | None) -> InterventionResult | None:
+        i = self._sae(sae)
+        kept = [dict(iv) for iv in self.interventions
+                if not (iv["sae"] == i and iv["feature"] == feature)]
+        kept.append({"sae": i, "feature": feature, "mode": mode, "value": value,
+                     "positions": None if positions is None else list(positions)})
+        self._call("intervene", interventions=kept)
+        return self.last_intervention
+
+    def ablate(self, sae: int | str, feature: int, *,
+               positions: Sequence[int] | None = None) -> InterventionResult:
+        """Switch a feature off (at ``positions``, default all), re-run, and show the effect.
+
+        Other interventions in force stay; this one replaces any earlier one on the same feature.
+        """
+        out = self._set_intervention(sae, feature, "ablate", 0.0, positions)
+        assert out is not None
+        return out
+
+    def steer(self, sae: int | str, feature: int, value: float, *,
+              positions: Sequence[int] | None = None) -> InterventionResult:
+        """Clamp a feature to ``value`` (at ``positions``, default all), re-run, show the effect."""
+        out = self._set_intervention(sae, feature, "clamp", value, positions)
+        assert out is not None
+        return out
+
+    def remove_intervention(self, sae: int | str, feature: int) -> None:
+        """Drop the intervention on one feature and re-run with the others."""
+        i = self._sae(sae)
+        kept = [dict(iv) for iv in self.interventions if not (iv["sae"] == i and iv["feature"] == feature)]
+        self._call("intervene", interventions=kept)
+
+    def clear_interventions(self) -> None:
+        """Drop every intervention: the clean run only."""
+        self._call("intervene", interventions=[])
+
+    @property
+    def saes(self) -> list[BoundSAE]:
+        """The SAEs, checked and in forward order."""
+        return list(self._bound)
+
+    # ------------------------------------------------------------ static picture
+    def _static_svg(self) -> str | None:
+        t = self.trace
+        by_count = self.colour_by != "total"
+        values = t.n_active.float() if by_count else t.total_activation
+        if not by_count:  # activations grow with depth: each SAE on its own scale, as on screen
+            values = values / values.max(dim=1, keepdim=True).values.clamp(min=1e-12)
+        ev = [float(v) for v in t.explained_variance]
+        rows = [f"{lab} (EV {v:.2f})" if v == v else lab for lab, v in zip(t.labels, ev, strict=True)]
+        what = "features firing" if by_count else "total feature activation (each SAE scaled to its largest)"
+        return heatmap_svg(
+            values,
+            row_labels=rows,
+            col_labels=t.str_tokens,
+            title=f"SAE features: {what} per token (columns) and SAE (rows)",
+            vmin=0.0,
+        )
+
+
+def show_features(
+    model: Any,
+    saes: Any,
+    prompt: str | torch.Tensor,
+    *,
+    top_k: int = 8,
+    links: FeatureLinks | None = None,
+    link_prompts: Sequence[str] | None = None,
+    n_links: int = 5,
+    colour_by: str = "auto",
+    max_positions: int = 512,
+) -> FeaturesWidget:
+    """Show which SAE features fire on each token, their lineage across layers, and live edits.
+
+    Args:
+        model: a TransformerLens ``HookedTransformer`` (3.x) or ``TransformerBridge`` (4.x).
+        saes: sae-lens ``SAE`` objects or objects with ``encode``, ``decode``, ``W_dec``,
+            ``hook_name`` and ``d_sae`` (e.g. ``mechwidgets.zoo.load_saes("toy-lm")``), as a
+            list or a dict keyed by hook name; any subset of layers.
+        prompt: the text to analyse (BOS is prepended), or a token tensor.
+        top_k: features kept per token and SAE for the bars (default 8).
+        links: precomputed :func:`~mechwidgets.analysis.features.feature_links` for these SAEs.
+        link_prompts: sample texts to measure the cross-layer links on (default: the zoo's
+            generated text for zoo models, else this prompt alone).
+        n_links: links kept per feature and direction (default 5).
+        colour_by: the overview's colour: ``"count"`` of features firing, ``"total"``
+            activation, or ``"auto"`` (default): the count, unless every token fires as many
+            features (TopK SAEs), then the total.
+        max_positions: refuse longer prompts (default 512).
+
+    Returns:
+        The :class:`FeaturesWidget`; display it, or drive it from Python:
+        ``w.select_token(5)``, ``w.select_feature("blocks.1.hook_resid_pre", 42)``,
+        ``w.ablate(1, 42)``, ``w.steer(1, 42, 8.0, positions=[5])``, ``w.last_intervention``.
+
+    Raises:
+        SAEError: no SAE, an object that is not an SAE, an SAE for a hook the model lacks or
+            whose ``d_in`` does not match it, an SAE on another device or dtype than the model.
+    """
+    return FeaturesWidget(
+        model, saes, prompt, top_k=top_k, links=links, link_prompts=link_prompts,
+        n_links=n_links, colour_by=colour_by, max_positions=max_positions,
+    )
+
+
+__all__ = ["FeaturesWidget", "show_features"]

@@ -1,0 +1,253 @@
+"""The SAE feature widget in real Chromium through the light harness (no Jupyter).
+
+The page imports the built ES module and renders it with a fake model wired to the real Python
+:class:`~mechwidgets.FeaturesWidget`: clicks become requests handled by the real
+``_on_frontend_message``, trait changes and replies are pushed back to the page. Uses the zoo's
+toy-lm and its SAEs when they are shipped, else a tiny random model with small SAEs.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from harness import WidgetHarness, clip, js_fmt, show_token
+from playwright.sync_api import expect
+
+from mechwidgets._model import hook_count
+from mechwidgets.errors import SAEError
+from mechwidgets.widgets._base import MAX_UPDATE_BYTES
+from mechwidgets.widgets.features import show_features
+from mechwidgets.zoo import SimpleSAE, SimpleSAEConfig
+
+PROMPT = "When Mary and John went to the store , John gave a drink to Mary"
+HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+#: Steering, click to updated view, browser-timed (the brief's budget).
+STEER_BUDGET_MS = 300
+
+
+def tiny_saes() -> list[SimpleSAE]:
+    out = []
+    for i, hook in enumerate(HOOKS):
+        g = torch.Generator().manual_seed(i)
+        sae = SimpleSAE(SimpleSAEConfig(d_in=32, d_sae=48, architecture="topk", k=6,
+                                        metadata=SimpleNamespace(hook_name=hook)))
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(32, 48, generator=g) * 0.4)
+            sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(48, 32, generator=g), dim=-1))
+        out.append(sae.eval())
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(model: Any) -> tuple[Any, Any, str, Any]:
+    from mechwidgets import zoo
+
+    if (zoo.model_dir("toy-lm") / "config.json").is_file() and zoo.load_saes("toy-lm"):
+        toy = zoo.load("toy-lm")
+        return toy, zoo.load_saes("toy-lm"), "When Mary and John went to the store, John gave a drink to", None
+    return model, tiny_saes(), PROMPT, [PROMPT, "the cat sat on the mat and then ran to the store", "A B C D A B C D"]
+
+
+def assert_clean(harness: WidgetHarness, mounted: Any) -> None:
+    assert mounted.js_errors() == [], "errors in the page"
+    assert harness.py_errors == [], "errors in the Python side of the harness"
+    assert harness.guard.blocked == [], "rendering made a network request other than to 127.0.0.1"  # type: ignore[attr-defined]
+
+
+def test_click_token_feature_lineage_steer_ablate(widget_harness: WidgetHarness, setup: Any, screenshot: Any) -> None:
+    model, saes, prompt, link_prompts = setup
+    hooks_before = hook_count(model)
+    w = show_features(model, saes, prompt, link_prompts=link_prompts)
+    n, S = len(w.tokens), len(w.sae_labels)
+    m = widget_harness.mount(w)
+    el = m.el
+    expect(el.locator(".mw-title")).to_have_text(f"SAE features — {n} tokens, {S} SAEs")
+    expect(el.locator(".mw-feat-cell")).to_have_count(n * S)
+    expect(el.locator('[data-testid="recon"] .mw-feat-ev')).to_have_count(S)
+    ev = float(w.trace.explained_variance[0])
+    expect(el.locator('[data-testid="recon-0"]')).to_contain_text(f"EV {js_fmt(ev, 2)}")
+    # TopK SAEs fire k features everywhere: the overview is coloured by total activation then
+    assert w.colour_by == ("total" if bool((w.trace.n_active[:, 1:] == w.trace.n_active[:, 1:2]).all()) else "count")
+    expect(el.locator('[data-testid="colour-by"]')).to_have_value(w.colour_by)
+    screenshot(el, "overview")
+
+    # click a token: its top features per SAE as bars, labelled by their top promoted tokens
+    pos = n - 2
+    el.locator(f'[data-testid="token-{pos}"]').click()
+    expect(el.locator('[data-testid="token-title"]')).to_have_text(f"Top features on {show_token(w.tokens[pos])}@{pos}")
+    m.settle()
+    assert w.selected_token == pos
+    expect(el.locator(f'[data-testid="token-{pos}"]')).to_have_class(re.compile("mw-selected"))
+    sae_i = 1
+    idx = [int(f) for f in w.trace.top_indices[sae_i, pos] if f >= 0]
+    bars = el.locator(f'[data-testid="token-sae-{sae_i}"] .mw-feat-bar')
+    expect(bars).to_have_count(len(idx))
+    assert bars.evaluate_all("els => els.map(e => e.dataset.testid)") == [f"bar-{sae_i}-{f}" for f in idx]
+    f0 = idx[0]
+    label = " ".join(show_token(t) for t in w.feature_labels[sae_i][str(f0)])
+    expect(bars.first.locator(".mw-feat-label")).to_have_text(label)
+    expect(bars.first.locator(".mw-feat-val")).to_have_text(js_fmt(float(w.trace.top_values[sae_i, pos, 0]), 2))
+
+    # click a feature: its activation over the prompt, logit effects and lineage
+    bars.first.click()
+    title = el.locator('[data-testid="feature-title"]')
+    expect(title).to_contain_text(f"{w.sae_labels[sae_i]} #{f0} — fires on")
+    m.settle()
+    assert w.selected_feature == {"sae": sae_i, "feature": f0}
+    acts = w.trace.feature_values(sae_i, f0)
+    expect(title).to_contain_text(f"fires on {int((acts > 0).sum())}/{n} tokens, max {js_fmt(float(acts.max()), 2)}")
+    expect(el.locator('[data-testid="feature-acts"] .mw-token')).to_have_count(n)
+    expect(el.locator('[data-testid="promoted"] tbody tr').first.locator("td").first).to_have_text(
+        show_token(w.feature["promoted"]["tokens"][0]))
+    nodes = w.feature["lineage"]["nodes"]
+    expect(el.locator('[data-testid="lineage"] .mw-feat-node')).to_have_count(len(nodes))
+    expect(el.locator(f'[data-testid="node-{sae_i}-{f0}"]')).to_have_class(re.compile("mw-selected"))
+    edges = w.feature["lineage"]["edges"]
+    expect(el.locator('[data-testid="lineage"] path.mw-feat-edge')).to_have_count(len(edges))
+    assert edges, "the lineage links the feature to its neighbours"
+    screenshot(el, "feature")
+
+    # follow the lineage: click a successor (or predecessor) node, then come back
+    other = next(nd for nd in nodes if (nd["sae"], nd["feature"]) != (sae_i, f0))
+    el.locator(f'[data-testid="node-{other["sae"]}-{other["feature"]}"]').click()
+    expect(title).to_contain_text(f"{w.sae_labels[other['sae']]} #{other['feature']} — fires on")
+    m.settle()
+    assert w.selected_feature == {"sae": other["sae"], "feature": other["feature"]}
+    # links are top-k each way, so the way back is not always drawn: return through the bars
+    el.locator(f'[data-testid="bar-{sae_i}-{f0}"]').click()
+    expect(title).to_contain_text(f"{w.sae_labels[sae_i]} #{f0} — fires on")
+    m.settle()
+
+    # steer: move the slider, the model re-runs; time the click to the updated view
+    assert w.last_intervention is None
+    value = round(float(acts.max()) * 3 + 1, 1)
+    slider = el.locator('[data-testid="steer-slider"]')
+    expect(slider).to_be_visible()
+    elapsed = widget_harness.page.evaluate(
+        """async ([id, value, expected]) => {
+            const root = document.querySelector(`[data-mw-host="${id}"]`);
+            const slider = root.querySelector('[data-testid="steer-slider"]');
+            slider.value = String(value);
+            const t0 = performance.now();
+            slider.dispatchEvent(new Event('input'));
+            slider.dispatchEvent(new Event('change'));
+            while (true) {
+                const t = root.querySelector('[data-testid="results-title"]');
+                if (t && t.textContent.includes(expected)) return performance.now() - t0;
+                if (performance.now() - t0 > 10000) return -1;
+                await new Promise(r => requestAnimationFrame(r));
+            }
+        }""",
+        [m.id, value, f"clamp to {js_fmt(value, 2)}"],
+    )
+    m.settle()
+    res = w.last_intervention
+    assert res is not None, "Python ran the intervention"
+    assert [(iv.hook_name, iv.feature, iv.mode, iv.value, iv.positions) for iv in res.interventions] == [
+        (w.hook_names[sae_i], f0, "clamp", pytest.approx(value, abs=1e-6), None)]
+    assert 0 < elapsed, "the view did not update"
+    # the time is reported by benchmarks/bench_features.py (budget STEER_BUDGET_MS on an idle
+    # machine); a shared CI machine is too noisy to assert it here
+    print(f"steer click → updated view: {elapsed:.1f} ms (budget {STEER_BUDGET_MS} ms)")
+    table = el.locator('[data-testid="predictions"]')
+    cols = [[t.strip() for t in table.locator(f"tbody tr td:nth-child({c})").all_inner_texts()] for c in (2, 3, 4, 5)]
+    assert cols[0] == [show_token(t) for t in res.before.str_tokens]
+    assert cols[1] == [js_fmt(float(p), 3) for p in res.before.probs]
+    assert cols[2] == [show_token(t) for t in res.after.str_tokens]
+    assert cols[3] == [js_fmt(float(p), 3) for p in res.after.probs]
+    assert not torch.allclose(res.before.probs, res.after.probs)
+    changed = el.locator('[data-testid="changed-features"] .mw-feat-changed-item')
+    expect(changed).to_have_count(len(res.changes))
+    assert res.changes and changed.evaluate_all("els => els.map(e => e.dataset.testid)") == [
+        f"changed-{w.hook_names.index(c.hook_name)}-{c.feature}" for c in res.changes]
+    c0 = res.changes[0]
+    expect(changed.first).to_contain_text(f"{js_fmt(float(c0.before[c0.position]), 2)} → {js_fmt(float(c0.after[c0.position]), 2)}")
+    expect(changed.first).to_contain_text(f"@{c0.position}")
+    expect(el.locator(f'[data-testid="chip-{sae_i}-{f0}"]')).to_contain_text(f"clamp to {js_fmt(value, 2)} (all positions)")
+    screenshot(el, "steered")
+
+    # a changed downstream feature is clickable
+    changed.first.click()
+    expect(title).to_contain_text(f"{w.sae_labels[w.hook_names.index(c0.hook_name)]} #{c0.feature}")
+    m.settle()
+    back_sae = w.hook_names.index(c0.hook_name)
+    assert w.selected_feature == {"sae": back_sae, "feature": c0.feature}
+
+    # ablate it at the selected token only: a second intervention; then remove one with its ×
+    el.locator('[data-testid="positions"]').select_option("token")
+    el.locator('[data-testid="ablate-button"]').click()
+    expect(el.locator('[data-testid="interventions"] .mw-chip')).to_have_count(2)
+    m.settle()
+    assert w.last_intervention is not None and len(w.last_intervention.interventions) == 2
+    ablated = next(iv for iv in w.last_intervention.interventions if iv.mode == "ablate")
+    assert ablated.positions == [pos] and ablated.feature == c0.feature
+    expect(el.locator(f'[data-testid="chip-{back_sae}-{c0.feature}"]')).to_contain_text(
+        f"ablate ({clip(show_token(w.tokens[pos]), 10)}@{pos})")
+    el.locator(f'[data-testid="remove-{sae_i}-{f0}"]').click()
+    expect(el.locator('[data-testid="interventions"] .mw-chip')).to_have_count(1)
+    m.settle()
+    assert [iv["feature"] for iv in w.interventions] == [c0.feature]
+    el.locator('[data-testid="clear-interventions"]').click()
+    expect(el.locator('[data-testid="intervention-results"]')).to_be_empty()
+    m.settle()
+    assert w.interventions == [] and w.last_intervention is None
+
+    # colour by count / total activation: a trait the page sets; a count cell shows the count
+    el.locator('[data-testid="colour-by"]').select_option("count")
+    m.settle()
+    assert w.colour_by == "count"
+    assert el.locator('[data-testid="cell-0-3"]').inner_text() == str(int(w.trace.n_active[0, 3]))
+    el.locator('[data-testid="colour-by"]').select_option("total")
+    m.settle()
+    assert w.colour_by == "total"
+    assert el.locator('[data-testid="cell-0-3"]').inner_text() == ""
+
+    # errors: a bad call from Python raises there, and the banner shows the same message
+    banner = el.locator(".mw-error")
+    expect(banner).to_be_hidden()
+    with pytest.raises(SAEError) as info:
+        w.select_feature(0, 10**6)
+    m.flush()
+    expect(banner).to_be_visible()
+    expect(banner).to_have_text(str(info.value))
+    widget_harness.page.evaluate(
+        "id => window.__mw.widgets[id].model.send({type: 'request', id: 999, kind: 'intervene', "
+        "args: {interventions: [{sae: 0, feature: 1, mode: 'clamp', value: 1, positions: [9999]}]}})",
+        m.id,
+    )
+    expect(banner).to_contain_text("position 9999 is out of range")
+    screenshot(el, "error")
+    el.locator(f'[data-testid="token-{pos}"]').click()
+    expect(banner).to_be_hidden()
+    m.settle()
+
+    # nothing over the update budget; nothing left hooked
+    assert m.initial.nbytes <= MAX_UPDATE_BYTES
+    assert max(u.nbytes for u in m.updates) <= MAX_UPDATE_BYTES
+    assert hook_count(model) == hooks_before
+    assert_clean(widget_harness, m)
+
+
+def test_python_driven_updates_reach_the_page(widget_harness: WidgetHarness, setup: Any) -> None:
+    model, saes, prompt, link_prompts = setup
+    w = show_features(model, saes, prompt, link_prompts=link_prompts)
+    m = widget_harness.mount(w)
+    pos = 3
+    f = int(w.trace.top_indices[0, pos, 0])
+    w.select_token(pos)
+    w.select_feature(0, f)
+    w.steer(0, f, 5.0, positions=[pos])
+    m.flush()
+    expect(m.el.locator('[data-testid="token-title"]')).to_contain_text(f"@{pos}")
+    expect(m.el.locator('[data-testid="feature-title"]')).to_contain_text(f"{w.sae_labels[0]} #{f}")
+    expect(m.el.locator('[data-testid="results-title"]')).to_contain_text(f"clamp to {js_fmt(5.0, 2)} ({clip(show_token(w.tokens[pos]), 10)}@{pos})")
+    # cells whose count changed under the intervention are outlined
+    res = w.last_intervention
+    assert res is not None
+    changed = int((res.trace_after.n_active != w.trace.n_active).sum())
+    expect(m.el.locator(".mw-feat-changed")).to_have_count(changed)
+    assert_clean(widget_harness, m)

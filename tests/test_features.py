@@ -1,0 +1,466 @@
+"""SAE features: activations vs the SAEs' own encode, splicing with the error term, interventions
+vs hand-written hooks, cross-layer statistics vs a direct computation, bad input, the widget.
+
+Tiny random models (conftest) with small TopK / ReLU SAEs built here; sae-lens SAEs when sae-lens
+is installed; the zoo's toy-lm and its SAEs when they are shipped.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mechwidgets._model import ModelHandle, hook_count
+from mechwidgets._tensor import decode_array, encoded_nbytes
+from mechwidgets.analysis.features import (
+    FeatureIntervention,
+    bind_saes,
+    feature_activations,
+    feature_links,
+    feature_logit_effects,
+    intervene_features,
+    lineage,
+    splice_hooks,
+)
+from mechwidgets.errors import ComponentError, SAEError
+from mechwidgets.widgets._base import MAX_UPDATE_BYTES
+from mechwidgets.widgets.features import FeaturesWidget, show_features
+from mechwidgets.zoo import SimpleSAE, SimpleSAEConfig
+
+PROMPT = "When Mary and John went to the store , John gave a drink to Mary"
+SAMPLE = [
+    PROMPT,
+    "the cat sat on the mat and then ran to the store",
+    "A B C D E F A B C D E F",
+    "When John and Mary went to the mat , Mary gave a cat to John",
+]
+HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+
+
+def make_sae(hook: str, d_in: int = 32, d_sae: int = 48, *, arch: str = "topk", k: int = 6,
+             seed: int = 0, dtype: torch.dtype = torch.float32) -> SimpleSAE:
+    g = torch.Generator().manual_seed(seed)
+    cfg = SimpleSAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k if arch == "topk" else None,
+                          metadata=SimpleNamespace(hook_name=hook))
+    sae = SimpleSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) * 0.4)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.05 - (0.2 if arch == "standard" else 0))
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=-1))
+        sae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.1)
+    return sae.to(dtype).eval()
+
+
+@pytest.fixture(scope="module")
+def saes() -> list[SimpleSAE]:
+    return [make_sae(h, seed=i, arch="standard" if i == 1 else "topk") for i, h in enumerate(HOOKS)]
+
+
+def cached(model: Any, names: list[str], prompt: str = PROMPT, hooks: Any = ()) -> tuple[torch.Tensor, dict]:
+    handle = ModelHandle.wrap(model)
+    toks = handle.tokens(prompt)
+    with handle.session():
+        return handle.run_with_cache(toks, names, fwd_hooks=hooks)
+
+
+# ------------------------------------------------------------------------------------- activations
+def test_activations_equal_the_saes_encode(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    trace = feature_activations(model, {s.hook_name: s for s in reversed(saes)}, PROMPT, top_k=4)
+    assert trace.hook_names == HOOKS  # forward order, whatever order they came in
+    assert trace.labels == ["L0 pre", "L1 pre", "L1 post"]
+    _, cache = cached(model, HOOKS)
+    for i, sae in enumerate(saes):
+        with torch.no_grad():
+            f = sae.encode(cache[sae.hook_name][0])
+            x_hat = sae.decode(f)
+        assert torch.equal(trace.dense(i), f)
+        fired = f > 0
+        assert torch.equal(trace.n_active[i], fired.sum(-1).int())
+        torch.testing.assert_close(trace.total_activation[i], f.sum(-1))
+        # top-k: the largest activations, in order, -1 padding where fewer fire
+        vals, idx = f.topk(4, dim=-1)
+        on = vals > 0
+        assert torch.equal(trace.top_indices[i], torch.where(on, idx, -1).int())
+        torch.testing.assert_close(trace.top_values[i], torch.where(on, vals, 0.0))
+        # every feature's activation over the prompt
+        feat = int(idx[5, 0])
+        assert torch.equal(trace.feature_values(i, feat), f[:, feat])
+        # reconstruction statistics, BOS excluded from the summaries
+        x = cache[sae.hook_name][0]
+        err = x - x_hat
+        torch.testing.assert_close(trace.error_norm[i], err.norm(dim=-1))
+        torch.testing.assert_close(trace.act_norm[i], x.norm(dim=-1))
+        xs, es = x[1:], err[1:]
+        ev = 1 - es.pow(2).sum() / (xs - xs.mean(0)).pow(2).sum()
+        torch.testing.assert_close(trace.explained_variance[i], ev)
+        torch.testing.assert_close(trace.relative_error[i], (es.pow(2).sum() / xs.pow(2).sum()).sqrt())
+    assert saes[0].cfg.architecture == "topk" and bool((trace.n_active[0] == 6).all())
+
+
+
+def _sae_lens_copy(sae: SimpleSAE) -> Any:
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    meta = SAEMetadata(hook_name=sae.hook_name)
+    if sae.cfg.architecture == "topk":
+        lens: Any = TopKSAE(TopKSAEConfig(d_in=sae.d_in, d_sae=sae.d_sae, k=int(sae.cfg.k), metadata=meta))
+    else:
+        lens = StandardSAE(StandardSAEConfig(d_in=sae.d_in, d_sae=sae.d_sae, metadata=meta))
+    lens.load_state_dict({k: v.detach().clone() for k, v in sae.state_dict().items()})
+    return lens.eval()
+
+
+def test_activations_equal_sae_lens_encode(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    pytest.importorskip("sae_lens")
+    lens = [_sae_lens_copy(s) for s in saes]
+    bound = bind_saes(model, lens)
+    assert [b.hook_name for b in bound] == HOOKS and [b.d_sae for b in bound] == [48, 48, 48]
+    trace = feature_activations(model, lens, PROMPT)
+    _, cache = cached(model, HOOKS)
+    for i, sae in enumerate(lens):
+        with torch.no_grad():
+            f = sae.encode(cache[HOOKS[i]][0])
+        torch.testing.assert_close(trace.dense(i), f, rtol=0, atol=1e-6)
+        assert torch.equal(trace.n_active[i], (f > 0).sum(-1).int())
+    # splicing sae-lens SAEs with the error term leaves the logits unchanged, and an edit through
+    # them equals the same edit through the protocol SAEs (same weights)
+    res0 = intervene_features(model, lens, PROMPT, [])
+    assert res0.max_abs_logit_change <= 1e-5
+    edit = [FeatureIntervention(HOOKS[0], int(trace.top_indices[0, 3, 0]), "clamp", 3.0, [3, 5])]
+    a = intervene_features(model, lens, PROMPT, edit)
+    b = intervene_features(model, saes, PROMPT, edit)
+    torch.testing.assert_close(a.logits_after, b.logits_after, rtol=0, atol=1e-5)
+    assert a.max_abs_logit_change > 1e-3
+
+
+# ------------------------------------------------------------------------------------- splicing
+def test_splicing_with_the_error_term_leaves_logits_unchanged(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    handle = ModelHandle.wrap(model)
+    bound = bind_saes(handle, saes)
+    toks = handle.tokens(PROMPT)
+    record: dict[str, torch.Tensor] = {}
+    with handle.session():
+        clean = handle.run(toks)
+        spliced = handle.run(toks, fwd_hooks=splice_hooks(bound, splice_all=True, record=record))
+        # without the error term the SAEs' reconstructions would change the logits a lot
+        lossy = handle.run(toks, fwd_hooks=[(b.hook_name, lambda x, hook, b=b: b.decode(b.encode(x))) for b in bound])
+    assert (spliced - clean).abs().max() <= 1e-5
+    assert (lossy - clean).abs().max() > 1e-2
+    assert set(record) == set(HOOKS)
+    res = intervene_features(model, saes, PROMPT, [])
+    assert res.max_abs_logit_change <= 1e-5 and res.changes == []
+    torch.testing.assert_close(res.loss_after, res.loss_before, rtol=0, atol=1e-5)
+    assert res.before.token_ids == res.after.token_ids
+
+
+def hand_hook(sae: SimpleSAE, feature: int, value: float | None, positions: list[int] | None) -> Any:
+    """The intervention written out: x + (f_edit - f) @ W_dec (the SAE's decoder is linear)."""
+
+    def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        f = sae.encode(x)
+        f_edit = f.clone()
+        where = slice(None) if positions is None else positions
+        f_edit[0, where, feature] = 0.0 if value is None else value
+        return x + (f_edit - f) @ sae.W_dec
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("sae_i", "mode", "value", "positions"),
+    [(0, "ablate", None, None), (0, "ablate", None, [4, -1]), (1, "clamp", 2.5, None), (1, "clamp", 7.0, [3]),
+     (0, "clamp", 0.0, [2, 3])],
+)
+def test_each_intervention_equals_a_hand_written_hook(
+    model: Any, saes: list[SimpleSAE], unchanged: Any, sae_i: int, mode: str, value: float | None,
+    positions: list[int] | None,
+) -> None:
+    trace = feature_activations(model, saes, PROMPT)
+    n = len(trace.str_tokens)
+    pos = 4 if positions is None else positions[0] % n
+    feature = int(trace.top_indices[sae_i, pos, 0])  # a feature that fires there
+    iv = FeatureIntervention(HOOKS[sae_i], feature, mode, value or 0.0, positions)  # type: ignore[arg-type]
+    res = intervene_features(model, saes, PROMPT, [iv], before=trace)
+    abs_pos = None if positions is None else [p % n for p in positions]
+    hook = hand_hook(saes[sae_i], feature, value if mode == "clamp" else None, abs_pos)
+    logits, cache = cached(model, HOOKS, hooks=[(HOOKS[sae_i], hook)])
+    torch.testing.assert_close(res.logits_after, logits[0, -1], rtol=0, atol=1e-5)
+    assert res.max_abs_logit_change > 1e-4
+    # the edited run's features downstream are the SAEs' encode of the hand-hooked activations
+    for j in range(sae_i + 1, len(HOOKS)):
+        with torch.no_grad():
+            f = saes[j].encode(cache[HOOKS[j]][0])
+        torch.testing.assert_close(res.trace_after.dense(j), f, rtol=0, atol=1e-5)
+    # and at the edited SAE, the edited code
+    assert float(res.trace_after.feature_values(sae_i, feature)[pos]) == (value if mode == "clamp" else 0.0)
+    # the reported changes are the largest |after - before| downstream, edited feature excluded
+    best = []
+    for j in range(sae_i, len(HOOKS)):
+        d = (res.trace_after.dense(j) - trace.dense(j)).abs().max(0).values
+        for f_i, v in enumerate(d.tolist()):
+            if v > 0 and (j, f_i) != (sae_i, feature):
+                best.append(v)
+    top = sorted(best, reverse=True)[: len(res.changes)]
+    np.testing.assert_allclose([c.max_change for c in res.changes], top, rtol=1e-6)
+    assert res.interventions[0].positions == abs_pos
+
+
+def test_interventions_combine_and_read_predictions_at_a_position(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    trace = feature_activations(model, saes, PROMPT)
+    f0, f1 = int(trace.top_indices[0, 6, 0]), int(trace.top_indices[1, 6, 1])
+    ivs = [{"hook_name": HOOKS[0], "feature": f0, "mode": "ablate"},
+           {"hook_name": 1, "feature": f1, "mode": "clamp", "value": 4.0, "positions": [6]}]
+    res = intervene_features(model, saes, PROMPT, ivs, position=6)
+    hooks = [(HOOKS[0], hand_hook(saes[0], f0, None, None)), (HOOKS[1], hand_hook(saes[1], f1, 4.0, [6]))]
+    logits, _ = cached(model, HOOKS, hooks=hooks)
+    torch.testing.assert_close(res.logits_after, logits[0, 6], rtol=0, atol=1e-5)
+    assert res.position == 6
+    assert res.after.token_ids[0] == int(logits[0, 6].argmax())
+
+
+# ------------------------------------------------------------------------------------- logit effects
+def test_logit_effects_equal_the_decoder_through_ln_and_unembedding(model: Any, saes: list[SimpleSAE]) -> None:
+    sae = saes[1]
+    eff = feature_logit_effects(model, sae, [3, 7], k=5, ln_scale=0.5)
+    d = sae.W_dec[[3, 7]].detach()
+    d = d - d.mean(-1, keepdim=True)
+    direct = (d * model.ln_final.w.detach()) @ model.W_U.detach() * 0.5
+    vals, ids = direct.topk(5, dim=-1)
+    assert torch.equal(eff.promoted_ids, ids)
+    torch.testing.assert_close(eff.promoted_values, vals)
+    lo, lo_ids = (-direct).topk(5, dim=-1)
+    assert torch.equal(eff.suppressed_ids, lo_ids)
+    torch.testing.assert_close(eff.suppressed_values, -lo)
+    assert eff.promoted_tokens[0][0] == model.to_str_tokens(torch.tensor([int(ids[0, 0])]))[0]
+    # the ranking does not depend on the constant LayerNorm scale
+    assert torch.equal(feature_logit_effects(model, sae, 3, k=5).promoted_ids[0], ids[0])
+
+
+# ------------------------------------------------------------------------------------- links
+def test_cross_layer_statistics_equal_a_direct_computation(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    links = feature_links(model, saes, SAMPLE, n_links=4)
+    handle = ModelHandle.wrap(model)
+    acts: list[list[np.ndarray]] = [[] for _ in saes]
+    for p in SAMPLE:
+        _, cache = cached(model, HOOKS, prompt=p)
+        for i, s in enumerate(saes):
+            with torch.no_grad():
+                acts[i].append(s.encode(cache[HOOKS[i]][0])[1:].numpy())  # BOS dropped
+    A = [np.concatenate(a).astype(np.float64) for a in acts]
+    assert links.n_tokens == A[0].shape[0] == sum(len(handle.tokens(p)[0]) - 1 for p in SAMPLE)
+    for p in range(len(saes) - 1):
+        a, b = A[p], A[p + 1]
+        corr = np.zeros((a.shape[1], b.shape[1]))
+        live_a, live_b = a.std(0) > 0, b.std(0) > 0
+        full = np.corrcoef(a[:, live_a], b[:, live_b], rowvar=False)
+        corr[np.ix_(live_a, live_b)] = full[: live_a.sum(), live_a.sum():]
+        wa = saes[p].W_dec.detach().double().numpy()
+        wb = saes[p + 1].W_dec.detach().double().numpy()
+        cos = (wa / np.linalg.norm(wa, axis=1, keepdims=True)) @ (wb / np.linalg.norm(wb, axis=1, keepdims=True)).T
+        succ, pred = links.successors[p], links.predecessors[p]
+        for i in range(a.shape[1]):
+            order = np.argsort(-corr[i], kind="stable")[:4]
+            np.testing.assert_allclose(succ.correlation[i].numpy(), corr[i, order], atol=1e-5)
+            np.testing.assert_allclose(succ.cosine[i].numpy(), cos[i, succ.indices[i].numpy()], atol=1e-5)
+            np.testing.assert_allclose(corr[i, succ.indices[i].numpy()], corr[i, order], atol=1e-5)
+        for j in range(b.shape[1]):
+            order = np.argsort(-corr[:, j], kind="stable")[:4]
+            np.testing.assert_allclose(pred.correlation[j].numpy(), corr[order, j], atol=1e-5)
+            np.testing.assert_allclose(pred.cosine[j].numpy(), cos[pred.indices[j].numpy(), j], atol=1e-5)
+        np.testing.assert_allclose(links.frequency[p].numpy(), (a > 0).mean(0), atol=1e-6)
+    # ranked by cosine: the top links are the most similar decoder directions
+    by_cos = feature_links(model, saes, SAMPLE, n_links=3, by="cosine")
+    wa = torch.nn.functional.normalize(saes[0].W_dec.detach().double(), dim=-1)
+    wb = torch.nn.functional.normalize(saes[1].W_dec.detach().double(), dim=-1)
+    assert torch.equal(by_cos.successors[0].indices, (wa @ wb.T).topk(3, dim=1).indices)
+    # the lineage graph follows the links
+    graph = lineage(links, 1, 5, per_node=2)
+    nodes = {(n["sae"], n["feature"]) for n in graph["nodes"]}
+    assert (1, 5) in nodes
+    for e in graph["edges"]:
+        assert tuple(e["from"]) in nodes and tuple(e["to"]) in nodes and e["to"][0] == e["from"][0] + 1
+    succ_ids = [lk["feature"] for lk in links.links(1, 5, "successors")[:2] if lk["correlation"] > 0]
+    assert {(2, f) for f in succ_ids} <= nodes
+
+
+# ------------------------------------------------------------------------------------- bad input
+class NotAnSAE:
+    hook_name = "blocks.0.hook_resid_pre"
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda: [make_sae("blocks.0.hook_resid_pre", d_in=16)], "d_in=16"),
+        (lambda: [make_sae("blocks.7.hook_resid_pre")], "does not have"),
+        (lambda: [make_sae("blocks.0.hook_resid_pre", dtype=torch.float64)], "torch.float64"),
+        (lambda: [make_sae("blocks.0.hook_resid_pre").to("meta")], "on meta"),
+        (lambda: [], "no SAE was given"),
+        (lambda: {}, "no SAE was given"),
+        (lambda: [NotAnSAE()], "lacks encode, decode, W_dec"),
+        (lambda: {"blocks.1.hook_resid_pre": make_sae("blocks.0.hook_resid_pre")}, "keyed by"),
+        (lambda: [make_sae("blocks.0.hook_resid_pre"), make_sae("blocks.0.hook_resid_pre", seed=3)], "one SAE per hook"),
+    ],
+    ids=["d_in", "missing-hook", "dtype", "device", "empty-list", "empty-dict", "not-an-sae", "wrong-key", "duplicate"],
+)
+def test_bad_saes_raise_clear_errors_and_leave_nothing_hooked(model: Any, unchanged: Any, make: Any, needle: str) -> None:
+    for call in (
+        lambda s: feature_activations(model, s, PROMPT),
+        lambda s: intervene_features(model, s, PROMPT, []),
+        lambda s: feature_links(model, s, SAMPLE),
+        lambda s: show_features(model, s, PROMPT),
+    ):
+        with pytest.raises(SAEError) as info:
+            call(make())
+        assert needle in str(info.value), str(info.value)
+        assert hook_count(model) == 0
+
+
+def test_bad_interventions_raise(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    cases = [
+        (FeatureIntervention(HOOKS[0], 48), SAEError, r"features 0\.\.47"),
+        (FeatureIntervention("blocks.0.hook_mlp_out", 1), SAEError, "no SAE reads"),
+        (FeatureIntervention(HOOKS[0], 1, "scale"), SAEError, "unknown intervention mode"),  # type: ignore[arg-type]
+        (FeatureIntervention(HOOKS[0], 1, "clamp", math.nan), SAEError, "finite"),
+        (FeatureIntervention(HOOKS[0], 1, positions=[99]), ComponentError, "position 99"),
+    ]
+    for iv, exc, needle in cases:
+        with pytest.raises(exc, match=needle):
+            intervene_features(model, saes, PROMPT, [iv])
+        assert hook_count(model) == 0
+
+
+def test_an_error_inside_a_spliced_sae_leaves_nothing_hooked(model: Any, unchanged: Any) -> None:
+    sae = make_sae(HOOKS[0])
+    w = show_features(model, [sae, make_sae(HOOKS[1], seed=1)], PROMPT)
+    sae.decode = lambda f: (_ for _ in ()).throw(RuntimeError("boom"))  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="boom"):
+        w.ablate(0, 1)
+    assert hook_count(model) == 0
+    assert w.error.startswith("Unexpected error: RuntimeError: boom")
+
+
+# ------------------------------------------------------------------------------------- widget
+def request(widget: Any, rid: Any, kind: str, **args: Any) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    widget.send = lambda content, buffers=None: sent.append(content)
+    widget._on_frontend_message(widget, {"type": "request", "id": rid, "kind": kind, "args": args}, [])
+    return sent
+
+
+def test_widget_state_requests_and_python_api(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    w = show_features(model, saes, PROMPT, link_prompts=SAMPLE, top_k=5)
+    assert isinstance(w, FeaturesWidget)
+    n = len(w.tokens)
+    assert w.sae_labels == ["L0 pre", "L1 pre", "L1 post"] and w.d_sae == [48, 48, 48]
+    np.testing.assert_array_equal(decode_array(w.overview["n_active"]), w.trace.n_active.numpy())
+    np.testing.assert_array_equal(decode_array(w.top["indices"]), w.trace.top_indices.numpy())
+    assert w.links_info["source"] == "link_prompts" and w.links_info["n_prompts"] == len(SAMPLE)
+    # every feature in the bars has a label: its top promoted tokens
+    for i in range(3):
+        feats = {int(f) for f in w.trace.top_indices[i].flatten() if f >= 0}
+        assert feats <= {int(k) for k in w.feature_labels[i]}
+        some = next(iter(feats))
+        eff = feature_logit_effects(model, saes[i], some, k=3, ln_scale=w.trace.ln_scale)
+        assert w.feature_labels[i][str(some)] == eff.promoted_tokens[0]
+    # requests as the page sends them
+    sent = request(w, 1, "select_token", pos=4)
+    assert sent[-1]["result"] == {"pos": 4} and w.selected_token == 4
+    f = int(w.trace.top_indices[1, 4, 0])
+    sent = request(w, 2, "select_feature", sae=1, feature=f)
+    assert "error" not in sent[-1] and w.selected_feature == {"sae": 1, "feature": f}
+    np.testing.assert_array_equal(decode_array(w.feature["activations"]), w.trace.feature_values(1, f).numpy())
+    eff = feature_logit_effects(model, saes[1], f, k=8, ln_scale=w.trace.ln_scale)
+    assert w.feature["promoted"]["tokens"] == eff.promoted_tokens[0]
+    nodes = w.feature["lineage"]["nodes"]
+    assert {"sae": 1, "feature": f, "score": 1.0} in nodes and len(nodes) > 1
+    for node in nodes:
+        assert str(node["feature"]) in w.feature_labels[node["sae"]]
+    sent = request(w, 3, "intervene", interventions=[{"sae": 1, "feature": f, "mode": "clamp", "value": 5.0, "positions": [4]}])
+    assert "error" not in sent[-1]
+    res = w.last_intervention
+    assert res is not None and res.interventions[0].positions == [4]
+    assert w.interventions == [{"sae": 1, "hook_name": HOOKS[1], "feature": f, "mode": "clamp", "value": 5.0, "positions": [4]}]
+    assert w.intervention["after"]["tokens"] == res.after.str_tokens
+    assert [c["feature"] for c in w.intervention["changed"]] == [c.feature for c in res.changes]
+    assert all(c["sae"] >= 1 for c in w.intervention["changed"])
+    # the Python API: same handlers; steer replaces the intervention on the same feature
+    out = w.steer(HOOKS[1], f, 9.0)
+    assert len(w.interventions) == 1 and w.interventions[0]["value"] == 9.0 and out.interventions[0].positions is None
+    w.ablate(0, int(w.trace.top_indices[0, 4, 0]), positions=[4])
+    assert len(w.interventions) == 2
+    w.remove_intervention(HOOKS[1], f)
+    assert [iv["sae"] for iv in w.interventions] == [0]
+    w.clear_interventions()
+    assert w.interventions == [] and w.intervention == {} and w.last_intervention is None
+    # errors: raised in Python, shown in the banner; from the page, replied as errors
+    with pytest.raises(SAEError, match=r"features 0\.\.47"):
+        w.select_feature(0, 99)
+    assert "features 0..47" in w.error
+    sent = request(w, 4, "intervene", interventions=[{"sae": 0, "feature": 1, "mode": "clamp", "value": 1.0, "positions": [n]}])
+    assert "out of range" in sent[-1]["error"] and w.error == sent[-1]["error"]
+    sent = request(w, 5, "select_token", pos=n)
+    assert "out of range" in sent[-1]["error"]
+    w.select_token(0)
+    assert w.error == ""
+    # every update is small
+    for name in ("overview", "top", "recon", "feature", "intervention", "feature_labels"):
+        assert encoded_nbytes(getattr(w, name)) <= MAX_UPDATE_BYTES
+    svg = w._static_svg()
+    assert svg is not None and svg.startswith("<svg") and "L1 post" in svg
+    bundle = w._repr_mimebundle_()
+    assert "image/svg+xml" in (bundle[0] if isinstance(bundle, tuple) else bundle)
+
+
+def test_widget_links_default_to_the_prompt_and_accept_precomputed(model: Any, saes: list[SimpleSAE]) -> None:
+    w = show_features(model, saes[:2], PROMPT)
+    assert w.links_info["source"].startswith("this prompt only")
+    links = feature_links(model, saes, SAMPLE, n_links=3)
+    w2 = show_features(model, saes, PROMPT, links=links)
+    assert w2.links is links
+    with pytest.raises(SAEError, match="links= was computed"):
+        show_features(model, saes[:2], PROMPT, links=links)
+    single = show_features(model, saes[0], PROMPT)
+    single.select_feature(0, int(single.trace.top_indices[0, 2, 0]))
+    assert len(single.feature["lineage"]["nodes"]) == 1
+
+
+# ------------------------------------------------------------------------------------- the zoo's toy-lm
+def _toy_lm() -> tuple[Any, dict[str, Any]]:
+    from mechwidgets import zoo
+
+    if not (zoo.model_dir("toy-lm") / "config.json").is_file():
+        pytest.skip("the zoo's toy-lm is not shipped in this checkout")
+    model = zoo.load("toy-lm")
+    saes = zoo.load_saes("toy-lm")
+    if not saes:
+        pytest.skip("toy-lm has no SAEs")
+    return model, saes
+
+
+def test_toy_lm_saes_splice_exactly_and_explain_their_hooks() -> None:
+    model, saes = _toy_lm()
+    from mechwidgets.zoo import tasks
+
+    prompt = tasks.sample_text(1, seed=7)[0]
+    trace = feature_activations(model, saes, prompt, max_positions=model.cfg.n_ctx)
+    assert trace.hook_names == list(saes)
+    assert float(trace.explained_variance.min()) > 0.5, trace.explained_variance
+    res = intervene_features(model, saes, prompt, [], before=trace)
+    assert res.max_abs_logit_change <= 1e-5
+    for i, (hook, sae) in enumerate(saes.items()):
+        _, cache = cached(model, [hook], prompt=prompt)
+        with torch.no_grad():
+            f = sae.encode(cache[hook][0])
+        torch.testing.assert_close(trace.dense(i), f.float(), rtol=0, atol=1e-5)
+    before = hook_count(model)
+    f = int(trace.top_indices[1, 5, 0])
+    res = intervene_features(model, saes, prompt, [FeatureIntervention(list(saes)[1], f, "clamp", 10.0)], before=trace)
+    assert res.max_abs_logit_change > 0 and res.changes and hook_count(model) == before
