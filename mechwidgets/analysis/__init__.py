@@ -8,11 +8,22 @@ from .attention import (
     get_attention_patterns,
     head_scores,
 )
+from .attribution import attribution_patch
+from .metrics import METRICS, Metric, MetricFn
+from .patching import COMPONENTS, DIRECTIONS, PatchingResult, activation_patch
 
 __all__ = [
+    "COMPONENTS",
+    "DIRECTIONS",
+    "METRICS",
     "AblationResult",
     "AttentionPatterns",
+    "Metric",
+    "MetricFn",
+    "PatchingResult",
     "ablate_heads",
+    "activation_patch",
+    "attribution_patch",
     "get_attention_patterns",
     "head_scores",
 ]
