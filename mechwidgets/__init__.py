@@ -9,7 +9,13 @@ Quick start::
 
 from ._model import ModelHandle
 from .errors import MechWidgetsError
-from .widgets import AttentionWidget, FeaturesWidget, attention_patterns, show_attention, show_features
+from .widgets import (
+    AttentionWidget,
+    FeaturesWidget,
+    attention_patterns,
+    show_attention,
+    show_features,
+)
 
 __version__ = "0.1.0"
 
