@@ -347,7 +347,7 @@ class ModelHandle:
         handle = cls.__new__(cls)
         handle.model, handle.cfg = model, model.cfg
         handle.kind = "bridge" if type(model).__name__ == "TransformerBridge" else "hooked"
-        cfg = model.cfg
+        cfg: Any = model.cfg
         handle.n_layers, handle.n_heads = int(cfg.n_layers), int(cfg.n_heads)
         handle.d_model, handle.d_head = int(cfg.d_model), int(cfg.d_head)
         handle.n_ctx, handle.d_vocab = int(cfg.n_ctx), int(cfg.d_vocab)
@@ -437,7 +437,7 @@ class ModelHandle:
             if tanh_gelu:
                 post = F.gelu(pre, approximate="tanh")
             else:
-                post = fast_act(pre) if fast_act is not None else module.act_fn(pre)
+                post = fast_act(pre) if fast_act is not None else module.act_fn(pre)  # type: ignore[operator]
             return torch.addmm(module.b_out, post, module.W_out).view(x.shape)
 
         def run(
