@@ -50,6 +50,25 @@ def _attention(model: Any, prompt: Any) -> MechWidget:
     return w
 
 
+def _features(model: Any, prompt: Any) -> MechWidget:
+    """The features widget with random SAEs on two residual hooks, a token and a feature selected."""
+    from types import SimpleNamespace
+
+    from mechwidgets.zoo import SimpleSAE, SimpleSAEConfig
+
+    saes = []
+    for i, hook in enumerate(["blocks.0.hook_resid_pre", f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]):
+        g = torch.Generator().manual_seed(i)
+        d_in, d_sae = model.cfg.d_model, 2 * model.cfg.d_model
+        cfg = SimpleSAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=6, metadata=SimpleNamespace(hook_name=hook))
+        sae = SimpleSAE(cfg)
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) * 0.4)
+            sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=-1))
+        saes.append(sae.eval())
+    return mechwidgets.show_features(model, saes, prompt)
+
+
 @dataclass(frozen=True)
 class WidgetCase:
     """One widget: how to build it in a saved-worthy state, and what its drawn view must show."""
@@ -73,6 +92,7 @@ WIDGETS: list[WidgetCase] = [
                ".mw-heatmap-canvas", "[data-testid=predictions]"),
         drawn_text=lambda w: [f"L{w.selected['layer']}H{w.selected['head']} pattern"],
     ),
+    WidgetCase("features", mechwidgets.FeaturesWidget, _features, drawn=("[data-testid=overview]",)),
 ]
 IDS = [c.name for c in WIDGETS]
 
