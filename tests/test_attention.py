@@ -7,13 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support import TL3
 
 from mechwidgets import AttentionWidget, attention_patterns, show_attention
 from mechwidgets._tensor import decode_array
 from mechwidgets.analysis.attention import ablate_heads, get_attention_patterns, head_scores
 from mechwidgets.errors import ComponentError, MechWidgetsError, ModelError, PromptError
-
-from conftest import TL3
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 REPEATED = "A B C D E F G H A B C D E F G H"

@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 import torch
+from support import assert_unchanged, snapshot
 
 from mechwidgets.analysis import activation_patch, attribution_patch
 from mechwidgets.analysis.patching import COMPONENTS
 from mechwidgets.errors import ComponentError, PromptError
-
-from conftest import assert_unchanged, snapshot
 
 CLEAN = "When Mary and John, John"
 CORRUPTED = "When John and Mary, John"

@@ -327,7 +327,7 @@ NOTEBOOK_SETUP = """\
 import sys, tempfile
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from conftest import build_tokenizer, tiny_config
+from support import build_tokenizer, tiny_config
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 tok = build_tokenizer(Path(tempfile.mkdtemp()))
 cfg = tiny_config(); cfg["d_vocab"] = max(cfg["d_vocab"], len(tok))

@@ -6,12 +6,11 @@ from typing import Any
 
 import pytest
 import torch
+from support import TL3, assert_unchanged, snapshot
 
 from mechwidgets import ModelHandle
 from mechwidgets._model import hook_count, tl_major_version
 from mechwidgets.errors import AnswerError, ComponentError, ModelError, PromptError
-
-from conftest import TL3, assert_unchanged, snapshot
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from support import TL3, assert_unchanged, snapshot
 
 from mechwidgets.analysis import metrics
 from mechwidgets.analysis.patching import COMPONENTS, PatchingResult, activation_patch
@@ -18,8 +19,6 @@ from mechwidgets.errors import (
     MetricError,
     PromptError,
 )
-
-from conftest import TL3, assert_unchanged, snapshot
 
 # Two name tokens swapped (positions 2 and 4); positions 0-1 are identical in both prompts.
 CLEAN = "When Mary and John, John"

@@ -30,7 +30,7 @@ try:
     source = "zoo induction-2l"
 except Exception as exc:
     sys.path.insert(0, {str(TESTS)!r})
-    from conftest import build_tokenizer, tiny_config
+    from support import build_tokenizer, tiny_config
     tok = build_tokenizer(pathlib.Path(tempfile.mkdtemp()))
     cfg = tiny_config()
     cfg["d_vocab"] = max(cfg["d_vocab"], len(tok))

@@ -306,7 +306,7 @@ def _():
     sys.path.insert(0, {tests!r})
     import marimo as mo
     import test_export
-    from conftest import build_tokenizer, tiny_config
+    from support import build_tokenizer, tiny_config
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     tok = build_tokenizer(Path(tempfile.mkdtemp()))
     cfg = tiny_config(); cfg["d_vocab"] = max(cfg["d_vocab"], len(tok))
