@@ -12,9 +12,11 @@ from .errors import MechWidgetsError
 from .widgets import (
     AttentionWidget,
     FeaturesWidget,
+    PatchingWidget,
     attention_patterns,
     show_attention,
     show_features,
+    show_patching,
 )
 
 __version__ = "0.1.0"
@@ -24,8 +26,10 @@ __all__ = [
     "FeaturesWidget",
     "MechWidgetsError",
     "ModelHandle",
+    "PatchingWidget",
     "__version__",
     "attention_patterns",
     "show_attention",
     "show_features",
+    "show_patching",
 ]

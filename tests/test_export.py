@@ -69,6 +69,21 @@ def _features(model: Any, prompt: Any) -> MechWidget:
     return mechwidgets.show_features(model, saes, prompt)
 
 
+def _patching(model: Any, prompt: Any) -> MechWidget:
+    """The patching widget with one token replaced, both grids computed and a cell selected."""
+    from mechwidgets.analysis.tokens import similar_tokens
+
+    clean = model.to_tokens(prompt) if isinstance(prompt, str) else prompt
+    corrupted = clean.clone()
+    corrupted[0, 2] = similar_tokens(model, int(clean[0, 2]), k=1)[0]
+    top2 = model(clean)[0, -1].topk(2).indices.tolist()
+    w = mechwidgets.show_patching(
+        model, clean, corrupted, answer=top2[0], wrong_answer=top2[1], components=["resid_pre", "head_out"]
+    )
+    w.select_cell(0, 2)
+    return w
+
+
 @dataclass(frozen=True)
 class WidgetCase:
     """One widget: how to build it in a saved-worthy state, and what its drawn view must show."""
@@ -93,6 +108,14 @@ WIDGETS: list[WidgetCase] = [
         drawn_text=lambda w: [f"L{w.selected['layer']}H{w.selected['head']} pattern"],
     ),
     WidgetCase("features", mechwidgets.FeaturesWidget, _features, drawn=("[data-testid=overview]",)),
+    WidgetCase(
+        "patching",
+        mechwidgets.PatchingWidget,
+        _patching,
+        drawn=("[data-testid=clean-tokens] .mw-token", "[data-testid=exact-grid] canvas",
+               "[data-testid=detail-logits]"),
+        drawn_text=lambda w: ["Exact patching"],
+    ),
 ]
 IDS = [c.name for c in WIDGETS]
 
@@ -302,7 +325,7 @@ def test_runtime_is_inlinable() -> None:
 def _measure(case: WidgetCase, model: Any, label: str) -> int:
     tokens = long_prompt_tokens(model)
     w = case.build(model, tokens)
-    assert len(w.tokens) == 128
+    assert len(getattr(w, "tokens", None) or w.clean_tokens) == 128
     nbytes = _export.saved_state_nbytes(w)
     esm = len(w._esm.encode()) + len(w._css.encode())
     print(f"{case.name} on {label}, 128 tokens: saved state {nbytes / 1024:.1f} KiB "

@@ -17,7 +17,7 @@ The estimate is exact for a metric linear in the activation (e.g. the logit diff
 component that feeds the unembedding only through the residual stream and a final LayerNorm
 whose scale barely moves), and can be badly wrong where the model is far from linear: attention
 patterns that saturate, and the residual stream at early layers, where a patch changes
-everything downstream (Heimersheim & Nanda 2024, §5). Check the cells that matter with
+everything downstream (Heimersheim & Nanda 2024). Check the cells that matter with
 :func:`~mechwidgets.analysis.patching.activation_patch`.
 
 :func:`attribution_patch` takes the same arguments and returns the same

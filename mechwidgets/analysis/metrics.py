@@ -2,18 +2,19 @@
 
 Activation patching (see :mod:`mechwidgets.analysis.patching`) runs the model many times with one
 activation swapped and measures each run with a metric. Heimersheim & Nanda (2024, "How to use
-and interpret activation patching", §4) recommend a metric that is continuous and linear in the
-logits where possible:
+and interpret activation patching") recommend a metric that is continuous and, where possible,
+linear in the logits:
 
-- ``"logit_diff"`` (default): ``logit(answer) - logit(wrong_answer)``. Linear in the residual
-  stream, so contributions of components add up, and it compares the two answers the prompts are
-  about while ignoring what the rest of the vocabulary does. The recommended default.
+- ``"logit_diff"`` (default): ``logit(answer) - logit(wrong_answer)``. Linear in the output of
+  the final LayerNorm (so nearly linear in the residual stream: contributions of components
+  roughly add up), and it compares the two answers the prompts are about while ignoring what the
+  rest of the vocabulary does. The recommended default.
 - ``"logprob"``: ``log p(answer)``. Also sees probability moving to unrelated tokens.
 - ``"prob"``: ``p(answer)``. Saturates (near 0 or 1 it hides effects), so small components can
   look unimportant; use for intuition rather than discovery.
-- ``"kl"``: ``KL(p_clean || p_run)``, the KL divergence from the clean run's next-token
-  distribution to the run's: 0 for the clean run, needs no answer tokens, and sees every change
-  in the distribution.
+- ``"kl"``: ``KL(p_clean || p_run)``, the KL divergence of the run's next-token distribution
+  from the clean run's: 0 for the clean run, needs no answer tokens, and sees every change in the
+  distribution.
 - a callable (see :data:`MetricFn` for the contract).
 
 Normalisation (:func:`normalize`) maps the metric so that 0 is the value of the run being patched

@@ -9,7 +9,7 @@ from the run on the other, then measure how far the answer moves (Vig et al. 202
 a map of where the information the answer depends on lives.
 
 Two directions, which answer different questions (Heimersheim & Nanda 2024, "How to use and
-interpret activation patching", §2):
+interpret activation patching"):
 
 - **denoising** (the default; TransformerLens's ``get_act_patch_*`` functions do this): run the
   *corrupted* prompt and patch in *clean* activations. A high value means the activation is
@@ -44,7 +44,10 @@ How it is computed, exactly (every value equals TransformerLens's one-forward-pe
 - a head's output enters the residual stream as ``z_h W_O[h]``, so a patched head needs no
   attention recomputed: the run starts at that layer's MLP;
 - in the last layer only the last position's query, attention and MLP are computed, and the
-  metric reads only the columns of ``W_U`` it needs (two for a logit difference).
+  metric reads only the columns of ``W_U`` it needs (two for a logit difference); a patch there
+  that changes only other positions (e.g. ``attn_out`` at an earlier position) is a no-op;
+- a residual-stream patch that leaves the patched run's residual equal to the other run's at
+  every position is the other run: its value is the other baseline.
 
 Where the model is not a TransformerLens 3.x ``HookedTransformer`` of a supported kind (e.g. a 4.x
 ``TransformerBridge``), the same results come from batched hooked forward passes.
@@ -253,6 +256,13 @@ def token_pair(
             )
         toks.append(handle.tokens(prompt, what=what))
     a, b = toks
+    check_same_length(handle, a, b)
+    return a, b
+
+
+def check_same_length(handle: ModelHandle, a: torch.Tensor, b: torch.Tensor) -> None:
+    """Raise a :class:`PromptError` naming where they differ unless ``[1, pos]`` ``a`` and ``b``
+    have the same number of tokens."""
     if a.shape[1] != b.shape[1]:
         n = min(a.shape[1], b.shape[1])
         differ = [i for i in range(n) if int(a[0, i]) != int(b[0, i])]
@@ -264,7 +274,6 @@ def token_pair(
             f"corrupted tokens: {str_tokens(handle, b)}. Reword one of them so the tokens line "
             f"up (e.g. swap a name for another single-token name)."
         )
-    return a, b
 
 
 def str_tokens(handle: ModelHandle, tokens: torch.Tensor) -> list[str]:
@@ -279,18 +288,7 @@ def token_str(handle: ModelHandle, token: int) -> str:
     return handle.token_str(token)
 
 
-@dataclass
-class Baselines:
-    """The unpatched runs' metric, with the answers chosen for it."""
-
-    metric: Metric
-    clean_value: float
-    corrupted_value: float
-    answer: int | None
-    wrong_answer: int | None
-    notes: list[str]
-
-
+#: How many answer tokens each named metric reads (answer, then wrong_answer).
 NEEDS_ANSWER = {"logit_diff": 2, "logprob": 1, "prob": 1}
 
 
@@ -334,8 +332,11 @@ def choose_metric(
         else:
             w = handle.single_token(wrong_answer, what="wrong answer")
             if w == a:
+                how = (
+                    "" if answer is not None else " (answer defaulted to the clean run's top token)"
+                )
                 raise AnswerError(
-                    f"answer and wrong_answer are the same token {token_str(handle, w)!r} (id {w}): "
+                    f"answer{how} and wrong_answer are the same token {token_str(handle, w)!r} (id {w}): "
                     f"a logit difference of a token with itself is always 0. Pass two different "
                     f"tokens, e.g. the clean and the corrupted prompt's correct answers."
                 )
@@ -751,6 +752,19 @@ def run_fast(
 
 
 # ---------------------------------------------------------------------------- public API
+def check_layers(handle: ModelHandle, layers: Sequence[int] | None) -> set[int] | None:
+    """``layers`` as a set, each checked against the model (None: every layer)."""
+    if layers is None:
+        return None
+    if isinstance(layers, int):
+        layers = [layers]
+    if not len(layers):
+        raise ComponentError("layers= is empty: pass some layers, or None for all of them.")
+    for layer in layers:
+        handle.check_layer(layer)
+    return {int(layer) for layer in layers}
+
+
 def activation_patch(
     model: Any,
     clean: Prompt,
@@ -764,6 +778,7 @@ def activation_patch(
     normalize: bool = True,
     max_batch: int = 256,
     engine: Literal["auto", "hooks"] = "auto",
+    layers: Sequence[int] | None = None,
 ) -> PatchingResult:
     """Patch every cell of ``component`` and measure the metric (see the module docstring).
 
@@ -782,6 +797,8 @@ def activation_patch(
         max_batch: at most this many patched runs per batched forward (memory budget).
         engine: ``"auto"`` (fastest exact method the model supports) or ``"hooks"`` (one hooked
             forward per patch, batched; the reference, for checking).
+        layers: compute only these layers' cells (the others are NaN); default all. The widget
+            streams a grid layer by layer with it.
 
     Returns:
         A :class:`PatchingResult` with a ``[layer, pos]``, ``[layer, head]`` or
@@ -802,6 +819,7 @@ def activation_patch(
         raise ComponentError(f"unknown engine {engine!r}: use 'auto' or 'hooks'.")
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ComponentError(f"max_batch must be a positive integer, got {max_batch!r}.")
+    wanted = check_layers(handle, layers)
     clean_tokens, corrupted_tokens = token_pair(handle, clean, corrupted)
     fast = engine == "auto" and handle.supports_partial_blocks()
     base_names, source_names = names_needed(handle, comp, fast)
@@ -828,13 +846,18 @@ def activation_patch(
         target_value = clean_value if denoising else corrupted_value
         shape = grid_shape(handle, comp, clean_tokens.shape[1])
         todo, noop, restore = cells_to_run(comp, shape, base, source, source_names)
+        if wanted is not None:
+            per_layer = int(torch.tensor(shape[1:]).prod())
+            todo = [cell for cell in todo if cell.layer in wanted]
+            noop = [flat for flat in noop if flat // per_layer in wanted]
+            restore = [flat for flat in restore if flat // per_layer in wanted]
         if fast:
             computed = run_fast(handle, comp, todo, base, source, resolved, max_batch)
         else:
             computed = run_generic(
                 handle, comp, todo, base_tokens, base, source, resolved, max_batch
             )
-    values = torch.empty(int(torch.tensor(shape).prod()))
+    values = torch.full((int(torch.tensor(shape).prod()),), float("nan"))
     values[noop] = base_value
     values[restore] = target_value
     for flat, value in computed.items():

@@ -170,7 +170,7 @@ def _build_hooked(cfg_dict: dict[str, Any], tokenizer: Any, sd: dict[str, torch.
             )
         full[k] = v.to(own[k].dtype)
     model.load_state_dict(full, strict=True)
-    return model.to(device)
+    return model if torch.device(device).type == "cpu" else model.to(device)
 
 
 def bridge_config_dict(cfg_dict: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +208,7 @@ def _build_bridge(cfg_dict: dict[str, Any], tokenizer: Any, sd: dict[str, torch.
         converted[k] = torch.zeros_like(own[k])
     converted = {k: v.to(own[k].dtype) for k, v in converted.items()}
     model.load_state_dict(converted, strict=True)
-    return model.to(device)
+    return model if torch.device(device).type == "cpu" else model.to(device)
 
 
 def load_model_dir(folder: Path, *, device: str = "cpu") -> Any:

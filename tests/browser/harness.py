@@ -552,6 +552,15 @@ class LabPage:
             raise AssertionError(f"no JSON in the cell output for {expr!r}: {out!r}")
         return json.loads(m.group(1))
 
+    def wait_until(self, expr: str, timeout_s: float = 120.0) -> None:
+        """Poll a Python expression in the kernel until it is true (each poll is a cell, run when
+        the kernel gets to it, so it also waits for work the widget queued before)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.py_json(f"bool({expr})"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still false after {timeout_s} s: {expr}")
+            self.page.wait_for_timeout(250)
+
 
 # ---------------------------------------------------------------------------------------- text helpers
 _INVISIBLE = re.compile(
