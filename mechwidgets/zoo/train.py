@@ -100,7 +100,7 @@ TOY_LM_TRAIN = {"steps": 2700, "batch_size": 32, "lr": 2e-3, "warmup": 100,
                               "induction": 0.05, "fact": 0.05, "agreement": 0.05}}
 
 SAE_HOOKS = [f"blocks.{layer}.hook_resid_pre" for layer in range(4)] + ["blocks.3.hook_resid_post"]
-SAE_TRAIN = {"d_sae": 512, "k": 24, "n_docs": 2400, "steps": 2500, "batch_size": 1024,
+SAE_TRAIN = {"d_sae": 512, "k": 24, "n_docs": 2400, "steps": 1000, "batch_size": 1024,
              "lr": 2e-3, "aux_k": 128, "aux_coef": 1 / 32, "dead_after": 4000}
 
 
