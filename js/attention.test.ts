@@ -1,50 +1,7 @@
 // @vitest-environment happy-dom
 import { afterEach, describe, expect, it } from "vitest";
 import { render } from "./attention";
-
-type Listener = (...args: any[]) => void;
-
-function f32(values: number[], shape: number[]) {
-  return { dtype: "float32", shape, buffer: new DataView(new Float32Array(values).buffer) };
-}
-
-/** A fake anywidget model: traits in a map, sent messages recorded, replies pushed by the test. */
-class FakeModel {
-  state: Record<string, any>;
-  sent: any[] = [];
-  listeners = new Map<string, Set<Listener>>();
-  constructor(state: Record<string, any>) {
-    this.state = state;
-  }
-  get(k: string) {
-    return this.state[k];
-  }
-  set(k: string, v: unknown) {
-    this.state[k] = v;
-  }
-  save_changes() {}
-  send(content: any) {
-    this.sent.push(content);
-  }
-  on(ev: string, cb: Listener) {
-    if (!this.listeners.has(ev)) this.listeners.set(ev, new Set());
-    this.listeners.get(ev)!.add(cb);
-  }
-  off(ev: string, cb?: Listener) {
-    if (cb) this.listeners.get(ev)?.delete(cb);
-    else this.listeners.delete(ev);
-  }
-  emit(ev: string, ...args: any[]) {
-    for (const cb of this.listeners.get(ev) ?? []) cb(...args);
-  }
-  change(k: string, v: unknown) {
-    this.state[k] = v;
-    this.emit(`change:${k}`);
-  }
-  reply(content: any, buffers: any[] = []) {
-    this.emit("msg:custom", content, buffers);
-  }
-}
+import { FakeModel, f32 } from "./lib/fake_model";
 
 const tokens = ["<bos>", " A", " B", " A"];
 const n = tokens.length;

@@ -1,58 +1,7 @@
 // @vitest-environment happy-dom
 import { afterEach, describe, expect, it } from "vitest";
 import { describeIntervention, featureName, render } from "./features";
-
-type Listener = (...args: any[]) => void;
-
-function f32(values: number[], shape: number[]) {
-  return { dtype: "float32", shape, buffer: new DataView(new Float32Array(values).buffer) };
-}
-function i32(values: number[], shape: number[]) {
-  return { dtype: "int32", shape, buffer: new DataView(new Int32Array(values).buffer) };
-}
-
-/** A fake anywidget model: traits in a map, sent messages recorded, replies pushed by the test. */
-class FakeModel {
-  state: Record<string, any>;
-  sent: any[] = [];
-  saved: Record<string, unknown>[] = [];
-  listeners = new Map<string, Set<Listener>>();
-  constructor(state: Record<string, any>) {
-    this.state = state;
-  }
-  get(k: string) {
-    return this.state[k];
-  }
-  set(k: string, v: unknown) {
-    this.state[k] = v;
-    this.saved.push({ [k]: v });
-  }
-  save_changes() {}
-  send(content: any) {
-    this.sent.push(content);
-  }
-  on(ev: string, cb: Listener) {
-    if (!this.listeners.has(ev)) this.listeners.set(ev, new Set());
-    this.listeners.get(ev)!.add(cb);
-  }
-  off(ev: string, cb?: Listener) {
-    if (cb) this.listeners.get(ev)?.delete(cb);
-    else this.listeners.delete(ev);
-  }
-  emit(ev: string, ...args: any[]) {
-    for (const cb of this.listeners.get(ev) ?? []) cb(...args);
-  }
-  change(k: string, v: unknown) {
-    this.state[k] = v;
-    this.emit(`change:${k}`);
-  }
-  reply(content: any, buffers: any[] = []) {
-    this.emit("msg:custom", content, buffers);
-  }
-  last(kind: string) {
-    return [...this.sent].reverse().find((m) => m.kind === kind);
-  }
-}
+import { FakeModel, f32, i32 } from "./lib/fake_model";
 
 const HOSTILE = "<img src=x onerror=window.__xss=1>";
 const tokens = ["<bos>", " Mary", HOSTILE, " to"];
@@ -279,7 +228,7 @@ describe("features frontend", () => {
     sel.value = "total";
     model.state.colour_by = "total";
     sel.dispatchEvent(new Event("change"));
-    expect(model.saved).toContainEqual({ colour_by: "total" });
+    expect(model.sets).toContainEqual({ colour_by: "total" });
     expect(q(el, "cell-1-3").textContent).toBe("");
   });
 

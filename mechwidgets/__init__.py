@@ -11,25 +11,33 @@ from ._model import ModelHandle
 from .errors import MechWidgetsError
 from .widgets import (
     AttentionWidget,
+    CircuitWidget,
     FeaturesWidget,
     PatchingWidget,
+    ScrubbingWidget,
     attention_patterns,
     show_attention,
+    show_circuit,
     show_features,
     show_patching,
+    show_scrubbing,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttentionWidget",
+    "CircuitWidget",
     "FeaturesWidget",
     "MechWidgetsError",
     "ModelHandle",
     "PatchingWidget",
+    "ScrubbingWidget",
     "__version__",
     "attention_patterns",
     "show_attention",
+    "show_circuit",
     "show_features",
     "show_patching",
+    "show_scrubbing",
 ]

@@ -84,6 +84,42 @@ def _patching(model: Any, prompt: Any) -> MechWidget:
     return w
 
 
+def _circuit(model: Any, prompt: Any) -> MechWidget:
+    """The circuit widget (EAP) on the prompt against one token replaced, a node selected."""
+    from mechwidgets.analysis.tokens import similar_tokens
+
+    clean = model.to_tokens(prompt) if isinstance(prompt, str) else prompt
+    corrupted = clean.clone()
+    corrupted[0, 2] = similar_tokens(model, int(clean[0, 2]), k=1)[0]
+    top2 = model(clean)[0, -1].topk(2).indices.tolist()
+    w = mechwidgets.show_circuit(model, clean, corrupted, answer=top2[0], wrong_answer=top2[1])
+    w.select_node("a0.h0")
+    return w
+
+
+def _scrubbing(model: Any, prompt: Any) -> MechWidget:
+    """The scrubbing widget: a small induction-shaped hypothesis on 24 repeated random sequences
+    as long as the prompt."""
+    from mechwidgets.analysis.scrubbing import Node
+
+    n = prompt.shape[-1] if isinstance(prompt, torch.Tensor) else len(model.to_str_tokens(prompt))
+    half = (n - 1) // 2
+    g = torch.Generator().manual_seed(0)
+    seg = torch.randint(2, 40, (24, half), generator=g)
+    extra = torch.randint(2, 40, (24, n - 1 - 2 * half), generator=g)
+    bos = torch.full((24, 1), int(model.tokenizer.bos_token_id))
+    data = torch.cat([bos, seg, seg, extra], 1)
+    last = model.cfg.n_layers - 1
+    hyp = Node("output", children=[
+        Node(f"L{last}H0", children=[
+            Node("q", children=[Node("embed", "token")]),
+            Node("k", children=[Node("L0H1", "previous_token")]),
+        ]),
+        Node("embed", "token"),
+    ])
+    return mechwidgets.show_scrubbing(model, hyp, data, n_seeds=2, min_agreeing=1)
+
+
 @dataclass(frozen=True)
 class WidgetCase:
     """One widget: how to build it in a saved-worthy state, and what its drawn view must show."""
@@ -116,6 +152,8 @@ WIDGETS: list[WidgetCase] = [
                "[data-testid=detail-logits]"),
         drawn_text=lambda w: ["Exact patching"],
     ),
+    WidgetCase("circuit", mechwidgets.CircuitWidget, _circuit, drawn=(".mw-circuit svg",)),
+    WidgetCase("scrubbing", mechwidgets.ScrubbingWidget, _scrubbing, drawn=(".mw-scrub-svg",)),
 ]
 IDS = [c.name for c in WIDGETS]
 
@@ -325,7 +363,9 @@ def test_runtime_is_inlinable() -> None:
 def _measure(case: WidgetCase, model: Any, label: str) -> int:
     tokens = long_prompt_tokens(model)
     w = case.build(model, tokens)
-    assert len(getattr(w, "tokens", None) or w.clean_tokens) == 128
+    n_tokens = {"patching": lambda: len(w.clean_tokens), "circuit": lambda: int(w.patcher.clean_tokens.shape[1]),
+                "scrubbing": lambda: int(w.scrubber.tokens.shape[1])}.get(case.name, lambda: len(w.tokens))()
+    assert n_tokens == 128
     nbytes = _export.saved_state_nbytes(w)
     esm = len(w._esm.encode()) + len(w._css.encode())
     print(f"{case.name} on {label}, 128 tokens: saved state {nbytes / 1024:.1f} KiB "

@@ -1,15 +1,21 @@
 """Widget classes (anywidget). Each turns clicks into :mod:`mechwidgets.analysis` calls."""
 
 from .attention import AttentionWidget, attention_patterns, show_attention
+from .circuit import CircuitWidget, show_circuit
 from .features import FeaturesWidget, show_features
 from .patching import PatchingWidget, show_patching
+from .scrubbing import ScrubbingWidget, show_scrubbing
 
 __all__ = [
     "AttentionWidget",
+    "CircuitWidget",
     "FeaturesWidget",
     "PatchingWidget",
+    "ScrubbingWidget",
     "attention_patterns",
     "show_attention",
+    "show_circuit",
     "show_features",
     "show_patching",
+    "show_scrubbing",
 ]

@@ -239,7 +239,6 @@ class PatchingWidget(MechWidget):
                 "rows_per_layer": rows_per_layer,
             }
             self.results.setdefault(key, {})["attribution"] = attr
-            self._exact_values = {}
             self.grids = {**self.grids, key: grid}
             yield {"done": 0, "total": n_layers, "message": "exact patching"}
         exact = self._decode(grid["exact"])

@@ -64,7 +64,7 @@ INDUCTION_2L_CONFIG: dict[str, Any] = {
     "positional_embedding_type": "standard",
     "default_prepend_bos": True,
 }
-INDUCTION_2L_TRAIN = {"steps": 3000, "batch_size": 32, "lr": 2e-3, "warmup": 50,
+INDUCTION_2L_TRAIN: dict[str, Any] = {"steps": 3000, "batch_size": 32, "lr": 2e-3, "warmup": 50,
                       "weight_decay": 0.01, "init_std": 0.1, "seg_len": (3, 40),
                       # per episode: two in three repeat the segment at once, one in three
                       # after a gap, at a distance of up to 70 tokens
@@ -85,7 +85,7 @@ TOY_LM_CONFIG: dict[str, Any] = {
     "positional_embedding_type": "standard",
     "default_prepend_bos": True,
 }
-TOY_LM_TRAIN = {"steps": 2700, "batch_size": 32, "lr": 2e-3, "warmup": 100,
+TOY_LM_TRAIN: dict[str, Any] = {"steps": 2700, "batch_size": 32, "lr": 2e-3, "warmup": 100,
                 "weight_decay": 0.05, "init_std": 0.1, "pos_init_std": 0.1,
                 "tie_embeddings": True, "segments_per_doc": 14,
                 # three phases: (1) rows of word tokens repeated at once or after a gap: dense
@@ -100,7 +100,7 @@ TOY_LM_TRAIN = {"steps": 2700, "batch_size": 32, "lr": 2e-3, "warmup": 100,
                               "induction": 0.05, "fact": 0.05, "agreement": 0.05}}
 
 SAE_HOOKS = [f"blocks.{layer}.hook_resid_pre" for layer in range(4)] + ["blocks.3.hook_resid_post"]
-SAE_TRAIN = {"d_sae": 512, "k": 24, "n_docs": 2400, "steps": 1000, "batch_size": 1024,
+SAE_TRAIN: dict[str, Any] = {"d_sae": 512, "k": 24, "n_docs": 2400, "steps": 1000, "batch_size": 1024,
              "lr": 2e-3, "aux_k": 128, "aux_coef": 1 / 32, "dead_after": 4000}
 
 
@@ -181,7 +181,8 @@ class TrainLM(nn.Module):
             "embed.W_E": self.embed.weight,
             "pos_embed.W_pos": self.pos.weight,
         }
-        for i, blk in enumerate(self.blocks):
+        blocks: list[_Block] = list(self.blocks)  # type: ignore[arg-type]
+        for i, blk in enumerate(blocks):
             p = f"blocks.{i}."
             sd[p + "ln1.w"], sd[p + "ln1.b"] = blk.ln1.weight, blk.ln1.bias
             w = blk.qkv.weight.view(3, h, dh, d)
@@ -573,7 +574,7 @@ def _quick_toy_lm_eval(tokenizer: Any) -> Callable[[nn.Module], dict[str, float]
 
     def last(model: nn.Module, prompts: list[str]) -> torch.Tensor:
         toks = [ids(p) for p in prompts]
-        out = [None] * len(prompts)
+        out: list[Any] = [None] * len(prompts)
         for length in {len(t) for t in toks}:
             idx = [i for i, t in enumerate(toks) if len(t) == length]
             logits = model(torch.tensor([toks[i] for i in idx]))[:, -1]
@@ -940,13 +941,15 @@ def train_one_sae(acts: torch.Tensor, hook: str, seed: int, hp: dict[str, Any]) 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():  # remove the gradient component parallel to the unit decoder rows
-            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+            grad = W_dec.grad
+            assert grad is not None
+            grad -= (grad * W_dec).sum(-1, keepdim=True) * W_dec
         lr = hp["lr"] * min(1.0, (steps - step) / (0.2 * steps))
         for g in opt.param_groups:
             g["lr"] = lr
         opt.step()
         with torch.no_grad():
-            W_dec /= W_dec.norm(dim=-1, keepdim=True)
+            W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
         if (step + 1) % 500 == 0 or step == steps - 1:
             with torch.no_grad():
                 fvu = err.pow(2).sum() / (x - x.mean(0)).pow(2).sum()

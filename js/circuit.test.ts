@@ -1,0 +1,284 @@
+// @vitest-environment happy-dom
+import { afterEach, describe, expect, it } from "vitest";
+import {
+  LEVELS,
+  SLIDER_MAX,
+  decodeEdges,
+  edgeWidth,
+  portY,
+  render,
+  scaleBounds,
+  scoreLevel,
+  sliderToThreshold,
+  thresholdToSlider,
+  visibleCount,
+} from "./circuit";
+import { FakeModel } from "./lib/fake_model";
+
+function enc(dtype: string, values: number[]) {
+  const arr =
+    dtype === "float32" ? new Float32Array(values) : dtype === "int32" ? new Int32Array(values) : new Uint8Array(values);
+  return { dtype, shape: [values.length], buffer: new DataView(arr.buffer) };
+}
+
+// embed → a0.h0 (q,k,v), a0.h1 (q,k,v) → logits: one attention-only layer with two heads.
+const nodes = [
+  { name: "embed", kind: "embed", layer: -1, head: null, x: 54, y: 70 },
+  { name: "a0.h0", kind: "head", layer: 0, head: 0, x: 150, y: 47 },
+  { name: "a0.h1", kind: "head", layer: 0, head: 1, x: 150, y: 93 },
+  { name: "logits", kind: "logits", layer: 1, head: null, x: 246, y: 70 },
+];
+// sorted by decreasing |score|, as Python sends them
+const edgeList = [
+  { src: 1, dst: 3, port: 3, score: -0.8 }, // a0.h0 -> logits
+  { src: 0, dst: 3, port: 3, score: 0.4 }, // embed -> logits
+  { src: 0, dst: 2, port: 1, score: -0.2 }, // embed -> a0.h1.k
+  { src: 2, dst: 3, port: 3, score: 0.05 }, // a0.h1 -> logits
+  { src: 0, dst: 1, port: 0, score: 0.0 }, // embed -> a0.h0.q
+];
+
+function edgesTrait(list = edgeList) {
+  return {
+    src: enc("int32", list.map((e) => e.src)),
+    dst: enc("int32", list.map((e) => e.dst)),
+    port: enc("uint8", list.map((e) => e.port)),
+    score: enc("float32", list.map((e) => e.score)),
+  };
+}
+
+function makeModel(extra: Record<string, any> = {}) {
+  return new FakeModel({
+    method: "eap",
+    metric: "logit_diff",
+    baseline: {
+      clean: 2,
+      corrupted: -1,
+      answers: [" Mary"],
+      wrong_answers: [" John"],
+      clean_prompt: "<img src=x onerror=window.__xss=1> Mary",
+      corrupted_prompt: "When A and B",
+      n_prompts: 1,
+    },
+    nodes,
+    size: { width: 320, height: 140, node_w: 60, node_h: 30 },
+    edges: edgesTrait(),
+    n_edges_total: 5,
+    unsent_score_sum: 0,
+    threshold: 0.3,
+    faithfulness: { threshold: 0.3, metric: 1.7, normalized: 0.9, n_edges: 2, total_edges: 5 },
+    acdc_threshold: 0.06,
+    selected: "",
+    node_detail: {},
+    error: "",
+    progress: {},
+    ...extra,
+  });
+}
+
+let cleanup: (() => void) | null = null;
+afterEach(() => {
+  cleanup?.();
+  cleanup = null;
+  document.body.replaceChildren();
+});
+
+function mount(model: FakeModel) {
+  const el = document.createElement("div");
+  document.body.append(el);
+  cleanup = render({ model: model as any, el });
+  return el;
+}
+
+const visible = (el: HTMLElement) => Number((el.querySelector(".mw-circuit") as HTMLElement).dataset.visibleEdges);
+
+function moveSlider(el: HTMLElement, pos: number, commit = false) {
+  const slider = el.querySelector('[data-testid="threshold-slider"]') as HTMLInputElement;
+  slider.value = String(pos);
+  slider.dispatchEvent(new Event("input"));
+  if (commit) slider.dispatchEvent(new Event("change"));
+}
+
+describe("circuit helpers", () => {
+  it("counts the edges above a threshold by binary search", () => {
+    const abs = new Float32Array([0.8, 0.4, 0.2, 0.05, 0]);
+    expect(visibleCount(abs, 0)).toBe(5);
+    expect(visibleCount(abs, 0.3)).toBe(2);
+    expect(visibleCount(abs, 0.4)).toBe(2);
+    expect(visibleCount(abs, 0.41)).toBe(1);
+    expect(visibleCount(abs, 1)).toBe(0);
+    expect(visibleCount(new Float32Array(0), 0)).toBe(0);
+  });
+
+  it("maps the slider logarithmically, with 0 keeping every edge", () => {
+    const { lo, hi } = scaleBounds(new Float32Array([0.8, 0.4, 0.2, 0.05, 0]));
+    expect([lo, hi]).toEqual([Math.fround(0.05), Math.fround(0.8)]);
+    expect(sliderToThreshold(0, lo, hi)).toBe(0);
+    expect(sliderToThreshold(1, lo, hi)).toBeCloseTo(lo);
+    expect(sliderToThreshold(SLIDER_MAX, lo, hi)).toBeCloseTo(hi);
+    for (const pos of [1, 10, 333, 999, SLIDER_MAX]) expect(thresholdToSlider(sliderToThreshold(pos, lo, hi), lo, hi)).toBe(pos);
+    expect(thresholdToSlider(0, lo, hi)).toBe(0);
+    expect(thresholdToSlider(10, lo, hi)).toBe(SLIDER_MAX);
+  });
+
+  it("sizes edges by |score| and places ports like Python", () => {
+    expect(edgeWidth(1, 1)).toBeCloseTo(5);
+    expect(edgeWidth(-0.25, 1)).toBeCloseTo(0.5 + 4.5 * 0.25);
+    expect(edgeWidth(0.3, 0)).toBe(0.5);
+    expect([portY(50, 0), portY(50, 1), portY(50, 2), portY(50, 3)]).toEqual([41, 50, 59, 50]);
+  });
+
+  it("decodes edges and their suffix sums", () => {
+    const e = decodeEdges(edgesTrait())!;
+    expect(Array.from(e.src)).toEqual([1, 0, 0, 2, 0]);
+    expect(e.suffix[0]).toBeCloseTo(-0.8 + 0.4 - 0.2 + 0.05);
+    expect(e.suffix[2]).toBeCloseTo(-0.15);
+    expect(e.suffix[5]).toBe(0);
+    expect(decodeEdges({})).toBeNull();
+  });
+});
+
+describe("circuit frontend", () => {
+  it("buckets scores into colour/width levels by sign", () => {
+    expect(scoreLevel(-0.8, 0.8)).toBe(-LEVELS);
+    expect(scoreLevel(0.4, 0.8)).toBe(LEVELS / 2);
+    expect(scoreLevel(1e-9, 0.8)).toBe(1); // a weak edge keeps its sign
+    expect(scoreLevel(-1e-9, 0.8)).toBe(-1);
+    expect(scoreLevel(0, 0.8)).toBe(0);
+    expect(scoreLevel(0.3, 0)).toBe(0);
+  });
+
+  it("draws every node and the edges above the threshold", () => {
+    const el = mount(makeModel());
+    expect(el.querySelectorAll(".mw-circuit-node").length).toBe(4);
+    expect(el.querySelector('[data-testid="edge-canvas"]')).not.toBeNull();
+    expect(visible(el)).toBe(2);
+    expect(el.querySelector('[data-testid="edge-count"]')!.textContent).toBe("2 of 5 edges (40.0%)");
+    expect(el.querySelector('[data-testid="faithfulness"]')!.textContent).toContain("faithfulness 0.900");
+    // a0.h1 has no visible edge: faded
+    expect(el.querySelector('[data-testid="node-a0.h1"]')!.classList.contains("mw-circuit-off")).toBe(true);
+    expect(el.querySelector('[data-testid="node-a0.h0"]')!.classList.contains("mw-circuit-off")).toBe(false);
+    // a head has three input ports
+    expect(el.querySelectorAll('[data-testid="node-a0.h0"] .mw-circuit-port').length).toBe(3);
+  });
+
+  it("filters edges as the slider moves, with a linear estimate, and asks Python when it stops", () => {
+    const model = makeModel();
+    const el = mount(model);
+    moveSlider(el, 0);
+    expect(visible(el)).toBe(5);
+    expect(el.querySelector('[data-testid="node-a0.h1"]')!.classList.contains("mw-circuit-off")).toBe(false);
+    expect(el.querySelector('[data-testid="edge-count"]')!.textContent).toBe("5 of 5 edges (100.0%)");
+    // the exact faithfulness is for another threshold: an estimate is shown (EAP: 1 at all edges)
+    const faith = el.querySelector('[data-testid="faithfulness"]')!;
+    expect(faith.textContent).toContain("faithfulness ≈ 1.000");
+    expect(faith.classList.contains("mw-circuit-stale")).toBe(true);
+    moveSlider(el, SLIDER_MAX);
+    expect(visible(el)).toBe(1);
+    expect(el.querySelector('[data-testid="node-embed"]')!.classList.contains("mw-circuit-off")).toBe(true);
+    // removed: 0.4 - 0.2 + 0.05 + 0 = +0.25 → estimate (2 + 0.25 - (-1)) / (2 - (-1))
+    expect(faith.textContent).toContain(`faithfulness ≈ ${((2 + 0.25 + 1) / 3).toFixed(3)}`);
+    expect(model.requests("faithfulness").length).toBe(0);
+    moveSlider(el, SLIDER_MAX, true);
+    const req = model.requests("faithfulness");
+    expect(req.length).toBe(1);
+    expect(req[0].args.threshold).toBeCloseTo(0.8);
+    // Python answers through the traits: the exact value replaces the estimate
+    model.change("faithfulness", { threshold: req[0].args.threshold, metric: 0.5, normalized: 0.5, n_edges: 1, total_edges: 5 });
+    model.change("threshold", req[0].args.threshold);
+    expect(faith.textContent).toContain("faithfulness 0.500");
+    expect(faith.classList.contains("mw-circuit-stale")).toBe(false);
+    expect(el.dataset.redrawMs ?? el.querySelector(".mw-circuit")!.getAttribute("data-redraw-ms")).toBeTruthy();
+  });
+
+  it("follows a threshold set from Python", () => {
+    const model = makeModel();
+    const el = mount(model);
+    model.change("threshold", 0.1);
+    expect(visible(el)).toBe(3);
+    const slider = el.querySelector('[data-testid="threshold-slider"]') as HTMLInputElement;
+    expect(Number(slider.value)).toBe(thresholdToSlider(0.1, Math.fround(0.05), Math.fround(0.8)));
+    expect(el.querySelector('[data-testid="threshold-label"]')!.textContent).toBe("0.1000");
+  });
+
+  it("asks Python for a node's detail on click and draws the reply", () => {
+    const model = makeModel();
+    const el = mount(model);
+    (el.querySelector('[data-testid="node-a0.h0"]') as any).dispatchEvent(new Event("click"));
+    const req = model.requests("select_node");
+    expect(req.length).toBe(1);
+    expect(req[0].args).toEqual({ node: "a0.h0" });
+    // the clicked node is focused at once
+    expect(el.querySelector('[data-testid="node-a0.h0"]')!.classList.contains("mw-selected")).toBe(true);
+    expect(el.querySelector('[data-testid="graph"]')!.classList.contains("mw-circuit-focus")).toBe(true);
+    model.change("node_detail", {
+      node: "a0.h0",
+      kind: "head",
+      output: { metric: -0.4, normalized: 0.2 },
+      inputs: { q: { metric: 1.9, normalized: 0.97 }, k: { metric: 2, normalized: 1 }, v: { metric: 0.1, normalized: 0.37 } },
+      incoming: [{ edge: "embed->a0.h0.q", score: 0, in_circuit: false }],
+      outgoing: [{ edge: "a0.h0->logits", score: -0.8, in_circuit: true }],
+      n_incoming: 3,
+      n_outgoing: 1,
+      n_incoming_kept: 0,
+      n_outgoing_kept: 1,
+    });
+    model.change("selected", "a0.h0");
+    // a second click on the focused node unfocuses it locally, without a request
+    (el.querySelector('[data-testid="node-a0.h0"]') as any).dispatchEvent(new Event("click"));
+    expect(el.querySelector('[data-testid="graph"]')!.classList.contains("mw-circuit-focus")).toBe(false);
+    expect(model.requests("select_node").length).toBe(1);
+    const detail = el.querySelector('[data-testid="node-detail"]')!;
+    expect(detail.querySelector('[data-testid="detail-title"]')!.textContent).toContain("a0.h0");
+    expect(detail.textContent).toContain("Patching its output (all 1 outgoing edges): logit_diff → -0.400 (normalised 0.200)");
+    expect(detail.textContent).toContain("Patching its v input");
+    const rows = detail.querySelectorAll('[data-testid="outgoing"] tbody tr');
+    expect(rows.length).toBe(1);
+    expect(rows[0].textContent).toContain("a0.h0->logits");
+    expect(rows[0].textContent).toContain("in circuit");
+  });
+
+  it("runs ACDC as a request with the threshold typed, and redraws its scores", () => {
+    const model = makeModel();
+    const el = mount(model);
+    const input = el.querySelector('[data-testid="acdc-threshold"]') as HTMLInputElement;
+    expect(input.value).toBe("0.06");
+    input.value = "0.25";
+    (el.querySelector('[data-testid="acdc-button"]') as HTMLButtonElement).click();
+    expect(model.requests("acdc")[0].args).toEqual({ threshold: 0.25 });
+    // progress is drawn from the trait, with a cancel button that sends a cancel message
+    model.change("progress", { kind: "acdc", id: 1, done: 2, total: 5, message: "ACDC: 5 of 5 edges kept" });
+    const cancel = el.querySelector(".mw-progress button") as HTMLButtonElement;
+    expect(el.querySelector(".mw-progress")!.textContent).toContain("2/5");
+    cancel.click();
+    expect(model.sent.some((m) => m.type === "cancel" && m.kind === "acdc")).toBe(true);
+    // the job ends: new scores arrive
+    model.change("progress", {});
+    model.change("method", "acdc");
+    model.change("acdc_threshold", 0.25);
+    model.change("threshold", 0.25);
+    model.change("edges", edgesTrait(edgeList.map((e, i) => ({ ...e, score: i === 0 ? -1.5 : e.score }))));
+    expect(el.querySelector('[data-testid="circuit-title"]')!.textContent).toContain("ACDC (threshold 0.250)");
+    expect(visible(el)).toBe(2);
+    expect((el.querySelector('[data-testid="eap-button"]') as HTMLButtonElement).disabled).toBe(false);
+  });
+
+  it("shows errors in the banner and inserts prompts as text", () => {
+    const model = makeModel();
+    const el = mount(model);
+    expect(el.querySelector("img")).toBeNull();
+    expect(el.querySelector('[data-testid="prompts"]')!.textContent).toContain("<img src=x onerror=window.__xss=1>");
+    const banner = el.querySelector(".mw-error") as HTMLElement;
+    expect(banner.style.display).toBe("none");
+    model.change("error", "the threshold must be a finite number >= 0, got -1.");
+    expect(banner.style.display).toBe("block");
+    expect(banner.textContent).toBe("the threshold must be a finite number >= 0, got -1.");
+  });
+
+  it("cleans up its listeners", () => {
+    const model = makeModel();
+    mount(model);
+    cleanup?.();
+    cleanup = null;
+    for (const [ev, set] of model.listeners) expect([ev, set.size]).toEqual([ev, 0]);
+  });
+});

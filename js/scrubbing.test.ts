@@ -1,0 +1,245 @@
+// @vitest-environment happy-dom
+import { afterEach, describe, expect, it } from "vitest";
+import { initialCollapsed, layout, pct, render, visibleRows, type TreeRow } from "./scrubbing";
+import { FakeModel, f32 } from "./lib/fake_model";
+
+const TREE: TreeRow[] = [
+  { path: "output", component: "output", feature: "identity", kept: true, active: true, depth: 0, parent: -1 },
+  { path: "output/L1H2", component: "L1H2", feature: "identity", kept: true, active: true, depth: 1, parent: 0 },
+  { path: "output/L1H2/q", component: "q", feature: "identity", kept: true, active: true, depth: 2, parent: 1 },
+  { path: "output/L1H2/k", component: "k", feature: "identity", kept: true, active: true, depth: 2, parent: 1 },
+  { path: "output/L1H2/k/L0H2", component: "L0H2", feature: "previous_token", kept: true, active: true, depth: 3, parent: 3 },
+  { path: "output/embed", component: "embed", feature: "token", kept: false, active: false, depth: 1, parent: 0 },
+];
+
+function makeModel(extra: Record<string, any> = {}) {
+  return new FakeModel({
+    live: true,
+    error: "",
+    progress: {},
+    tree: TREE,
+    features: [
+      { name: "identity", description: "the full input" },
+      { name: "token", description: "the token at this position" },
+      { name: "previous_token", description: "the token just before this position" },
+    ],
+    dataset: { n_inputs: 256, length: 41, positions: [21, 22], metric: "loss", n_seeds: 2, n_references: 512 },
+    result: {
+      clean: 0.5,
+      random: 4.5,
+      scrubbed: 1.0,
+      fraction: 0.875,
+      fraction_std: 0.025,
+      per_seed: f32([4.4, 4.6, 0.9, 1.1, 0.9, 0.85], [3, 2]),
+      metric: "loss",
+      n_references: 512,
+      seconds: 0.5,
+      step: 2,
+    },
+    history: [
+      { step: 1, label: "initial hypothesis", fraction: 0.9, fraction_std: 0.01, scrubbed: 0.9, random: 4.5, clean: 0.5, nodes: {} },
+      { step: 2, label: "output/embed: kept → resampled", fraction: 0.875, fraction_std: 0.025, scrubbed: 1.0, random: 4.5, clean: 0.5, nodes: {} },
+    ],
+    ...extra,
+  });
+}
+
+let cleanup: (() => void) | null = null;
+afterEach(() => {
+  cleanup?.();
+  cleanup = null;
+  document.body.replaceChildren();
+});
+
+function mount(model: FakeModel) {
+  const el = document.createElement("div");
+  document.body.append(el);
+  cleanup = render({ model: model as any, el });
+  return el;
+}
+
+const node = (el: HTMLElement, path: string) => el.querySelector(`[data-testid="node-${path}"]`) as SVGGElement;
+const toggle = (el: HTMLElement, path: string) => el.querySelector(`[data-testid="toggle-${path}"]`) as SVGGElement;
+const last = (xs: any[]) => xs[xs.length - 1];
+const click = (target: Element) => target.dispatchEvent(new MouseEvent("click", { bubbles: true }));
+
+describe("scrubbing frontend", () => {
+  it("draws the hypothesis as a tree: a box per node, an edge per child, a switch on each non-root", () => {
+    const el = mount(makeModel());
+    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(TREE.length);
+    expect(el.querySelectorAll(".mw-scrub-edge").length).toBe(TREE.length - 1);
+    expect(el.querySelectorAll(".mw-scrub-switch").length).toBe(TREE.length - 1);
+    expect(toggle(el, "output")).toBeNull();
+    const k = node(el, "output/L1H2/k/L0H2");
+    expect(k.textContent).toContain("L0H2");
+    expect(k.textContent).toContain("previous_token");
+    expect(k.getAttribute("class")).toContain("mw-scrub-kept");
+    expect(node(el, "output/embed").getAttribute("class")).toContain("mw-scrub-resampled");
+    expect(node(el, "output/embed").getAttribute("class")).toContain("mw-scrub-off");
+    expect(el.querySelector(".mw-title")!.textContent).toBe("Causal scrubbing — 256 inputs × 41 tokens, loss on 512 predictions, 2 seeds");
+  });
+
+  it("lays out leaves side by side and centres each parent over its children (twin of tree_layout)", () => {
+    const { pos, width, height } = layout(TREE);
+    // the same numbers as mechwidgets/widgets/scrubbing.py:tree_layout on this tree
+    expect(pos.map((p) => p.x)).toEqual([188, 110, 58, 162, 162, 266]);
+    expect(pos.map((p) => p.y)).toEqual([28, 86, 144, 144, 202, 86]);
+    expect([width, height]).toEqual([324, 230]);
+    expect(pct(0.8754)).toBe("87.5%");
+    expect(pct(null)).toBe("n/a");
+  });
+
+  it("folds and unfolds a node's inputs", () => {
+    const model = makeModel();
+    const el = mount(model);
+    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(TREE.length); // small: all open
+    click(el.querySelector('[data-testid="fold-output/L1H2"]')!);
+    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(3);
+    expect(node(el, "output/L1H2").textContent).toContain("+3");
+    expect(model.sent).toEqual([]); // folding is the view's own business
+    click(el.querySelector('[data-testid="fold-output/L1H2"]')!);
+    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(TREE.length);
+    const { rows, hidden } = visibleRows(TREE, new Set(["output/L1H2/k"]));
+    expect(rows.map((r) => r.path)).toEqual(["output", "output/L1H2", "output/L1H2/q", "output/L1H2/k", "output/embed"]);
+    expect(rows.map((r) => r.parent)).toEqual([-1, 0, 1, 1, 0]);
+    expect(hidden).toEqual([0, 0, 0, 1, 0]);
+  });
+
+  it("opens a wide tree with the head inputs folded", () => {
+    const wide: TreeRow[] = [{ path: "output", component: "output", feature: "identity", kept: true, active: true, depth: 0, parent: -1 }];
+    for (const w of ["q", "k", "v"]) {
+      const parent = wide.length;
+      wide.push({ path: `output/L1H0/${w}`, component: w, feature: "identity", kept: true, active: true, depth: 1, parent: 0 });
+      for (let c = 0; c < 5; c++) wide.push({ path: `output/L1H0/${w}/L0H${c}`, component: `L0H${c}`, feature: "token", kept: true, active: true, depth: 2, parent });
+    }
+    expect([...initialCollapsed(wide)]).toEqual(["output/L1H0/q", "output/L1H0/k", "output/L1H0/v"]);
+    expect(initialCollapsed(TREE).size).toBe(0);
+    const el = mount(makeModel({ tree: wide }));
+    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(4);
+  });
+
+  it("toggles a node with its switch: an evaluate request, a pending note until the reply", () => {
+    const model = makeModel();
+    const el = mount(model);
+    click(toggle(el, "output/L1H2/k/L0H2"));
+    const req = model.sent.find((m) => m.type === "request");
+    expect(req.kind).toBe("evaluate");
+    expect(req.args).toEqual({ nodes: { "output/L1H2/k/L0H2": { kept: false } } });
+    expect(el.querySelector('[data-testid="pending"]')!.textContent).toBe("re-running…");
+    // the switch also selected the node
+    expect(el.querySelector('[data-testid="panel-path"]')!.textContent).toBe("output/L1H2/k/L0H2");
+    model.reply({ type: "reply", id: req.id, kind: "evaluate", result: { step: 3 } });
+    return Promise.resolve().then(() => {
+      expect(el.querySelector('[data-testid="pending"]')!.textContent).toBe("");
+    });
+  });
+
+  it("selects a node and changes its state or feature from the panel", () => {
+    const model = makeModel();
+    const el = mount(model);
+    click(node(el, "output/embed"));
+    expect(el.querySelector('[data-testid="panel-path"]')!.textContent).toBe("output/embed");
+    expect(node(el, "output/embed").getAttribute("class")).toContain("mw-selected");
+    const kept = el.querySelector('[data-testid="node-kept"]') as HTMLButtonElement;
+    expect(kept.className).not.toContain("mw-scrub-on");
+    kept.click();
+    expect(last(model.sent).args).toEqual({ nodes: { "output/embed": { kept: true } } });
+    const select = el.querySelector('[data-testid="feature-select"]') as HTMLSelectElement;
+    expect(Array.from(select.options).map((o) => o.value)).toEqual(["identity", "token", "previous_token"]);
+    expect(select.value).toBe("token");
+    select.value = "previous_token";
+    select.dispatchEvent(new Event("change"));
+    expect(last(model.sent).args).toEqual({ nodes: { "output/embed": { feature: "previous_token" } } });
+    expect(el.querySelector('[data-testid="feature-description"]')!.textContent).toBe("the token at this position");
+    // the root cannot be switched
+    click(node(el, "output"));
+    expect((el.querySelector('[data-testid="node-resampled"]') as HTMLButtonElement).disabled).toBe(true);
+    expect((el.querySelector('[data-testid="feature-select"]') as HTMLSelectElement).disabled).toBe(true);
+  });
+
+  it("redraws when the kernel writes the new tree, result and history", () => {
+    const model = makeModel();
+    const el = mount(model);
+    click(node(el, "output/L1H2/k/L0H2"));
+    const tree = TREE.map((r) => (r.path === "output/L1H2/k/L0H2" ? { ...r, kept: false, active: false } : r));
+    model.change("tree", tree);
+    expect(node(el, "output/L1H2/k/L0H2").getAttribute("class")).toContain("mw-scrub-resampled");
+    expect(el.querySelector('[data-testid="node-resampled"]')!.className).toContain("mw-scrub-on");
+    const history = [...model.state.history, { step: 3, label: "output/L1H2/k/L0H2: kept → resampled", fraction: 0.1, fraction_std: 0.05, scrubbed: 4.1, random: 4.5, clean: 0.5, nodes: {} }];
+    model.state.history = history;
+    model.change("result", { ...model.state.result, fraction: 0.1, fraction_std: 0.05, scrubbed: 4.1, step: 3 });
+    expect(el.querySelector('[data-testid="recovered-text"]')!.textContent).toBe("10.0% ± 5.0%");
+    expect(el.querySelectorAll('[data-testid="history-table"] tbody tr').length).toBe(3);
+    expect(el.querySelector('[data-testid="history-row-3"]')!.className).toContain("mw-selected");
+    expect(el.querySelector('[data-testid="history-bar-3"]')!.getAttribute("class")).toContain("mw-selected");
+  });
+
+  it("draws the recovered fraction as a bar with its spread, the losses and the per-seed values", () => {
+    const el = mount(makeModel());
+    expect(el.querySelector('[data-testid="recovered-text"]')!.textContent).toBe("87.5% ± 2.5%");
+    expect((el.querySelector('[data-testid="recovered-fill"]') as HTMLElement).style.width).toBe("87.50%");
+    const whisker = el.querySelector('[data-testid="recovered-whisker"]') as HTMLElement;
+    expect(whisker.style.left).toBe("85.00%");
+    expect(whisker.style.width).toBe("5.00%");
+    expect(el.querySelector('[data-testid="losses"]')!.textContent).toBe("loss: clean 0.500 · scrubbed 1.000 · random 4.500");
+    expect(el.querySelector('[data-testid="result"]')!.textContent).toContain("per seed: 90.0%, 85.0%");
+  });
+
+  it("lists the history as a table and a bar chart; clicking one restores it", () => {
+    const model = makeModel();
+    const el = mount(model);
+    const rows = el.querySelectorAll('[data-testid="history-table"] tbody tr');
+    expect(rows.length).toBe(2);
+    expect(rows[1].textContent).toContain("output/embed: kept → resampled");
+    expect(rows[1].textContent).toContain("87.5% ± 2.5%");
+    expect(rows[1].className).toContain("mw-selected");
+    expect(el.querySelectorAll('[data-testid^="history-bar-"]').length).toBe(2);
+    (rows[0] as HTMLElement).click();
+    expect(last(model.sent)).toMatchObject({ type: "request", kind: "restore", args: { step: 1 } });
+    click(el.querySelector('[data-testid="history-bar-2"]')!);
+    expect(last(model.sent)).toMatchObject({ kind: "restore", args: { step: 2 } });
+  });
+
+  it("shows the kernel's errors and progress, with a cancel button", () => {
+    const model = makeModel();
+    const el = mount(model);
+    model.change("error", "node 'output/L9H0': this model has no layer 9");
+    const banner = el.querySelector(".mw-error") as HTMLElement;
+    expect(banner.textContent).toBe("node 'output/L9H0': this model has no layer 9");
+    expect(banner.style.display).toBe("block");
+    model.change("progress", { kind: "evaluate", id: 3, done: 1, total: 5, message: "scrubbing: seed 2 of 5" });
+    expect(el.querySelector(".mw-progress")!.textContent).toContain("scrubbing: seed 2 of 5 1/5");
+    (el.querySelector(".mw-progress button") as HTMLButtonElement).click();
+    expect(last(model.sent)).toEqual({ type: "cancel", kind: "evaluate" });
+  });
+
+  it("a static view (no kernel) draws everything but sends nothing", () => {
+    const model = makeModel({ live: false });
+    const el = mount(model);
+    click(toggle(el, "output/L1H2"));
+    (el.querySelector('[data-testid="history-table"] tbody tr') as HTMLElement).click();
+    expect(model.sent).toEqual([]);
+    expect(el.querySelector(".mw-title")!.textContent).toContain("static view");
+    expect((el.querySelector('[data-testid="node-kept"]') as HTMLButtonElement).disabled).toBe(true);
+  });
+
+  it("inserts hostile names as text, never as HTML", () => {
+    const evil = "<img src=x onerror=alert(1)>";
+    const tree = TREE.map((r) => (r.path === "output/embed" ? { ...r, feature: evil } : r));
+    const model = makeModel({ tree, features: [{ name: evil, description: "</script><b>x</b>" }] });
+    model.state.history[0].label = evil;
+    const el = mount(model);
+    click(node(el, "output/embed"));
+    expect(el.querySelector("img")).toBeNull();
+    expect(el.querySelector("b")).toBeNull();
+    expect(el.querySelector('[data-testid="history-table"]')!.textContent).toContain(evil);
+  });
+
+  it("removes its listeners on cleanup", () => {
+    const model = makeModel();
+    mount(model);
+    cleanup!();
+    cleanup = null;
+    for (const set of model.listeners.values()) expect(set.size).toBe(0);
+  });
+});

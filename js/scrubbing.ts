@@ -1,0 +1,469 @@
+// The causal-scrubbing widget's frontend: the hypothesis as a tree (click a node to select it,
+// click its corner switch to toggle kept/resampled), the selected node's state and feature, the
+// fraction of the loss recovered as a bar with its spread over seeds, and the history of
+// refinements as a bar chart and a table. Everything is drawn from traits (so a saved notebook
+// renders with no kernel); changes are `evaluate` requests, long jobs with progress and cancel.
+
+import { decodeArray, isEncoded, type Encoded } from "./lib/array";
+import { mountStatus } from "./lib/banner";
+import { clip, fmt, h } from "./lib/dom";
+import { RequestClient, StaleReplyError, type ModelLike } from "./lib/request";
+
+export interface TreeRow {
+  path: string;
+  component: string;
+  feature: string;
+  kept: boolean;
+  active: boolean;
+  depth: number;
+  parent: number;
+}
+
+export interface FeatureInfo {
+  name: string;
+  description: string;
+}
+
+export interface ResultState {
+  clean?: number;
+  random?: number;
+  scrubbed?: number;
+  fraction?: number | null;
+  fraction_std?: number | null;
+  per_seed?: Encoded;
+  metric?: string;
+  n_references?: number;
+  seconds?: number;
+  step?: number;
+}
+
+export interface HistoryEntry {
+  step: number;
+  label: string;
+  fraction: number | null;
+  fraction_std: number | null;
+  scrubbed: number;
+  random: number;
+  clean: number;
+  nodes: Record<string, { kept: boolean; feature: string }>;
+}
+
+export interface ScrubbingModel extends ModelLike {
+  get(name: string): any;
+  set(name: string, value: unknown): void;
+  save_changes(): void;
+}
+
+// Tree layout: the twin of mechwidgets/widgets/scrubbing.py:tree_layout.
+export const NODE_W = 96;
+export const NODE_H = 36;
+const GAP_X = 8;
+const LEVEL_H = 58;
+const MARGIN = 10;
+/** Trees with more leaves than this open with the head inputs' subtrees collapsed. */
+export const COLLAPSE_LEAVES = 12;
+
+export function layout(tree: TreeRow[]): { pos: { x: number; y: number }[]; width: number; height: number } {
+  const children: number[][] = tree.map(() => []);
+  tree.forEach((row, i) => {
+    if (row.parent >= 0) children[row.parent].push(i);
+  });
+  const xs = tree.map(() => 0);
+  let nextLeaf = 0;
+  const place = (i: number): void => {
+    if (children[i].length === 0) {
+      xs[i] = MARGIN + NODE_W / 2 + nextLeaf * (NODE_W + GAP_X);
+      nextLeaf += 1;
+      return;
+    }
+    for (const c of children[i]) place(c);
+    xs[i] = (xs[children[i][0]] + xs[children[i][children[i].length - 1]]) / 2;
+  };
+  if (tree.length) place(0);
+  const depth = tree.reduce((m, r) => Math.max(m, r.depth), 0);
+  return {
+    pos: tree.map((r, i) => ({ x: xs[i], y: MARGIN + NODE_H / 2 + r.depth * LEVEL_H })),
+    width: 2 * MARGIN + Math.max(1, nextLeaf) * (NODE_W + GAP_X) - GAP_X,
+    height: 2 * MARGIN + depth * LEVEL_H + NODE_H,
+  };
+}
+
+/** The rows of ``tree`` not hidden under a collapsed node, with parents re-indexed, and for
+ * each the number of nodes hidden under it. */
+export function visibleRows(tree: TreeRow[], collapsed: Set<string>): { rows: TreeRow[]; hidden: number[] } {
+  const keep: number[] = [];
+  const index = new Map<number, number>();
+  const hiddenUnder = tree.map(() => 0);
+  const hiddenBy = tree.map(() => -1); // the collapsed ancestor hiding a row
+  tree.forEach((row, i) => {
+    const p = row.parent;
+    if (p >= 0 && (hiddenBy[p] >= 0 || collapsed.has(tree[p].path))) {
+      hiddenBy[i] = hiddenBy[p] >= 0 ? hiddenBy[p] : p;
+      hiddenUnder[hiddenBy[i]] += 1;
+      return;
+    }
+    index.set(i, keep.length);
+    keep.push(i);
+  });
+  return {
+    rows: keep.map((i) => ({ ...tree[i], parent: tree[i].parent >= 0 ? index.get(tree[i].parent)! : -1 })),
+    hidden: keep.map((i) => hiddenUnder[i]),
+  };
+}
+
+/** The nodes to collapse when a tree first shows: the head inputs (q, k, v) of a tree too wide to
+ * read at once. */
+export function initialCollapsed(tree: TreeRow[]): Set<string> {
+  const hasChild = new Set(tree.filter((r) => r.parent >= 0).map((r) => r.parent));
+  const leaves = tree.filter((_, i) => !hasChild.has(i)).length;
+  if (leaves <= COLLAPSE_LEAVES) return new Set();
+  return new Set(tree.filter((r, i) => ["q", "k", "v"].includes(r.component) && hasChild.has(i)).map((r) => r.path));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function s(tag: string, attrs: Record<string, string | number> = {}, ...children: (Node | string)[]): SVGElement {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  for (const c of children) el.append(typeof c === "string" ? document.createTextNode(c) : c);
+  return el;
+}
+
+/** A fraction as a percentage ("n/a" when undefined, e.g. random and clean losses are equal). */
+export function pct(x: number | null | undefined, digits = 1): string {
+  return x === null || x === undefined || !Number.isFinite(x) ? "n/a" : `${(100 * x).toFixed(digits)}%`;
+}
+
+const COMPONENT_HELP: Record<string, string> = {
+  output: "the output being explained (always kept)",
+  embed: "the token embedding",
+  pos_embed: "the positional embedding",
+  resid: "the rest of the residual stream (every component its siblings do not name)",
+  q: "the head's query input",
+  k: "the head's key input",
+  v: "the head's value input",
+};
+
+function describe(component: string): string {
+  if (COMPONENT_HELP[component]) return COMPONENT_HELP[component];
+  const head = /^L(\d+)H(\d+)$/.exec(component);
+  if (head) return `the output of head ${head[2]} in layer ${head[1]}`;
+  const mlp = /^mlp(\d+)$/.exec(component);
+  if (mlp) return `the MLP of layer ${mlp[1]}`;
+  return component;
+}
+
+export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }): () => void {
+  const client = new RequestClient(model);
+  const root = h("div", { class: "mw-root mw-scrubbing" });
+  el.append(root);
+  const status = mountStatus(model, root, (kind) => client.cancel(kind));
+  const live = (): boolean => model.get("live") !== false;
+  const tree = (): TreeRow[] => model.get("tree") ?? [];
+  const features = (): FeatureInfo[] => model.get("features") ?? [];
+  const history = (): HistoryEntry[] => model.get("history") ?? [];
+
+  let selected: string | null = null;
+  let pending = false;
+  let collapsed = initialCollapsed(tree());
+  let seenPaths = new Set(tree().map((r) => r.path));
+
+  // ------------------------------------------------------------------ layout
+  const title = h("div", { class: "mw-title" });
+  const treeBox = h("div", { class: "mw-scrub-tree", "data-testid": "tree" });
+  const panel = h("div", { class: "mw-scrub-panel", "data-testid": "node-panel" });
+  const resultBox = h("div", { class: "mw-scrub-result", "data-testid": "result" });
+  const chartBox = h("div", { class: "mw-scrub-chart", "data-testid": "history-chart" });
+  const table = h("table", { class: "mw-table mw-scrub-history", "data-testid": "history-table" });
+  root.append(
+    title,
+    h("div", { class: "mw-row" }, resultBox, panel),
+    h("div", { class: "mw-subtitle" }, "Hypothesis (click a node to select it; its corner switch keeps or resamples it; ▾/▸ folds its inputs)"),
+    treeBox,
+    h(
+      "div",
+      { class: "mw-row" },
+      h("div", { class: "mw-col" }, h("div", { class: "mw-subtitle" }, "History of refinements (click one to go back to it)"), chartBox),
+      h("div", { class: "mw-col mw-scroll" }, table),
+    ),
+  );
+
+  // ------------------------------------------------------------------ actions
+  const fail = (e: unknown): void => {
+    pending = false;
+    drawResult();
+    if (e instanceof StaleReplyError) return;
+    if (e instanceof Error && /^\w+: cancelled/.test(e.message)) return; // the user cancelled it
+    // the kernel also writes the message into the `error` trait; this covers a dead kernel
+    if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
+  };
+
+  function evaluate(nodes: Record<string, { kept?: boolean; feature?: string }>): void {
+    if (!live()) return;
+    status.setLocalError("");
+    pending = true;
+    drawResult();
+    client
+      .request("evaluate", { nodes })
+      .then(() => {
+        pending = false;
+        drawResult();
+      })
+      .catch(fail);
+  }
+
+  function restore(step: number): void {
+    if (!live()) return;
+    status.setLocalError("");
+    client.request("restore", { step }).catch(fail);
+  }
+
+  function select(path: string): void {
+    selected = path;
+    drawTree();
+    drawPanel();
+  }
+
+  // ------------------------------------------------------------------ drawing
+  const drawTitle = (): void => {
+    const d = model.get("dataset") ?? {};
+    title.textContent =
+      `Causal scrubbing — ${d.n_inputs ?? "?"} inputs × ${d.length ?? "?"} tokens, ${d.metric ?? "loss"} on ${d.n_references ?? "?"} predictions, ${d.n_seeds ?? "?"} seeds` +
+      (live() ? "" : " (static view: no kernel)");
+  };
+
+  const drawTree = (): void => {
+    treeBox.replaceChildren();
+    const { rows, hidden } = visibleRows(tree(), collapsed);
+    if (!rows.length) return;
+    const { pos, width, height } = layout(rows);
+    const svg = s("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "mw-scrub-svg" });
+    rows.forEach((row, i) => {
+      if (row.parent < 0) return;
+      const a = pos[row.parent];
+      const b = pos[i];
+      svg.append(s("line", { x1: a.x, y1: a.y + NODE_H / 2, x2: b.x, y2: b.y - NODE_H / 2, class: "mw-scrub-edge" + (row.active ? "" : " mw-scrub-off") }));
+    });
+    rows.forEach((row, i) => {
+      const x = pos[i].x - NODE_W / 2;
+      const y = pos[i].y - NODE_H / 2;
+      const cls = ["mw-scrub-node", row.kept ? "mw-scrub-kept" : "mw-scrub-resampled"];
+      if (!row.active) cls.push("mw-scrub-off");
+      if (row.path === selected) cls.push("mw-selected");
+      const g = s("g", { class: cls.join(" "), "data-path": row.path, "data-testid": `node-${row.path}`, transform: `translate(${x},${y})` });
+      const state = row.kept ? (row.active ? "kept" : "kept, under a resampled node") : "resampled";
+      g.append(
+        s("title", {}, `${row.path}: ${describe(row.component)}. Feature: ${row.feature}. ${state}.`),
+        s("rect", { width: NODE_W, height: NODE_H, rx: 5, class: "mw-scrub-box" }),
+        s("text", { x: NODE_W / 2, y: 14, "text-anchor": "middle", class: "mw-scrub-label" }, clip(row.component, 12)),
+        s("text", { x: NODE_W / 2, y: 28, "text-anchor": "middle", class: "mw-scrub-feature" }, clip(row.feature, 16)),
+      );
+      g.addEventListener("click", () => select(row.path));
+      const isCollapsed = collapsed.has(row.path);
+      if (hidden[i] > 0 || rows.some((r) => r.parent === i)) {
+        const fold = s(
+          "g",
+          { class: "mw-scrub-fold", "data-testid": `fold-${row.path}`, transform: `translate(9,9)`, role: "button" },
+          s("title", {}, isCollapsed ? `show the ${hidden[i]} nodes under it` : "fold its inputs"),
+          s("rect", { x: -7, y: -7, width: 14, height: 14, rx: 3 }),
+          s("text", { y: 3.5, "text-anchor": "middle" }, isCollapsed ? "▸" : "▾"),
+        );
+        fold.addEventListener("click", (ev) => {
+          ev.stopPropagation();
+          if (isCollapsed) collapsed.delete(row.path);
+          else collapsed.add(row.path);
+          drawTree();
+        });
+        g.append(fold);
+      }
+      if (isCollapsed) g.append(s("text", { x: NODE_W - 4, y: NODE_H - 4, "text-anchor": "end", class: "mw-scrub-badge" }, `+${hidden[i]}`));
+      if (row.parent >= 0) {
+        const sw = s(
+          "g",
+          { class: "mw-scrub-switch", "data-testid": `toggle-${row.path}`, transform: `translate(${NODE_W - 9},9)`, role: "button" },
+          s("title", {}, row.kept ? "resample this node" : "keep this node"),
+          s("circle", { r: 7 }),
+          s("text", { y: 3.5, "text-anchor": "middle" }, row.kept ? "✓" : "×"),
+        );
+        sw.addEventListener("click", (ev) => {
+          ev.stopPropagation();
+          selected = row.path;
+          evaluate({ [row.path]: { kept: !row.kept } });
+          drawTree();
+          drawPanel();
+        });
+        g.append(sw);
+      }
+      svg.append(g);
+    });
+    treeBox.append(svg);
+  };
+
+  const drawPanel = (): void => {
+    panel.replaceChildren();
+    const rows = tree();
+    const row = rows.find((r) => r.path === selected);
+    if (!row) {
+      panel.append(h("div", { class: "mw-note" }, "Select a node to switch it between kept and resampled, or to give it another feature."));
+      return;
+    }
+    panel.append(
+      h("div", { class: "mw-subtitle", "data-testid": "panel-path" }, row.path),
+      h("div", { class: "mw-note" }, describe(row.component)),
+    );
+    const disabled = !live() || row.parent < 0;
+    const kept = h("button", { class: "mw-button" + (row.kept ? " mw-scrub-on" : ""), "data-testid": "node-kept", disabled }, "kept");
+    const resampled = h("button", { class: "mw-button" + (!row.kept ? " mw-scrub-on" : ""), "data-testid": "node-resampled", disabled }, "resampled");
+    kept.addEventListener("click", () => row.kept || evaluate({ [row.path]: { kept: true } }));
+    resampled.addEventListener("click", () => row.kept && evaluate({ [row.path]: { kept: false } }));
+    const select = h("select", { class: "mw-select", "data-testid": "feature-select", "aria-label": "feature", disabled: !live() || row.parent < 0 });
+    for (const f of features()) select.append(h("option", { value: f.name, title: f.description }, f.name));
+    select.value = row.feature;
+    select.addEventListener("change", () => evaluate({ [row.path]: { feature: select.value } }));
+    const info = features().find((f) => f.name === row.feature);
+    panel.append(
+      h("div", { class: "mw-scrub-seg" }, kept, resampled),
+      h("div", { class: "mw-scrub-featrow" }, "feature ", select),
+      h("div", { class: "mw-note", "data-testid": "feature-description" }, info?.description ?? ""),
+    );
+    if (row.parent < 0) panel.append(h("div", { class: "mw-note" }, "The root is what is being explained: always kept."));
+    else if (!row.active && row.kept) panel.append(h("div", { class: "mw-note" }, "An ancestor is resampled, so this node has no effect."));
+  };
+
+  const drawResult = (): void => {
+    resultBox.replaceChildren();
+    const r: ResultState = model.get("result") ?? {};
+    if (r.fraction === undefined) return;
+    const frac = r.fraction;
+    const std = r.fraction_std ?? 0;
+    const clamp = (v: number): number => Math.max(0, Math.min(1, v));
+    const bar = h("div", { class: "mw-scrub-bar", "data-testid": "recovered-bar" });
+    if (frac !== null) {
+      bar.append(
+        h("div", { class: "mw-scrub-fill", "data-testid": "recovered-fill", style: `width:${(100 * clamp(frac)).toFixed(2)}%` }),
+        h("div", { class: "mw-scrub-whisker", "data-testid": "recovered-whisker", style: `left:${(100 * clamp(frac - std)).toFixed(2)}%;width:${(100 * (clamp(frac + std) - clamp(frac - std))).toFixed(2)}%` }),
+      );
+    }
+    for (const t of [0, 0.5, 1]) bar.append(h("span", { class: "mw-scrub-tick", style: `left:${100 * t}%` }, `${100 * t}%`));
+    let seeds = "";
+    if (isEncoded(r.per_seed)) {
+      const a = decodeArray(r.per_seed);
+      const n = a.shape[1];
+      seeds = Array.from({ length: n }, (_, k) => pct(a.data[2 * n + k])).join(", ");
+    }
+    const metric = r.metric ?? "loss";
+    resultBox.append(
+      h("div", { class: "mw-subtitle" }, `Loss recovered (step ${r.step ?? "?"})`),
+      h("div", { class: "mw-scrub-big", "data-testid": "recovered-text" }, `${pct(frac)} ± ${pct(std)}`),
+      bar,
+      h(
+        "div",
+        { class: "mw-note", "data-testid": "losses" },
+        `${metric}: clean ${fmt(r.clean ?? NaN)} · scrubbed ${fmt(r.scrubbed ?? NaN)} · random ${fmt(r.random ?? NaN)}`,
+      ),
+      h("div", { class: "mw-note" }, `(random − scrubbed) / (random − clean), per seed: ${seeds}`),
+      h("div", { class: "mw-note", "data-testid": "pending" }, pending ? "re-running…" : ""),
+    );
+  };
+
+  const drawHistory = (): void => {
+    const hist = history();
+    const current = (model.get("result") ?? {}).step;
+    // bar chart: one bar per step, with the spread over seeds as a whisker
+    chartBox.replaceChildren();
+    const barW = 26;
+    const gap = 10;
+    const left = 36;
+    const plotH = 120;
+    const top = 10;
+    let lo = 0;
+    let hi = 1;
+    for (const e of hist) {
+      if (e.fraction === null) continue;
+      lo = Math.min(lo, e.fraction - (e.fraction_std ?? 0));
+      hi = Math.max(hi, e.fraction + (e.fraction_std ?? 0));
+    }
+    const y = (v: number): number => top + plotH * (1 - (v - lo) / (hi - lo));
+    const width = left + hist.length * (barW + gap) + gap;
+    const svg = s("svg", { width: Math.max(width, 160), height: top + plotH + 22, class: "mw-scrub-svg" });
+    for (const t of [0, 0.5, 1]) {
+      svg.append(s("line", { x1: left - 3, x2: width, y1: y(t), y2: y(t), class: "mw-scrub-grid" }));
+      svg.append(s("text", { x: left - 5, y: y(t) + 3, "text-anchor": "end", class: "mw-scrub-axis" }, `${100 * t}%`));
+    }
+    hist.forEach((e, k) => {
+      const x = left + gap + k * (barW + gap);
+      const g = s("g", { class: "mw-scrub-hbar" + (e.step === current ? " mw-selected" : ""), "data-testid": `history-bar-${e.step}` });
+      g.append(s("title", {}, `step ${e.step}: ${e.label} — ${pct(e.fraction)} ± ${pct(e.fraction_std)}`));
+      if (e.fraction !== null) {
+        const y0 = y(0);
+        const y1 = y(e.fraction);
+        g.append(s("rect", { x, y: Math.min(y0, y1), width: barW, height: Math.max(1, Math.abs(y1 - y0)) }));
+        const sd = e.fraction_std ?? 0;
+        g.append(s("line", { x1: x + barW / 2, x2: x + barW / 2, y1: y(e.fraction - sd), y2: y(e.fraction + sd), class: "mw-scrub-err" }));
+      }
+      g.append(s("text", { x: x + barW / 2, y: top + plotH + 14, "text-anchor": "middle", class: "mw-scrub-axis" }, String(e.step)));
+      // the whole column is the click target, however short the bar
+      g.append(s("rect", { x, y: top, width: barW, height: plotH + 16, class: "mw-scrub-hit" }));
+      g.addEventListener("click", () => restore(e.step));
+      svg.append(g);
+    });
+    chartBox.append(svg);
+
+    table.replaceChildren();
+    table.append(h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "change"), h("th", {}, "loss recovered"), h("th", {}, "scrubbed"))));
+    const body = h("tbody", {});
+    for (const e of hist) {
+      const tr = h(
+        "tr",
+        { class: e.step === current ? "mw-selected" : "", "data-testid": `history-row-${e.step}`, title: "click to go back to this hypothesis" },
+        h("td", { class: "mw-num" }, e.step),
+        h("td", { class: "mw-scrub-label-cell" }, e.label),
+        h("td", { class: "mw-num" }, `${pct(e.fraction)} ± ${pct(e.fraction_std)}`),
+        h("td", { class: "mw-num" }, fmt(e.scrubbed)),
+      );
+      tr.addEventListener("click", () => restore(e.step));
+      body.append(tr);
+    }
+    table.append(body);
+  };
+
+  const drawAll = (): void => {
+    drawTitle();
+    drawTree();
+    drawPanel();
+    drawResult();
+    drawHistory();
+  };
+
+  const onTree = (): void => {
+    const paths = new Set(tree().map((r) => r.path));
+    if (selected && !paths.has(selected)) selected = null;
+    // a different hypothesis (not the same one with a node switched): fold it afresh
+    if (paths.size !== seenPaths.size || [...paths].some((p) => !seenPaths.has(p))) collapsed = initialCollapsed(tree());
+    seenPaths = paths;
+    drawTree();
+    drawPanel();
+  };
+  const onResult = (): void => {
+    drawResult();
+    drawHistory();
+  };
+  model.on("change:tree", onTree);
+  model.on("change:features", drawPanel);
+  model.on("change:result", onResult);
+  model.on("change:history", drawHistory);
+  model.on("change:dataset", drawTitle);
+  drawAll();
+
+  return () => {
+    model.off("change:tree", onTree);
+    model.off("change:features", drawPanel);
+    model.off("change:result", onResult);
+    model.off("change:history", drawHistory);
+    model.off("change:dataset", drawTitle);
+    client.dispose();
+    status.dispose();
+  };
+}
+
+export default { render };

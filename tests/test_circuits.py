@@ -1,0 +1,706 @@
+"""Circuit discovery: EAP against a hand-computed gradient product, exact edge patching against
+hand-written TransformerLens hooks, ACDC's invariants, faithfulness, the widget, bad input, and
+the two proofs on the zoo (the induction circuit of induction-2l, the IOI circuit of toy-lm)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from support import TL3
+
+from mechwidgets._model import hook_count
+from mechwidgets._tensor import decode_array
+from mechwidgets.analysis.circuits import (
+    CircuitError,
+    EdgePatcher,
+    acdc,
+    build_graph,
+    circuit_faithfulness,
+    edge_attribution_patching,
+)
+from mechwidgets.errors import AnswerError, ComponentError, MetricError, PromptError
+from mechwidgets.widgets.circuit import CircuitWidget, show_circuit
+
+pytestmark = pytest.mark.skipif(not TL3, reason="circuit discovery needs a TransformerLens 3.x HookedTransformer")
+
+CLEAN = "When Mary and John went to the store , John gave a drink to"
+CORRUPTED = "When A and B went to the store , C gave a drink to"
+SETTINGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
+
+
+def settings(model: Any) -> dict[str, Any]:
+    return {name: getattr(model.cfg, name) for name in SETTINGS}
+
+
+@pytest.fixture
+def patcher(model: Any) -> EdgePatcher:
+    return EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+
+
+@pytest.fixture(scope="module")
+def small(make_model: Callable[..., Any]) -> Any:
+    """One layer, two heads and an MLP: 13 edges, for the tests that run ACDC to the end."""
+    return make_model(n_layers=1, n_heads=2, d_head=16)
+
+
+@pytest.fixture
+def fresh(make_model: Callable[..., Any]) -> Any:
+    """A model of its own, for tests that switch TransformerLens settings by hand."""
+    return make_model()
+
+
+@pytest.fixture
+def own_settings(fresh: Any) -> Iterator[Any]:
+    """Per-head inputs, per-head results and hook_mlp_in on, for hand-written hooks."""
+    before = settings(fresh)
+    fresh.set_use_split_qkv_input(True)
+    fresh.set_use_attn_result(True)
+    fresh.set_use_hook_mlp_in(True)
+    try:
+        yield fresh
+    finally:
+        for name, value in before.items():
+            setattr(fresh.cfg, name, value)
+
+
+# ------------------------------------------------------------------------------ hand computations
+def _outputs(model: Any, cache: Any) -> dict[str, torch.Tensor]:
+    """Every source's output, from TransformerLens's own per-head results."""
+    out = {"embed": cache["blocks.0.hook_resid_pre"]}
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            out[f"a{layer}.h{head}"] = cache[f"blocks.{layer}.attn.hook_result"][:, :, head]
+        if not model.cfg.attn_only:
+            out[f"m{layer}"] = cache[f"blocks.{layer}.hook_mlp_out"]
+    return out
+
+
+def _dest_hook(model: Any, dest: str) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """TransformerLens hook name of a destination's input, and how to select it there."""
+    last = model.cfg.n_layers - 1
+    if dest == "logits":
+        return f"blocks.{last}.hook_resid_post", lambda x: x
+    if dest.startswith("m"):
+        return f"blocks.{int(dest[1:])}.hook_mlp_in", lambda x: x
+    head_name, port = dest.rsplit(".", 1)
+    layer, head = (int(v) for v in head_name[1:].split(".h"))
+    return f"blocks.{layer}.hook_{port}_input", lambda x, head=head: x[:, :, head]
+
+
+def _logit_diff(model: Any, logits: torch.Tensor) -> torch.Tensor:
+    mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
+    return logits[0, -1, mary] - logits[0, -1, john]
+
+
+def hand_eap(model: Any, names: list[str]) -> list[float]:
+    """score(u->v) = sum (a_u^corrupted - a_u^clean) * d metric / d input_v, with TransformerLens's
+    split q/k/v inputs, per-head results and hook_mlp_in (``own_settings``) and retain_grad."""
+    clean, corrupted = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
+    _, corr_cache = model.run_with_cache(corrupted)
+    _, clean_cache = model.run_with_cache(clean)
+    corr_out, clean_out = _outputs(model, corr_cache), _outputs(model, clean_cache)
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(x: torch.Tensor, hook: Any) -> None:
+        x.retain_grad()
+        kept[hook.name] = x
+
+    hook_names = sorted({_dest_hook(model, n.split("->")[1])[0] for n in names})
+    with torch.enable_grad(), model.hooks(fwd_hooks=[(h, keep) for h in hook_names]):
+        _logit_diff(model, model(clean)).backward()
+    model.zero_grad(set_to_none=True)
+    scores = []
+    for name in names:
+        src, dest = name.split("->")
+        hook, select = _dest_hook(model, dest)
+        grad = select(kept[hook].grad)
+        scores.append(float(((corr_out[src] - clean_out[src]) * grad).sum()))
+    return scores
+
+
+def hand_patch(model: Any, edges: list[str]) -> float:
+    """The metric with ``edges`` patched: at each destination's input, add (corrupted - current)
+    output of the source, where 'current' is the source's output in this very run."""
+    clean, corrupted = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
+    _, corr_cache = model.run_with_cache(corrupted)
+    corr_out = _outputs(model, corr_cache)
+    current: dict[str, torch.Tensor] = {}
+    hooks: list[tuple[str, Any]] = []
+
+    def record(name: str, select: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        def hook(x: torch.Tensor, hook: Any) -> None:
+            current[name] = select(x).clone()
+
+        return hook
+
+    hooks.append(("blocks.0.hook_resid_pre", record("embed", lambda x: x)))
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            hooks.append((f"blocks.{layer}.attn.hook_result", record(f"a{layer}.h{head}", lambda x, h=head: x[:, :, h])))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", record(f"m{layer}", lambda x: x)))
+    by_dest: dict[str, list[str]] = {}
+    for edge in edges:
+        src, dest = edge.split("->")
+        by_dest.setdefault(dest, []).append(src)
+    for dest, srcs in by_dest.items():
+        hook_name, _ = _dest_hook(model, dest)
+        head = int(dest.rsplit(".", 1)[0].split(".h")[1]) if dest.startswith("a") else None
+
+        def patch(x: torch.Tensor, hook: Any, srcs: list[str] = srcs, head: int | None = head) -> torch.Tensor:
+            x = x.clone()
+            for s in srcs:
+                if head is None:
+                    x += corr_out[s] - current[s]
+                else:
+                    x[:, :, head] += corr_out[s] - current[s]
+            return x
+
+        hooks.append((hook_name, patch))
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        return float(_logit_diff(model, model(clean)))
+
+
+def removed_mask(p: EdgePatcher, names: list[str]) -> torch.Tensor:
+    removed = torch.zeros(p.graph.n_sources, p.graph.n_dests, dtype=torch.bool)
+    for name in names:
+        e = p.graph.edge_index(name)
+        removed[p.graph.edge_src[e], p.graph.edge_dst[e]] = True
+    return removed
+
+
+# ------------------------------------------------------------------------------ the graph
+def test_graph_shape_and_names(patcher: EdgePatcher) -> None:
+    g = patcher.graph
+    # 2 layers x 4 heads with MLPs: sources embed + 4 heads + m0 + 4 heads + m1 = 11
+    assert g.n_sources == 11 and g.n_dests == 2 * (3 * 4 + 1) + 1
+    # layer-0 q/k/v read embed (12 edges); m0 reads embed + 4 heads (5); layer-1 q/k/v read 6
+    # sources (72); m1 reads 10; logits reads 11
+    assert g.n_edges == 12 + 5 + 72 + 10 + 11
+    names = g.edge_names()
+    assert len(set(names)) == g.n_edges
+    assert "a0.h1->a1.h2.k" in names and "a1.h0->m1" in names and "embed->logits" in names
+    assert "a1.h0->a1.h1.q" not in names and "m1->m1" not in names  # only forwards
+    assert g.edge_index(" a0.h1 -> a1.h2.k ") == names.index("a0.h1->a1.h2.k")
+    with pytest.raises(ComponentError, match=re.escape("no edge 'a1.h0->a0.h1.q'")):
+        g.edge_index("a1.h0->a0.h1.q")
+    # GPT-J-style parallel attention and MLP: a layer's MLP does not read that layer's heads
+    parallel = build_graph(2, 4, has_mlp=True, parallel_attn_mlp=True)
+    assert parallel.n_edges == 12 + 1 + 72 + 6 + 11 and "a1.h0->m1" not in parallel.edge_names()
+    # attention-only: no MLP nodes
+    attn_only = build_graph(2, 4, has_mlp=False)
+    assert attn_only.n_edges == 12 + 12 * 5 + 9 and [n.name for n in attn_only.nodes][-1] == "logits"
+
+
+# ------------------------------------------------------------------------------ EAP
+#: Model variants: normalisations, attention-only, rotary positions, parallel attention and MLP.
+VARIANTS = {
+    "LN": {}, "LNPre": {"normalization_type": "LNPre"}, "RMS": {"normalization_type": "RMS"},
+    "RMSPre": {"normalization_type": "RMSPre"}, "no-norm": {"normalization_type": None},
+    "attn-only": {"attn_only": True}, "rotary": {"positional_embedding_type": "rotary", "rotary_dim": 8},
+    "parallel": {"parallel_attn_mlp": True},
+}
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["clean+corrupted in one batch", "separate runs"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_eap_equals_hand_computed_gradient_product(
+    make_model: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, variant: str, fuse: bool
+) -> None:
+    monkeypatch.setattr(EdgePatcher, "FUSE_BELOW", math.inf if fuse else 0.0)
+    model = make_model(**VARIANTS[variant])
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    if not model.cfg.attn_only:
+        model.set_use_hook_mlp_in(True)
+    before = settings(model)
+    result = edge_attribution_patching(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    assert settings(model) == before  # its own settings (all on) untouched, too
+    names = result.graph.edge_names()
+    hand = hand_eap(model, names)
+    np.testing.assert_allclose(result.scores.numpy(), np.array(hand), rtol=1e-4, atol=1e-6)
+    assert result.method == "eap" and result.answers == [" Mary"] and result.wrong_answers == [" John"]
+    assert float(result.scores.abs().max()) > 1e-3  # not a trivially zero comparison
+
+
+def test_eap_is_the_same_whatever_the_users_settings(model: Any, own_settings: Any, patcher: EdgePatcher) -> None:
+    # the session model has every setting off, `own_settings` has them on; same weights (seed 0)
+    other = EdgePatcher(own_settings, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    np.testing.assert_allclose(other.eap_scores.numpy(), patcher.eap_scores.numpy(), rtol=1e-4, atol=1e-6)
+    assert other.clean_metric == pytest.approx(patcher.clean_metric, abs=1e-5)
+
+
+def test_batch_with_padding_is_the_mean_of_its_pairs(model: Any, unchanged: Any) -> None:
+    pairs = [(CLEAN, CORRUPTED, " Mary", " John"), ("When John and Mary went", "When A and B went", " Mary", " John")]
+    single = [EdgePatcher(model, c, k, answer=a, wrong_answer=w) for c, k, a, w in pairs]
+    both = EdgePatcher(model, [p[0] for p in pairs], [p[1] for p in pairs],
+                       answer=[p[2] for p in pairs], wrong_answer=[p[3] for p in pairs])
+    assert both.lengths == [len(s.str_tokens[0]) for s in single] and len(set(both.lengths)) == 2
+    mean = (single[0].eap_scores + single[1].eap_scores) / 2
+    np.testing.assert_allclose(both.eap_scores.numpy(), mean.numpy(), rtol=1e-4, atol=1e-6)
+    assert both.clean_metric == pytest.approx((single[0].clean_metric + single[1].clean_metric) / 2, abs=1e-5)
+    removed = removed_mask(both, ["a0.h1->a1.h2.k", "m0->logits", "embed->a0.h3.v"])
+    assert both.patched_metric(removed) == pytest.approx(
+        (single[0].patched_metric(removed) + single[1].patched_metric(removed)) / 2, abs=1e-5
+    )
+    unchanged()
+
+
+def test_left_padding_tokenizer_changes_nothing(model: Any, patcher: EdgePatcher) -> None:
+    prompts = ([CLEAN, "When John and Mary went"], [CORRUPTED, "When A and B went"])
+    right = EdgePatcher(model, *prompts, answer=" Mary", wrong_answer=" John")
+    removed = removed_mask(right, ["embed->a0.h1.q", "a0.h3->logits", "m0->a1.h2.k"])
+    side = model.tokenizer.padding_side
+    model.tokenizer.padding_side = "left"  # TransformerLens would mask leading BOS tokens
+    try:
+        left = EdgePatcher(model, *prompts, answer=" Mary", wrong_answer=" John")
+        assert left.clean_metric == pytest.approx(right.clean_metric, abs=1e-6)
+        np.testing.assert_allclose(left.eap_scores.numpy(), right.eap_scores.numpy(), atol=1e-6)
+        assert left.patched_metric(removed) == pytest.approx(right.patched_metric(removed), abs=1e-6)
+    finally:
+        model.tokenizer.padding_side = side
+
+
+# ------------------------------------------------------------------------------ exact patching
+@pytest.mark.parametrize(
+    "edges",
+    [
+        ["a0.h1->a1.h2.k"],
+        ["a1.h0->m1"],
+        ["a0.h3->logits"],
+        ["embed->a0.h2.q", "embed->a0.h2.k", "embed->a0.h2.v"],  # every input of a0.h2
+        # propagation: a0.h0's value input is patched, so what its output edge to the logits
+        # carries (and what is patched there) is its new output
+        ["embed->a0.h0.v", "a0.h0->logits", "a0.h0->m0"],
+        ["m0->a1.h1.q", "a0.h2->m0", "a1.h1->logits", "embed->m1"],
+    ],
+    ids=["key", "mlp", "logits", "all-inputs", "propagation", "mixed"],
+)
+def test_patched_forward_equals_hand_written_hooks(own_settings: Any, edges: list[str]) -> None:
+    model = own_settings
+    p = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    expected = hand_patch(model, edges)
+    removed = removed_mask(p, edges)
+    assert p.patched_metric(removed) == pytest.approx(expected, abs=2e-5)
+    # starting at the first patched layer gives what a full run gives
+    start = int(p._dest_layer[removed.any(0)].min())
+    with torch.no_grad():
+        from_start = p._metric(p._patched_final(removed & p._allowed, start))
+        from_zero = p._metric(p._patched_final(removed & p._allowed, 0))
+    assert float(from_start) == pytest.approx(float(from_zero), abs=1e-5)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "LN"])
+def test_patched_forward_in_other_models(make_model: Callable[..., Any], variant: str) -> None:
+    model = make_model(**VARIANTS[variant])
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    if model.cfg.attn_only:
+        edges = ["embed->a0.h0.v", "a0.h0->logits", "a0.h1->a1.h1.q", "a0.h2->a1.h3.k", "embed->a1.h3.k"]
+    else:
+        model.set_use_hook_mlp_in(True)
+        mlp_edge = "a0.h1->m1" if variant == "parallel" else "a1.h1->m1"  # parallel: m1 reads resid_pre
+        edges = ["embed->a0.h0.v", "a0.h0->logits", "m0->a1.h1.q", "a0.h2->a1.h3.k", mlp_edge]
+    p = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    assert p.patched_metric(removed_mask(p, edges)) == pytest.approx(hand_patch(model, edges), abs=2e-5)
+
+
+def test_faithfulness_of_full_and_empty_graph(patcher: EdgePatcher, unchanged: Any) -> None:
+    full = torch.ones(patcher.graph.n_edges, dtype=torch.bool)
+    f1 = patcher.faithfulness(full)
+    assert f1.normalized == 1.0 and f1.metric == patcher.clean_metric and f1.n_edges == patcher.graph.n_edges
+    f0 = patcher.faithfulness(~full)
+    assert f0.metric == patcher.corrupted_metric and f0.normalized == 0.0 and f0.edge_fraction == 0.0
+    # the clean metric is the model's own logit difference
+    model = patcher.handle.model
+    with torch.no_grad():
+        plain = float(_logit_diff(model, model(model.to_tokens(CLEAN))))
+    assert patcher.clean_metric == pytest.approx(plain, abs=1e-5)
+    with pytest.raises(CircuitError, match=r"boolean mask over the graph's edges"):
+        patcher.faithfulness(torch.ones(3, dtype=torch.bool))
+    unchanged()
+
+
+def test_circuit_faithfulness_by_names(model: Any, patcher: EdgePatcher) -> None:
+    top = [name for name, _ in patcher.result().top_edges(15)]
+    f = circuit_faithfulness(model, CLEAN, CORRUPTED, top, answer=" Mary", wrong_answer=" John")
+    kept = torch.zeros(patcher.graph.n_edges, dtype=torch.bool)
+    kept[[patcher.graph.edge_index(n) for n in top]] = True
+    assert f.n_edges == 15 and f.metric == pytest.approx(patcher.faithfulness(kept).metric, abs=1e-6)
+
+
+def test_node_effect_is_patching_its_edges(patcher: EdgePatcher) -> None:
+    g = patcher.graph
+    effect = patcher.node_effect("a1.h2")
+    outgoing = [n for n in g.edge_names() if n.startswith("a1.h2->")]
+    assert outgoing == ["a1.h2->m1", "a1.h2->logits"]
+    assert effect.output == pytest.approx(patcher.patched_metric(removed_mask(patcher, outgoing)), abs=1e-7)
+    for port in ("q", "k", "v"):
+        incoming = [n for n in g.edge_names() if n.endswith(f"->a1.h2.{port}")]
+        assert effect.inputs[port] == pytest.approx(patcher.patched_metric(removed_mask(patcher, incoming)), abs=1e-7)
+    assert patcher.node_effect("logits").inputs["in"] == patcher.corrupted_metric
+    assert patcher.node_effect("embed").inputs == {}
+    with pytest.raises(ComponentError, match=re.escape("no node 'a7.h0'")):
+        patcher.node_effect("a7.h0")
+
+
+# ------------------------------------------------------------------------------ ACDC
+def test_acdc_threshold_zero_keeps_the_full_graph(model: Any, patcher: EdgePatcher, unchanged: Any) -> None:
+    result = acdc(model, CLEAN, CORRUPTED, threshold=0.0, answer=" Mary", wrong_answer=" John")
+    assert bool(result.circuit().all()) and result.threshold == 0.0
+    assert result.circuit_metric == result.clean_metric  # exactly: nothing was patched
+    assert result.clean_metric == patcher.clean_metric
+    assert patcher.faithfulness(result.circuit()).normalized == 1.0
+    assert settings(model) == {name: False for name in SETTINGS}
+    unchanged()
+
+
+def test_acdc_prunes_consistently(patcher: EdgePatcher, unchanged: Any) -> None:
+    tau = 0.01
+    steps = patcher.acdc_steps(tau)
+    progress = []
+    while True:
+        try:
+            progress.append(next(steps))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    n = patcher.graph.n_edges
+    assert [p["done"] for p in progress] == list(range(1, n + 1)) and progress[-1]["total"] == n
+    kept = result.circuit()
+    assert 0 < int(kept.sum()) < n
+    assert progress[-1]["message"] == f"ACDC: {int(kept.sum())} of {n} edges kept"
+    # the circuit ACDC reports is the circuit a fresh patched forward measures
+    assert patcher.faithfulness(kept).metric == pytest.approx(result.circuit_metric, abs=1e-6)
+    # removed edges moved the metric by less than tau when tried, kept ones by at least tau
+    assert bool((result.scores[~kept].abs() < tau).all()) and bool((result.scores[kept].abs() >= tau).all())
+    # visiting order: logits first, then the last layer's MLP, its heads' v, k, q inputs...
+    order = [patcher.graph.edge_name(e) for e in patcher.acdc_order()]
+    assert order[0] == "m1->logits" and order[10] == "embed->logits" and order[11] == "a1.h3->m1"
+    assert order[21].startswith("m0->a1.h3.v")
+    unchanged()
+
+
+def test_acdc_huge_threshold_removes_everything(small: Any) -> None:
+    patcher = EdgePatcher(small, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    assert patcher.graph.n_edges == 13
+    steps = patcher.acdc_steps(1e9)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert not bool(result.circuit().any())
+    assert result.circuit_metric == patcher.corrupted_metric
+
+
+def test_acdc_cancelled_midway_leaves_the_model_as_it_was(patcher: EdgePatcher, unchanged: Any) -> None:
+    model = patcher.handle.model
+    steps = patcher.acdc_steps(0.01)
+    for _ in range(5):
+        next(steps)
+    assert hook_count(model) == 0 and settings(model) == {name: False for name in SETTINGS}
+    steps.close()
+    unchanged()
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_other_metrics(model: Any, unchanged: Any) -> None:
+    lp = EdgePatcher(model, CLEAN, CORRUPTED, metric="logprob", answer=" Mary")
+    with torch.no_grad():
+        logits = model(model.to_tokens(CLEAN))[0, -1]
+    assert lp.clean_metric == pytest.approx(float(logits.log_softmax(-1)[model.to_single_token(" Mary")]), abs=1e-5)
+
+    def mary_prob(logits: torch.Tensor) -> torch.Tensor:
+        return logits.softmax(-1)[:, model.to_single_token(" Mary")]
+
+    custom = EdgePatcher(model, CLEAN, CORRUPTED, metric=mary_prob)
+    pr = EdgePatcher(model, CLEAN, CORRUPTED, metric="prob", answer=" Mary")
+    assert custom.clean_metric == pytest.approx(pr.clean_metric, abs=1e-7)
+    np.testing.assert_allclose(custom.eap_scores.numpy(), pr.eap_scores.numpy(), rtol=1e-5, atol=1e-9)
+    kl = EdgePatcher(model, CLEAN, CORRUPTED, metric="kl")
+    assert kl.clean_metric == pytest.approx(0.0, abs=1e-6) and kl.corrupted_metric > 0
+    assert float(kl.eap_scores.abs().max()) == 0.0  # KL's gradient vanishes at the clean run
+    full = torch.ones(kl.graph.n_edges, dtype=torch.bool)
+    assert kl.faithfulness(~full).normalized == 0.0
+    # default answers: the clean and the corrupted runs' top tokens, as activation patching picks them
+    default = EdgePatcher(model, CLEAN, CORRUPTED)
+    assert any("answer defaulted to the clean run's top token" in n for n in default.notes)
+    unchanged()
+
+
+# ------------------------------------------------------------------------------ bad input
+BAD_INPUT = [
+    (dict(metric="nope"), MetricError, "unknown metric 'nope'"),
+    (dict(corrupted="When A and B went to the store , C gave a drink"), PromptError, "same number of tokens"),
+    (dict(corrupted=[CORRUPTED, CORRUPTED]), PromptError, "got 1 clean prompts but 2 corrupted"),
+    (dict(clean=""), PromptError, "empty"),
+    (dict(answer=" Mary John"), AnswerError, "it must be a single token"),
+    (dict(answer=" Mary", wrong_answer=" Mary"), AnswerError, "the same token"),
+    (dict(answer=[" Mary", " John"]), AnswerError, "got 2 answers for 1 prompts"),
+    (dict(answer=10**6), AnswerError, "outside"),
+    (dict(metric=lambda logits: logits[:, 0].mean()), MetricError, "a single number for the whole batch"),
+    (dict(metric=lambda logits: logits[:, 0] * float("nan")), MetricError, "NaN or infinite"),
+    (dict(corrupted=CLEAN), MetricError, "they are equal"),
+    (dict(method="magic"), CircuitError, "unknown method 'magic'"),
+    (dict(threshold=-1.0), CircuitError, "finite number >= 0"),
+    (dict(max_edges=0), CircuitError, "max_edges must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,message", BAD_INPUT, ids=[m for _, _, m in BAD_INPUT])
+def test_bad_input_raises_clear_errors(model: Any, unchanged: Any, kwargs: dict[str, Any], error: type, message: str) -> None:
+    args = dict(clean=CLEAN, corrupted=CORRUPTED, answer=" Mary", wrong_answer=" John")
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        show_circuit(model, args.pop("clean"), args.pop("corrupted"), **args)
+    assert settings(model) == {name: False for name in SETTINGS}
+    unchanged()
+
+
+def test_bad_input_leaves_users_settings_on(own_settings: Any) -> None:
+    model = own_settings
+    before = {**settings(model), "hooks": hook_count(model)}
+    for kwargs in (dict(metric="nope"), dict(answer=" Mary John"), dict(corrupted=CLEAN)):
+        args: dict[str, Any] = {"clean": CLEAN, "corrupted": CORRUPTED, "answer": " Mary", "wrong_answer": " John", **kwargs}
+        with pytest.raises((MetricError, AnswerError)):
+            show_circuit(model, args.pop("clean"), args.pop("corrupted"), **args)
+        assert {**settings(model), "hooks": hook_count(model)} == before
+    w = show_circuit(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    w.select_node("a1.h0")
+    steps = w.patcher.acdc_steps(0.05)
+    for _ in range(5):
+        next(steps)
+        assert {**settings(model), "hooks": hook_count(model)} == before
+    steps.close()
+    assert {**settings(model), "hooks": hook_count(model)} == before == {**{n: True for n in SETTINGS}, "hooks": 0}
+
+
+def test_a_failing_metric_mid_run_leaves_nothing_behind(model: Any, unchanged: Any) -> None:
+    calls = {"n": 0}
+
+    def flaky(logits: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 2:  # fails inside the first patched forward
+            raise RuntimeError("boom")
+        return logits[:, 3] - logits[:, 4]
+
+    p = EdgePatcher(model, CLEAN, CORRUPTED, metric=flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        p.faithfulness(torch.zeros(p.graph.n_edges, dtype=torch.bool))
+    assert settings(model) == {name: False for name in SETTINGS}
+    unchanged()
+
+
+# ------------------------------------------------------------------------------ the widget
+def capture(widget: Any) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    widget.send = lambda content, buffers=None: sent.append(content)
+    return sent
+
+
+def request(widget: Any, rid: Any, kind: str, **args: Any) -> None:
+    widget._on_frontend_message(widget, {"type": "request", "id": rid, "kind": kind, "args": args}, [])
+
+
+@pytest.fixture
+def widget(model: Any) -> CircuitWidget:
+    return show_circuit(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+
+
+def test_widget_state(widget: CircuitWidget, unchanged: Any) -> None:
+    w = widget
+    g = w.result.graph
+    assert [n["name"] for n in w.nodes] == [n.name for n in g.nodes]
+    assert w.n_edges_total == g.n_edges == 110 and w.method == "eap" and w.metric == "logit_diff"
+    scores = decode_array(w.edges["score"])
+    assert len(scores) == g.n_edges and bool(np.all(np.diff(np.abs(scores)) <= 0))  # sorted by |score|
+    src, dst, port = (decode_array(w.edges[k]) for k in ("src", "dst", "port"))
+    e = g.edge_index("a0.h1->a1.h2.k")
+    i = int(np.nonzero(scores == np.float32(w.result.scores[e]))[0][0])
+    assert (w.nodes[src[i]]["name"], w.nodes[dst[i]]["name"], int(port[i])) == ("a0.h1", "a1.h2", 1)
+    # default threshold: the strongest 10% of edges, and their exact faithfulness
+    assert w.faithfulness["n_edges"] == math.ceil(0.1 * g.n_edges) == len(w.circuit_edges())
+    f = w.patcher.faithfulness(w.result.circuit(w.threshold))
+    assert w.faithfulness["normalized"] == pytest.approx(f.normalized, abs=1e-7)
+    assert w.baseline["answers"] == [" Mary"] and w.baseline["clean"] == w.patcher.clean_metric
+    # python API
+    f10 = w.keep_top(10)
+    assert f10.n_edges == 10 and w.faithfulness["n_edges"] == 10 and w.circuit_edges() == [n for n, _ in w.result.top_edges(10)]
+    assert w.keep_top(0).n_edges == 0 and w.faithfulness["normalized"] == 0.0
+    assert w.set_threshold(0.0).normalized == 1.0
+    unchanged()
+
+
+def test_widget_edge_budget(model: Any) -> None:
+    w = show_circuit(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John", max_edges=20)
+    scores = decode_array(w.edges["score"])
+    assert len(scores) == 20 and w.n_edges_total == 110
+    rest = w.result.scores[w.result.order()[20:]].sum()
+    assert w.unsent_score_sum == pytest.approx(float(rest), abs=1e-6)
+
+
+def test_widget_requests(widget: CircuitWidget, unchanged: Any) -> None:
+    w = widget
+    sent = capture(w)
+    t = w.result.threshold_for(7)
+    request(w, 1, "faithfulness", threshold=t)
+    reply = sent[-1]
+    assert reply["id"] == 1 and "error" not in reply and reply["result"]["n_edges"] == 7
+    assert w.threshold == t and w.faithfulness["n_edges"] == 7
+    request(w, 2, "select_node", node="a1.h3")
+    assert sent[-1]["result"] == {"node": "a1.h3"} and w.selected == "a1.h3"
+    d = w.node_detail
+    assert d["node"] == "a1.h3" and set(d["inputs"]) == {"q", "k", "v"} and d["n_outgoing"] == 2
+    effect = w.last_node_effect
+    assert effect is not None and d["output"]["metric"] == effect.output
+    assert d["incoming"][0]["edge"].endswith(("a1.h3.q", "a1.h3.k", "a1.h3.v"))
+    # errors: answered in the reply and the banner, never raised into the kernel
+    request(w, 3, "select_node", node="a9.h9")
+    assert "no node 'a9.h9'" in sent[-1]["error"] and w.error == sent[-1]["error"]
+    request(w, 4, "faithfulness", threshold=-2)
+    assert "finite number >= 0" in sent[-1]["error"]
+    request(w, 5, "faithfulness", threshold=t)
+    assert "error" not in sent[-1] and w.error == ""
+    # and from Python: raised, with the same banner
+    with pytest.raises(ComponentError) as info:
+        w.select_node("nope")
+    assert w.error == str(info.value)
+    with pytest.raises(CircuitError):
+        w.run_acdc(float("nan"))
+    assert "finite number" in w.error and w.method == "eap"
+    unchanged()
+
+
+def test_widget_acdc_job_progress_and_cancel(small: Any) -> None:
+    w = show_circuit(small, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    sent = capture(w)
+    progress: list[dict[str, Any]] = []
+    w.observe(lambda ch: progress.append(ch["new"]), "progress")
+    eap_scores = w.result.scores.clone()
+
+    async def scenario() -> None:
+        request(w, 1, "acdc", threshold=0.01)
+        for _ in range(4):
+            await asyncio.sleep(0)
+        assert hook_count(w.patcher.handle.model) == 0  # nothing hooked between two steps
+        w._on_frontend_message(w, {"type": "cancel", "kind": "acdc"}, [])
+        for _ in range(3):
+            await asyncio.sleep(0)
+        request(w, 2, "acdc", threshold=0.0)
+        for _ in range(40):
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    replies = {c["id"]: c for c in sent if c.get("type") == "reply"}
+    assert replies[1]["cancelled"] and "cancelled by the user" in replies[1]["error"]
+    assert replies[2]["result"] == {"method": "acdc", "threshold": 0.0, "kept": 13}
+    assert any(p.get("kind") == "acdc" and p.get("total") == 13 for p in progress) and w.progress == {}
+    assert w.method == "acdc" and w.acdc_threshold == 0.0 and w.faithfulness["normalized"] == 1.0
+    assert not torch.equal(w.result.scores, eap_scores)
+    w.use_eap()
+    assert w.method == "eap" and torch.equal(w.result.scores, eap_scores)
+    assert hook_count(small) == 0 and settings(small) == {name: False for name in SETTINGS}
+
+
+def test_show_circuit_with_acdc(small: Any) -> None:
+    w = show_circuit(small, CLEAN, CORRUPTED, method="acdc", threshold=0.02, answer=" Mary", wrong_answer=" John")
+    assert w.method == "acdc" and w.threshold == 0.02 and w.acdc_threshold == 0.02
+    assert w.faithfulness["metric"] == pytest.approx(w.result.circuit_metric, abs=1e-6)
+    assert w.faithfulness["n_edges"] == int(w.result.circuit().sum())
+
+
+def test_static_svg(widget: CircuitWidget) -> None:
+    w = widget
+    w.keep_top(12)
+    svg = w._static_svg()
+    assert svg is not None and svg.startswith("<svg")
+    assert svg.count("<path ") == 12
+    assert "12 of 110 edges" in svg and f"faithfulness {w.faithfulness['normalized']:.3f}" in svg
+    bundle = w._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert data["image/svg+xml"] == svg
+
+
+# ------------------------------------------------------------------------------ proofs on the zoo
+def load_zoo(name: str) -> Any:
+    from mechwidgets import zoo
+
+    try:
+        return zoo.load(name)
+    except zoo.ZooError as exc:  # the zoo is trained separately: skip until it is shipped
+        pytest.skip(f"mechwidgets.zoo cannot load {name!r} yet ({exc})")
+
+
+@pytest.fixture(scope="module")
+def induction_model() -> Any:
+    return load_zoo("induction-2l")
+
+
+@pytest.fixture(scope="module")
+def toy_lm() -> Any:
+    return load_zoo("toy-lm")
+
+
+def induction_prompts(n: int = 8, length: int = 12) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Repeated random tokens, cut one token short: the answer is the induction prediction.
+    Corrupted: other repeated random tokens, whose own induction answer is the wrong answer."""
+    from mechwidgets.zoo import tasks
+
+    clean_seqs = tasks.induction_sequences(n, length=length, seed=11, model="induction-2l")
+    other_seqs = tasks.induction_sequences(n, length=length, seed=12, model="induction-2l")
+
+    def cut(seq: Any) -> tuple[str, str]:
+        words = list(seq.words)
+        return " ".join(words + words[:-1]), words[-1]
+
+    clean, answers = zip(*(cut(s) for s in clean_seqs), strict=True)
+    corrupted, wrong = zip(*(cut(s) for s in other_seqs), strict=True)
+    return list(clean), list(corrupted), list(answers), list(wrong)
+
+
+@pytest.mark.xfail(strict=True, reason="issue #6 proof not met: on the shipped induction-2l (four L1 "
+                   "induction heads with saturated attention) EAP's gradient ranks the best previous-token "
+                   "-> induction-key edge 17th of 81 (EAP-IG or ACDC needed; issue stays open)")
+def test_induction_proof_previous_token_to_induction_key_edge(induction_model: Any) -> None:
+    from mechwidgets.analysis.attention import get_attention_patterns, head_scores
+
+    model = induction_model
+    clean, corrupted, answers, wrong = induction_prompts()
+    result = edge_attribution_patching(model, clean, corrupted, answer=answers, wrong_answer=wrong)
+    assert result.clean_metric > 0 > result.corrupted_metric
+    # the previous-token head (layer 0) and the induction head (layer 1), found by their patterns
+    pats = get_attention_patterns(model, clean[0] + " " + answers[0])
+    scores = head_scores(pats.patterns, pats.tokens)
+    prev = int(scores["previous_token"][0].argmax())
+    ind = int(scores["induction"][1].argmax())
+    edge = f"a0.h{prev}->a1.h{ind}.k"
+    rank = result.rank(edge)
+    score = float(result.scores[result.graph.edge_index(edge)])
+    print(f"\ninduction-2l: {edge} ranks {rank + 1} of {result.n_edges} by |EAP score| ({score:.3f}); "
+          f"top edges {result.top_edges(5)}")
+    assert rank < 5 and score < 0  # a top edge, and corrupting it lowers the logit difference
+
+
+@pytest.mark.xfail(strict=True, reason="issue #6 proof not met: on the shipped toy-lm the top 10% of "
+                   "edges by |EAP score| give faithfulness -0.46 (200 edges: 0.93); issue stays open")
+def test_ioi_proof_small_circuit_recovers_the_logit_difference(toy_lm: Any) -> None:
+    from mechwidgets.zoo import tasks
+
+    pairs = tasks.ioi_pairs(8, seed=0)
+    w = show_circuit(toy_lm, [p.clean for p in pairs], [p.corrupted for p in pairs],
+                     answer=[p.answer for p in pairs], wrong_answer=[p.wrong_answer for p in pairs])
+    n = w.n_edges_total
+    budget = n // 10  # <= 10% of the edges
+    f = w.keep_top(budget)
+    print(f"\ntoy-lm IOI: {f.n_edges} of {n} edges ({100 * f.edge_fraction:.1f}%) recover "
+          f"{100 * f.normalized:.1f}% of the logit difference ({f.metric:.3f} of clean {f.clean_metric:.3f}, "
+          f"corrupted {f.corrupted_metric:.3f})")
+    assert f.n_edges <= 0.1 * n and f.normalized >= 0.8
