@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,32 @@ if TL3:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 torch.set_num_threads(2)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run every test that is not a browser test in a fresh thread, where no event loop runs.
+
+    Playwright's sync API (the browser tests, in the same session) leaves an event loop marked
+    running in the main thread; a widget there would then schedule its jobs on that loop instead
+    of running them, as it does in plain Python. A kernel's loop is tested by the browser tests."""
+    if pyfuncitem.get_closest_marker("browser") is not None:
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            pyfuncitem.obj(**args)
+        except BaseException as exc:  # re-raised in the main thread, where pytest reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=f"test:{pyfuncitem.name}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return True
 
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:

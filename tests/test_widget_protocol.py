@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import numpy as np
@@ -90,30 +89,8 @@ class Slow(MechWidget):
             self.cleaned.append(tag)
 
 
-def in_fresh_thread(fn: Any) -> Any:
-    """Run a test body in a thread with no event loop (Playwright's sync API, used by the browser
-    tests in the same session, leaves one marked running in the main thread)."""
-
-    def wrapper() -> None:
-        errors: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                fn()
-            except BaseException as exc:
-                errors.append(exc)
-
-        thread = threading.Thread(target=target)
-        thread.start()
-        thread.join()
-        if errors:
-            raise errors[0]
-
-    wrapper.__name__ = fn.__name__
-    return wrapper
 
 
-@in_fresh_thread
 def test_long_job_runs_to_the_end_without_a_loop() -> None:
     w = Slow()
     sent = capture(w)
@@ -122,7 +99,6 @@ def test_long_job_runs_to_the_end_without_a_loop() -> None:
     assert w._call("slow", tag="b") == {"tag": "b"}
 
 
-@in_fresh_thread
 def test_long_job_progress_supersede_and_cancel() -> None:
     w = Slow()
     sent = capture(w)

@@ -102,3 +102,25 @@ def heatmap_svg(
             )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def tokens_svg(tokens: Sequence[str], *, title: str, note: str = "") -> str:
+    """A row of token boxes (wrapped) under a title, e.g. a prompt before anything is computed."""
+    width, x, y, line = 640, 4, 40, 18
+    boxes = []
+    for tok in tokens:
+        text = _label(tok.replace(" ", "·"), 16)
+        w = 7 * len(tok[:16].replace(" ", "·")) + 10
+        if x + w > width - 4:
+            x, y = 4, y + line + 4
+        boxes.append(f'<rect x="{x}" y="{y - 13}" width="{w}" height="{line}" rx="3" fill="#f6f8fa" '
+                     f'stroke="#d0d7de"/><text x="{x + 5}" y="{y}">{text}</text>')
+        x += w + 3
+    height = y + line + (22 if note else 6)
+    note_svg = f'<text x="4" y="{y + line + 10}" fill="#57606a">{_label(note, 200)}</text>' if note else ""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="11">'
+        f'<text x="4" y="16" font-weight="bold" font-family="sans-serif" font-size="13">'
+        f'{_label(title, 200)}</text>{"".join(boxes)}{note_svg}</svg>'
+    )

@@ -38,7 +38,7 @@ from ..analysis.patching import (
 from ..analysis.tokens import replace_token, similar_tokens
 from ..errors import ComponentError, MetricError, PromptError
 from ._base import MechWidget
-from ._svg import heatmap_svg
+from ._svg import heatmap_svg, tokens_svg
 
 #: Metrics offered by name in the widget (any callable works headless).
 METRICS: tuple[str, ...] = ("logit_diff", "logprob", "prob", "kl")
@@ -373,7 +373,10 @@ class PatchingWidget(MechWidget):
     def _static_svg(self) -> str | None:
         grid = self.grids.get(grid_key(self.component, self.direction, self.metric))
         if not grid:
-            return None
+            return tokens_svg(
+                self.clean_tokens, title="Activation patching: clean prompt",
+                note="No grid yet: the corrupted prompt is chosen in the live widget.",
+            )
         exact = self._decode(grid["exact"])
         done = int(grid["exact_done"]) * int(grid["rows_per_layer"]) >= exact.shape[0]
         values = exact if done else self._decode(grid["attribution"])
