@@ -40,7 +40,6 @@ Run: ``python benchmarks/bench_attention_browser.py [--repeats 9] [--positions 1
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -86,14 +85,6 @@ _MEASURE_JS = r"""
 """
 
 
-def _load_tests_conftest() -> Any:
-    spec = importlib.util.spec_from_file_location("_mw_tests_conftest", REPO / "tests" / "conftest.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def build_model(positions: int) -> tuple[Any, str]:
     try:
         from mechwidgets import zoo
@@ -104,19 +95,11 @@ def build_model(positions: int) -> tuple[Any, str]:
     except Exception:
         pass
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    conf = _load_tests_conftest()
-    tok = conf.build_tokenizer(Path(tempfile.mkdtemp(prefix="mw-bench-tok-")))
-    cfg = conf.tiny_config(n_layers=2, d_model=64, n_heads=8, d_head=8, d_mlp=256, n_ctx=max(positions, 128))
-    cfg["d_vocab"] = max(cfg["d_vocab"], len(tok))
-    try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    sys.path.insert(0, str(REPO / "tests"))
+    from support import build_tokenizer, tiny_model
 
-        model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tok)
-    except ImportError:
-        from transformer_lens import TransformerBridge, TransformerBridgeConfig
-
-        model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(cfg), tokenizer=tok)
-    model.eval()
+    tok = build_tokenizer(Path(tempfile.mkdtemp(prefix="mw-bench-tok-")))
+    model = tiny_model(tok, n_layers=2, d_model=64, n_heads=8, d_head=8, d_mlp=256, n_ctx=max(positions, 128))
     return model, "random 2-layer model, 8 heads, d_model 64 (zoo induction-2l not available)"
 
 

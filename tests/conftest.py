@@ -18,10 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from support import TL3, assert_unchanged, build_tokenizer, snapshot, tiny_config
-
-if TL3:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+from support import assert_unchanged, build_tokenizer, snapshot, tiny_model
 
 torch.set_num_threads(2)
 
@@ -61,16 +58,7 @@ def make_model(tokenizer: Any) -> Callable[..., Any]:
     """Build a tiny random model (HookedTransformer under 3.x, TransformerBridge under 4.x)."""
 
     def make(**overrides: Any) -> Any:
-        cfg = tiny_config(**overrides)
-        cfg["d_vocab"] = max(cfg["d_vocab"], len(tokenizer))
-        if TL3:
-            model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
-        else:
-            from transformer_lens import TransformerBridge, TransformerBridgeConfig
-
-            model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(cfg), tokenizer=tokenizer)
-        model.eval()
-        return model
+        return tiny_model(tokenizer, **overrides)
 
     return make
 

@@ -71,3 +71,27 @@ def assert_unchanged(model: Any, before: dict[str, Any]) -> None:
     assert after["param_grads"] == before["param_grads"], "parameter .grad changed"
     for k, v in before["params"].items():
         assert torch.equal(after["params"][k], v), f"parameter {k} changed"
+
+
+def tiny_model(tokenizer: Any, **overrides: Any) -> Any:
+    """A tiny random model (:func:`tiny_config`), HookedTransformer under TransformerLens 3.x,
+    TransformerBridge under 4.x, in eval mode."""
+    cfg = tiny_config(**overrides)
+    cfg["d_vocab"] = max(cfg["d_vocab"], len(tokenizer))
+    if TL3:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
+    else:
+        from transformer_lens import TransformerBridge, TransformerBridgeConfig
+
+        model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(cfg), tokenizer=tokenizer)
+    return model.eval()
+
+
+def request(widget: Any, rid: Any, kind: str, **args: Any) -> list[dict[str, Any]]:
+    """Send ``widget`` a request as the page does; every message it sends back."""
+    sent: list[dict[str, Any]] = []
+    widget.send = lambda content, buffers=None: sent.append(content)
+    widget._on_frontend_message(widget, {"type": "request", "id": rid, "kind": kind, "args": args}, [])
+    return sent

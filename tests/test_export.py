@@ -69,30 +69,30 @@ def _features(model: Any, prompt: Any) -> MechWidget:
     return mechwidgets.show_features(model, saes, prompt)
 
 
-def _patching(model: Any, prompt: Any) -> MechWidget:
-    """The patching widget with one token replaced, both grids computed and a cell selected."""
+def _prompt_pair(model: Any, prompt: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """Clean tokens, the same with token 2 replaced by its nearest neighbour, and as answers the
+    clean run's two most likely next tokens."""
     from mechwidgets.analysis.tokens import similar_tokens
 
     clean = model.to_tokens(prompt) if isinstance(prompt, str) else prompt
     corrupted = clean.clone()
     corrupted[0, 2] = similar_tokens(model, int(clean[0, 2]), k=1)[0]
     top2 = model(clean)[0, -1].topk(2).indices.tolist()
-    w = mechwidgets.show_patching(
-        model, clean, corrupted, answer=top2[0], wrong_answer=top2[1], components=["resid_pre", "head_out"]
-    )
+    return clean, corrupted, {"answer": top2[0], "wrong_answer": top2[1]}
+
+
+def _patching(model: Any, prompt: Any) -> MechWidget:
+    """The patching widget with one token replaced, both grids computed and a cell selected."""
+    clean, corrupted, answers = _prompt_pair(model, prompt)
+    w = mechwidgets.show_patching(model, clean, corrupted, **answers, components=["resid_pre", "head_out"])
     w.select_cell(0, 2)
     return w
 
 
 def _circuit(model: Any, prompt: Any) -> MechWidget:
     """The circuit widget (EAP) on the prompt against one token replaced, a node selected."""
-    from mechwidgets.analysis.tokens import similar_tokens
-
-    clean = model.to_tokens(prompt) if isinstance(prompt, str) else prompt
-    corrupted = clean.clone()
-    corrupted[0, 2] = similar_tokens(model, int(clean[0, 2]), k=1)[0]
-    top2 = model(clean)[0, -1].topk(2).indices.tolist()
-    w = mechwidgets.show_circuit(model, clean, corrupted, answer=top2[0], wrong_answer=top2[1])
+    clean, corrupted, answers = _prompt_pair(model, prompt)
+    w = mechwidgets.show_circuit(model, clean, corrupted, **answers)
     w.select_node("a0.h0")
     return w
 

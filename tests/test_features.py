@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support import request
 
 from mechwidgets._model import ModelHandle, hook_count
 from mechwidgets._tensor import decode_array, encoded_nbytes
@@ -348,13 +349,6 @@ def test_an_error_inside_a_spliced_sae_leaves_nothing_hooked(model: Any, unchang
 
 
 # ------------------------------------------------------------------------------------- widget
-def request(widget: Any, rid: Any, kind: str, **args: Any) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    widget.send = lambda content, buffers=None: sent.append(content)
-    widget._on_frontend_message(widget, {"type": "request", "id": rid, "kind": kind, "args": args}, [])
-    return sent
-
-
 def test_widget_state_requests_and_python_api(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
     w = show_features(model, saes, PROMPT, link_prompts=SAMPLE, top_k=5)
     assert isinstance(w, FeaturesWidget)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from support import request
 
 from mechwidgets import show_patching
 from mechwidgets._model import hook_count
@@ -21,13 +22,6 @@ CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 ANSWERS = {"answer": " Mary", "wrong_answer": " John"}
 MAX_UPDATE_BYTES = 4 * 2**20
-
-
-def request(widget: Any, rid: Any, kind: str, **args: Any) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    widget.send = lambda content, buffers=None: sent.append(content)
-    widget._on_frontend_message(widget, {"type": "request", "id": rid, "kind": kind, "args": args}, [])
-    return sent
 
 
 def grid(widget: PatchingWidget, kind: str = "exact") -> np.ndarray:

@@ -30,17 +30,8 @@ try:
     source = "zoo induction-2l"
 except Exception as exc:
     sys.path.insert(0, {str(TESTS)!r})
-    from support import build_tokenizer, tiny_config
-    tok = build_tokenizer(pathlib.Path(tempfile.mkdtemp()))
-    cfg = tiny_config()
-    cfg["d_vocab"] = max(cfg["d_vocab"], len(tok))
-    try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
-        model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tok)
-    except ImportError:
-        from transformer_lens import TransformerBridge, TransformerBridgeConfig
-        model = TransformerBridge.boot_native(TransformerBridgeConfig.from_dict(cfg), tokenizer=tok)
-    model.eval()
+    from support import build_tokenizer, tiny_model
+    model = tiny_model(build_tokenizer(pathlib.Path(tempfile.mkdtemp())))
     prompt = {PROMPT!r}
     source = f"tiny random model (zoo: {{type(exc).__name__}})"
 print("model:", source)
