@@ -162,7 +162,7 @@ def test_toy_lm_tokenizer_round_trip(toy_lm):
                                 prepend_bos=False)[-5:] == ["32", " to", " the", " year", " 17"]
     unk = toy_lm.tokenizer.convert_tokens_to_ids("<|unk|>")
     for text in tasks.sample_text(20, seed=7, n_segments=4):
-        toks = tokens(toy_lm, text)
+        toks = toy_lm.to_tokens(text, truncate=False)[0]  # the tokenizer alone: no n_ctx cut
         assert toks[0].item() == toy_lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         assert unk not in toks.tolist()
         assert toy_lm.to_string(toks[1:]) == text
@@ -263,8 +263,8 @@ def test_induction_2l_repeats_at_other_distances(induction_2l, distance):
 # toy-lm tasks
 
 
-#: The shipped toy-lm misses these targets of issue #3 (measured in its card); the tests stay,
-#: strict, so that a re-trained model that meets them turns them into failures to un-mark.
+#: The shipped toy-lm misses this target of issue #3 (measured in its card); the test stays,
+#: strict, so that a re-trained model that meets it turns it into a failure to un-mark.
 SHORTFALL = "the shipped toy-lm misses this target (see its card; issue #3 stays open)"
 
 
@@ -278,7 +278,6 @@ def _ioi_held_out(toy_lm):
     return pairs, logits, io, s
 
 
-@pytest.mark.xfail(strict=True, reason=SHORTFALL + ": top-1 IOI accuracy 0.85 < 0.9")
 def test_ioi_held_out_accuracy(toy_lm):
     _, logits, io, _ = _ioi_held_out(toy_lm)
     accuracy = (logits.argmax(-1) == io).float().mean().item()
@@ -297,7 +296,6 @@ def test_ioi_held_out_logit_difference(toy_lm):
                                                                          corrupted_diff)
 
 
-@pytest.mark.xfail(strict=True, reason=SHORTFALL + ": valid-year mass 0.70 < 0.8")
 def test_greater_than_mass(toy_lm):
     pairs = tasks.greater_than_pairs(200, seed=31337, held_out=True)
     probs = last_logits(toy_lm, [p.clean for p in pairs]).softmax(-1)
@@ -310,7 +308,8 @@ def test_greater_than_mass(toy_lm):
     assert (corr * above).sum(-1).mean().item() < mass
 
 
-@pytest.mark.xfail(strict=True, reason=SHORTFALL + ": no induction head on random word lists")
+@pytest.mark.xfail(strict=True, reason=SHORTFALL + ": no induction head on random word lists (best "
+                   "induction score 0.03; repeated-half loss 6.39 vs 8.29)")
 def test_toy_lm_induction(toy_lm):
     toks = repeated(toy_lm, 32, 20, seed=777, name="toy-lm")
     first, second = half_losses(toy_lm, toks, 20)
@@ -319,7 +318,6 @@ def test_toy_lm_induction(toy_lm):
     assert ind.max().item() >= 0.5, ind
 
 
-@pytest.mark.xfail(strict=True, reason=SHORTFALL + ": capitals top-1 0.67 < 0.8")
 def test_toy_lm_facts(toy_lm):
     facts = tasks.fact_prompts("capital")
     logits = last_logits(toy_lm, [f.prompt for f in facts])

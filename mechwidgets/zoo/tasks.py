@@ -511,9 +511,14 @@ def _ordinary_sentence(rng: random.Random) -> str:
         elif k < 0.65:
             verb = rng.choice(lx.INTRANSITIVE_VERBS)
             body = f"{verb[2]} at the {rng.choice(PLACES)}"
-        elif k < 0.8:
+        elif k < 0.8:  # a giving verb with a thing or (half the time) another person as recipient
             verb = rng.choice(("gave", "handed", "threw", "sent", "showed", "brought", "offered"))  # type: ignore[assignment]
-            body = f"{verb} {article(o := rng.choice(OBJECTS))} {o} to the {rng.choice(NOUNS)}"
+            if rng.random() < 0.5:
+                name, other = _two_names(rng, False)
+                to = other
+            else:
+                to = f"the {rng.choice(NOUNS)}"
+            body = f"{verb} {article(o := rng.choice(OBJECTS))} {o} to {to}"
         else:
             verb = rng.choice(lx.TRANSITIVE_VERBS)
             body = f"{verb[1]} {plural(rng.choice(NOUNS))}"

@@ -85,22 +85,25 @@ TOY_LM_CONFIG: dict[str, Any] = {
     "positional_embedding_type": "standard",
     "default_prepend_bos": True,
 }
-TOY_LM_TRAIN: dict[str, Any] = {"steps": 2700, "batch_size": 32, "lr": 2e-3, "warmup": 100,
+TOY_LM_TRAIN: dict[str, Any] = {"steps": 2600, "batch_size": 32, "lr": 2e-3, "warmup": 100,
                 "weight_decay": 0.05, "init_std": 0.1, "pos_init_std": 0.1,
                 "tie_embeddings": True, "segments_per_doc": 14,
-                # three phases: (1) rows of word tokens repeated at once or after a gap: dense
-                # in-context copying, so the induction heads IOI builds on form first; (2) the
-                # generated text in short rows (cheap); (3) full-length rows, so every position
-                # embedding is trained
-                "repeat_steps": 800, "short_ctx": 64, "final_steps": 200,
+                # the generated text in short rows (cheap), then `final_steps` of full-length
+                # rows, so every position embedding is trained. Optional: a first phase of
+                # `repeat_steps` rows of repeated random words (dense in-context copying), and
+                # `repeat_rows` such rows in every later batch; both off: an 800-step first phase
+                # delayed IOI by about 800 steps, and neither (1,200 steps of it, or 4-6 rows per
+                # batch for 1,900 steps) made an induction head on random word lists form.
+                "repeat_steps": 0, "repeat_batch_size": 32, "repeat_rows": 0, "repeat_words": "all",
+                "short_ctx": 64, "final_steps": 200,
                 "repeat_seg_len": (3, 20), "repeat_distances": ((0, 0), (0, 0), (3, 40)),
-                # the segment mix of phase 2 (phase 3 uses tasks.TRAINING_MIX): IOI-heavy, as
-                # its S-inhibition is the slowest task to learn
-                "short_mix": {"ordinary": 0.15, "ioi": 0.6, "greater_than": 0.1,
-                              "induction": 0.05, "fact": 0.05, "agreement": 0.05}}
+                # the segment mix of the text: IOI-heavy, as its S-inhibition is the slowest
+                # task to learn
+                "text_mix": {"ordinary": 0.13, "ioi": 0.6, "greater_than": 0.14,
+                             "induction": 0.03, "fact": 0.05, "agreement": 0.05}}
 
 SAE_HOOKS = [f"blocks.{layer}.hook_resid_pre" for layer in range(4)] + ["blocks.3.hook_resid_post"]
-SAE_TRAIN: dict[str, Any] = {"d_sae": 512, "k": 24, "n_docs": 2400, "steps": 1000, "batch_size": 1024,
+SAE_TRAIN: dict[str, Any] = {"d_sae": 512, "k": 24, "n_docs": 2400, "steps": 800, "batch_size": 1024,
              "lr": 2e-3, "aux_k": 128, "aux_coef": 1 / 32, "dead_after": 4000}
 
 
@@ -613,33 +616,46 @@ def train_toy_lm(out_root: Path, seed: int = 0, steps: int | None = None) -> dic
     print(f"toy-lm: {n_params} parameters, vocabulary {cfg['d_vocab']}")
     bs, short = hp["batch_size"], hp["short_ctx"]
     n_rep, n_final = hp["repeat_steps"], hp["final_steps"]
+    rep_bs, rep_rows = hp["repeat_batch_size"], hp["repeat_rows"]
     n_short = hp["steps"] - n_rep - n_final
     if n_short < 0:
         raise ValueError("steps must be at least repeat_steps + final_steps")
     t0 = time.time()
-    words = torch.tensor(sorted(i for w, i in tokenizer.get_vocab().items()
-                                if w.startswith(" ") and w[1:].isalpha()))
+    vocab = tokenizer.get_vocab()
+    if hp.get("repeat_words") == "list":  # the word lists of the grammar's repetition task
+        words = torch.tensor(sorted(vocab[" " + w] for w in tasks.LIST_WORDS))
+    else:
+        words = torch.tensor(sorted(i for w, i in vocab.items() if w.startswith(" ") and w[1:].isalpha()))
     rep_gen = torch.Generator().manual_seed(seed + 17)
-    repeats = torch.cat([induction_batch(rep_gen, bs, short, hp["repeat_seg_len"],
-                                         hp["repeat_distances"], token_ids=words,
-                                         bos=tokenizer.convert_tokens_to_ids(tasks.BOS))
-                         for _ in range(n_rep)]) if n_rep else torch.empty(0, short, dtype=torch.long)
-    text_short = lm_rows(tokenizer, tasks.training_rng(seed, "lm"), n_short * bs, short,
-                         hp["segments_per_doc"], hp["short_mix"])
-    text_full = lm_rows(tokenizer, tasks.training_rng(seed, "lm-full"), n_final * bs,
-                        cfg["n_ctx"], hp["segments_per_doc"])
+    bos = tokenizer.convert_tokens_to_ids(tasks.BOS)
+
+    def repeat_rows(n: int, n_ctx: int) -> torch.Tensor:
+        if not n:
+            return torch.empty(0, n_ctx, dtype=torch.long)
+        return induction_batch(rep_gen, n, n_ctx, hp["repeat_seg_len"],
+                               hp["repeat_distances"], token_ids=words, bos=bos)
+
+    repeats = repeat_rows(n_rep * rep_bs, short)
+    n_text = bs - rep_rows
+    text_short = lm_rows(tokenizer, tasks.training_rng(seed, "lm"), n_short * n_text, short,
+                         hp["segments_per_doc"], hp["text_mix"])
+    text_full = lm_rows(tokenizer, tasks.training_rng(seed, "lm-full"), n_final * n_text,
+                        cfg["n_ctx"], hp["segments_per_doc"], hp["text_mix"])
+    mixed_short = repeat_rows(n_short * rep_rows, short)
+    mixed_full = repeat_rows(n_final * rep_rows, cfg["n_ctx"])
     data_seconds = time.time() - t0
-    n_tokens = repeats.numel() + text_short.numel() + text_full.numel()
+    n_tokens = sum(t.numel() for t in (repeats, text_short, text_full, mixed_short, mixed_full))
     print(f"  generated {n_tokens:,} tokens in {data_seconds:.1f}s")
 
     def batch(step: int) -> torch.Tensor:
         if step < n_rep:
-            return repeats[step * bs:(step + 1) * bs]
+            return repeats[step * rep_bs:(step + 1) * rep_bs]
         step -= n_rep
-        if step < n_short:
-            return text_short[step * bs:(step + 1) * bs]
-        step -= n_short
-        return text_full[step * bs:(step + 1) * bs]
+        text, rep = (text_short, mixed_short) if step < n_short else (text_full, mixed_full)
+        if step >= n_short:
+            step -= n_short
+        return torch.cat([text[step * n_text:(step + 1) * n_text],
+                          rep[step * rep_rows:(step + 1) * rep_rows]])
 
     log = train_loop(
         model, batch,
@@ -663,7 +679,7 @@ def train_toy_lm(out_root: Path, seed: int = 0, steps: int | None = None) -> dic
         "parameters": n_params,
         "train": {**hp, "seconds": round(train_seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
                   "data_seconds": round(data_seconds, 1), "log": log,
-                  "tokens": n_tokens, "mix": tasks.TRAINING_MIX},
+                  "tokens": n_tokens},
         "reload_max_abs_logit_diff": err,
         "metrics": metrics,
         "ioi_heads": summary,
@@ -700,7 +716,7 @@ def toy_lm_card(cfg: dict[str, Any], r: dict[str, Any]) -> str:
     hp = r["train"]
     m = r["metrics"]
     ind = m["induction_words_20"]
-    mix = ", ".join(f"{k} {v:.0%}" for k, v in hp["mix"].items())
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in hp["text_mix"].items())
     lines = [
         "# toy-lm",
         "",
@@ -729,10 +745,7 @@ def toy_lm_card(cfg: dict[str, Any], r: dict[str, Any]) -> str:
         "",
         "Generated by the grammar in `mechwidgets/zoo/tasks.py` (word lists in `_lexicon.py`). "
         f"Each row is BOS and a document of {hp['segments_per_doc']} segments truncated to "
-        f"the row length; segment kinds: {mix}"
-        + (" (phase 2 of training, below: " + ", ".join(
-            f"{k} {v:.0%}" for k, v in hp["short_mix"].items()) + ")" if hp.get("short_mix")
-           else "") + ".",
+        f"the row length; segment kinds: {mix}.",
         "",
         "- IOI: `When Mary and John went to the store, John gave a drink to Mary.`: "
         f"{len(tasks.IOI_INTROS)} intros x {len(tasks.IOI_ACTIONS)} actions, both name orders. "
@@ -756,13 +769,8 @@ def toy_lm_card(cfg: dict[str, Any], r: dict[str, Any]) -> str:
         "",
         f"AdamW (betas 0.9/0.98, weight decay {hp['weight_decay']}), lr {hp['lr']} with "
         f"{hp['warmup']} warm-up steps and cosine decay to 10%, batch {hp['batch_size']}, "
-        f"{hp['steps']} steps ({hp['tokens']:,} tokens, each row seen once) in three phases: "
-        f"{hp['repeat_steps']} steps of rows of {hp['short_ctx']} tokens of random words "
-        f"repeated ({hp['repeat_seg_len'][0]}-{hp['repeat_seg_len'][1]} words, at once or after "
-        "a gap: dense in-context copying, so induction heads form first), "
-        f"{hp['steps'] - hp['repeat_steps'] - hp['final_steps']} steps of the generated text in "
-        f"rows of {hp['short_ctx']} tokens, and {hp['final_steps']} steps of rows of "
-        f"{cfg['n_ctx']} tokens (every position embedding trained); "
+        f"{hp['steps']} steps ({hp['tokens']:,} tokens, each row seen once): "
+        + _phases_text(cfg, hp) +
         f"initialisation N(0, {hp.get('init_std')}), seed {r['seed']}; {hp['seconds']} s wall "
         f"clock, {hp.get('cpu_seconds')} s CPU time, {r['env']['cpu_threads']} torch threads "
         f"(data generation {hp['data_seconds']} s). Final "
@@ -811,6 +819,26 @@ def toy_lm_card(cfg: dict[str, Any], r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _phases_text(cfg: dict[str, Any], hp: dict[str, Any]) -> str:
+    """The card's description of the training phases."""
+    words = "words of the repetition task" if hp.get("repeat_words") == "list" else "random words"
+    lo, hi = hp["repeat_seg_len"]
+    phases = []
+    if hp["repeat_steps"]:
+        phases.append(f"{hp['repeat_steps']} steps of {hp['repeat_batch_size']} rows of {hp['short_ctx']} tokens "
+                      f"of {words} repeated ({lo}-{hi} words, at once or after a gap: dense in-context "
+                      f"copying)")
+    phases.append(f"{hp['steps'] - hp['repeat_steps'] - hp['final_steps']} steps of the generated text in "
+                  f"rows of {hp['short_ctx']} tokens")
+    phases.append(f"{hp['final_steps']} steps of rows of {cfg['n_ctx']} tokens (every position embedding "
+                  f"trained)")
+    text = ", then ".join(phases)
+    if hp["repeat_rows"]:
+        text += (f"; in the text steps, {hp['repeat_rows']} rows of each batch are {words} repeated "
+                 f"({lo}-{hi} words, at once or after a gap)")
+    return text + "; "
+
+
 def _heads(table: list[list[float]], pred: Callable[[float], bool]) -> list[tuple[int, int]]:
     return [(i, h) for i, row in enumerate(table) for h, v in enumerate(row) if pred(v)]
 
@@ -826,13 +854,15 @@ def _circuit_lines(cfg: dict[str, Any], r: dict[str, Any]) -> list[str]:
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
     patch, dla = s["patch_recovery"], s["dla"]
     to_io, to_s, dup = s["attn_end_to_io"], s["attn_end_to_s"], s["attn_s2_to_s1"]
-    movers = _heads(dla, lambda v: v > 0.5)
-    movers = [(i, h) for i, h in movers if to_io[i][h] > to_s[i][h]]
+    movers = [(i, h) for i, h in _heads(dla, lambda v: v > 0.5) if to_io[i][h] > to_s[i][h]]
+    writers = _heads(dla, lambda v: v > 0.5)
+    suppressors = [(i, h) for i, h in writers if to_s[i][h] > max(to_io[i][h], 0.3)]
+    others = [(i, h) for i, h in writers if (i, h) not in movers + suppressors]
     negative = _heads(dla, lambda v: v < -0.5)
     important = sorted(((patch[i][h], i, h) for i in range(n_layers) for h in range(n_heads)),
                        reverse=True)
     top = [(i, h) for v, i, h in important if v > 0.1]
-    inhibition = [(i, h) for i, h in top if (i, h) not in movers and dla[i][h] < 0.5]
+    inhibition = [(i, h) for i, h in top if dla[i][h] < 0.5]
     dup_heads = _heads(dup, lambda v: v > 0.3)
     ind_heads = _heads(ind["induction_scores"], lambda v: v > 0.3)
     prev_heads = _heads(ind["prev_token_scores"], lambda v: v > 0.3)
@@ -840,11 +870,17 @@ def _circuit_lines(cfg: dict[str, Any], r: dict[str, Any]) -> list[str]:
         f"Measured by `mechwidgets.zoo._metrics.ioi_head_summary` on {s['n']} prompts of the "
         f"template `{s['template']}` with held-out name pairs (clean logit difference "
         f"{s['logit_diff_clean']:.2f}, ABC-corrupted {s['logit_diff_corrupted']:.2f}), and on "
-        "repeated random word lists. Thresholds: direct logit attribution (DLA) > 0.5 and more "
-        "attention to IO than to S for name movers; patch recovery > 0.1 for heads that matter.",
+        "repeated random word lists. DLA: direct logit attribution to logit(IO) - logit(S). "
+        "Thresholds: DLA > 0.5 and more attention to IO than to S for name movers; patch "
+        "recovery > 0.1 for heads that matter.",
         "",
         f"- **Name-mover-like heads**: {_fmt_heads(movers)}: at the final token they attend to "
         "the indirect object and write its name into the logits (positive DLA).",
+        f"- **S-suppression heads** (DLA > 0.5 while attending to S, > 0.3 and more than to IO: "
+        f"they push the repeated name down, as copy-suppression heads do): "
+        f"{_fmt_heads(suppressors)}.",
+        f"- **Other heads raising IO over S** (DLA > 0.5, attending to neither name): "
+        f"{_fmt_heads(others)}.",
         f"- **Negative name movers** (DLA < -0.5): {_fmt_heads(negative)}.",
         f"- **Heads whose output matters without moving the name directly** (S-inhibition-like; "
         f"patch recovery > 0.1, DLA < 0.5): {_fmt_heads(inhibition)}.",
