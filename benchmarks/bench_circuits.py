@@ -13,9 +13,10 @@ medians; CPU time alongside, which a busy machine disturbs less):
   forward, a clean forward with gradients, one backward pass and the scores of every edge) in
   forward-equivalents: its time over one plain forward (``model(tokens)``, full logits, under
   ``torch.no_grad()``) on the same batch. Target: <= 3.
-- **faithfulness** of the EAP circuit at 10% of the edges (one exact patched forward pass), and a
-  full **ACDC** run (one patched forward per edge, each from the layer of the edge it tries), per
-  edge, in forward-equivalents.
+- **EAP-IG** (5 interpolation steps, on top of EAP's cached runs), for information.
+- **faithfulness** of the EAP circuit at 10% of the edges (one exact patched forward pass), and
+  full **ACDC** runs (one patched forward per edge, each from the layer of the edge it tries;
+  |change| at 2% of the clean-corrupted gap, signed at 1.5%), per edge, in forward-equivalents.
 - **slider redraw** in Chromium (the light browser harness, no Jupyter): from the slider's input
   event to the next painted frame (two ``requestAnimationFrame``s), over 20 moves between the
   extremes and the middle; the GPT-2-shaped graph draws its 3,000 strongest edges. Target: <= 100
@@ -114,7 +115,7 @@ def _random_pair(batch: int, n_pos: int, d_vocab: int) -> tuple[torch.Tensor, to
 
 def measure_model(name: str, model: Any, prompts: tuple[Any, Any], tokens: torch.Tensor,
                   kwargs: dict[str, Any], *, acdc: bool) -> list[str]:
-    from mechwidgets.analysis.circuits import EdgePatcher
+    from mechwidgets.analysis.circuits import IG_STEPS, EdgePatcher
 
     clean, corrupted = prompts
 
@@ -130,6 +131,17 @@ def measure_model(name: str, model: Any, prompts: tuple[Any, Any], tokens: torch
         f"| {name} | EAP, all {n_edges:,} edges | {1e3 * eap['call']:.1f} ms | {1e3 * eap['fwd']:.1f} ms | "
         f"**{eap['call'] / eap['fwd']:.2f}** ({eap['call_cpu'] / eap['fwd_cpu']:.2f} CPU) | <= {EAP_TARGET:g} |"
     ]
+    print(f"  {name}: EAP-IG", flush=True)
+
+    def run_ig() -> Any:
+        patcher._ig_cache.clear()
+        return patcher.eap_ig_scores(IG_STEPS)
+
+    ig = interleaved(forward, run_ig, REPEATS)
+    rows.append(
+        f"| {name} | EAP-IG ({IG_STEPS} steps) on top of EAP's runs | {1e3 * ig['call']:.1f} ms | "
+        f"{1e3 * ig['fwd']:.1f} ms | {ig['call'] / ig['fwd']:.2f} ({ig['call_cpu'] / ig['fwd_cpu']:.2f} CPU) | n/a |"
+    )
     result = patcher.result()
     kept = result.circuit(result.threshold_for(max(1, math.ceil(0.1 * n_edges))))
     print(f"  {name}: faithfulness", flush=True)
@@ -141,24 +153,27 @@ def measure_model(name: str, model: Any, prompts: tuple[Any, Any], tokens: torch
     )
     if acdc:
         print(f"  {name}: ACDC", flush=True)
-        tau = 0.02 * abs(patcher.clean_metric - patcher.corrupted_metric)
+        gap = abs(patcher.clean_metric - patcher.corrupted_metric)
+        for signed, frac in ((False, 0.02), (True, 0.015)):
+            tau = frac * gap
 
-        def run_acdc() -> Any:
-            steps = patcher.acdc_steps(tau)
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as stop:
-                    return stop.value
+            def run_acdc(tau: float = tau, signed: bool = signed) -> Any:
+                steps = patcher.acdc_steps(tau, signed=signed)
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as stop:
+                        return stop.value
 
-        ac = interleaved(forward, run_acdc, 1)
-        out = ac["out"]
-        per_edge = ac["call"] / n_edges / ac["fwd"]
-        rows.append(
-            f"| {name} | ACDC (threshold {tau:.3g}: {int(out.circuit().sum())} edges kept, faithfulness "
-            f"{patcher.normalize(out.circuit_metric):.3f}) | {ac['call']:.2f} s | {1e3 * ac['fwd']:.1f} ms | "
-            f"{per_edge:.2f} per edge ({ac['call_cpu'] / n_edges / ac['fwd_cpu']:.2f} CPU) | n/a |"
-        )
+            ac = interleaved(forward, run_acdc, 1)
+            out = ac["out"]
+            per_edge = ac["call"] / n_edges / ac["fwd"]
+            rows.append(
+                f"| {name} | {'signed ' if signed else ''}ACDC (threshold {tau:.3g} = {100 * frac:g}% of the gap: "
+                f"{int(out.circuit().sum())} edges kept, faithfulness {patcher.normalize(out.circuit_metric):.3f}) | "
+                f"{ac['call']:.2f} s | {1e3 * ac['fwd']:.1f} ms | "
+                f"{per_edge:.2f} per edge ({ac['call_cpu'] / n_edges / ac['fwd_cpu']:.2f} CPU) | n/a |"
+            )
     return rows
 
 

@@ -244,7 +244,10 @@ describe("circuit frontend", () => {
     expect(input.value).toBe("0.06");
     input.value = "0.25";
     (el.querySelector('[data-testid="acdc-button"]') as HTMLButtonElement).click();
-    expect(model.requests("acdc")[0].args).toEqual({ threshold: 0.25 });
+    expect(model.requests("acdc")[0].args).toEqual({ threshold: 0.25, signed: false });
+    (el.querySelector('[data-testid="acdc-signed"]') as HTMLInputElement).checked = true;
+    (el.querySelector('[data-testid="acdc-button"]') as HTMLButtonElement).click();
+    expect(model.requests("acdc")[1].args).toEqual({ threshold: 0.25, signed: true });
     // progress is drawn from the trait, with a cancel button that sends a cancel message
     model.change("progress", { kind: "acdc", id: 1, done: 2, total: 5, message: "ACDC: 5 of 5 edges kept" });
     const cancel = el.querySelector(".mw-progress button") as HTMLButtonElement;
@@ -258,8 +261,28 @@ describe("circuit frontend", () => {
     model.change("threshold", 0.25);
     model.change("edges", edgesTrait(edgeList.map((e, i) => ({ ...e, score: i === 0 ? -1.5 : e.score }))));
     expect(el.querySelector('[data-testid="circuit-title"]')!.textContent).toContain("ACDC (threshold 0.250)");
+    model.change("acdc_signed", true);
+    expect(el.querySelector('[data-testid="circuit-title"]')!.textContent).toContain("ACDC (signed, threshold 0.250)");
+    expect((el.querySelector('[data-testid="acdc-signed"]') as HTMLInputElement).checked).toBe(true);
     expect(visible(el)).toBe(2);
     expect((el.querySelector('[data-testid="eap-button"]') as HTMLButtonElement).disabled).toBe(false);
+  });
+
+  it("switches between EAP and EAP-IG scores by request", () => {
+    const model = makeModel();
+    const el = mount(model);
+    const eap = el.querySelector('[data-testid="eap-button"]') as HTMLButtonElement;
+    const ig = el.querySelector('[data-testid="eap-ig-button"]') as HTMLButtonElement;
+    expect(eap.disabled).toBe(true);
+    expect(ig.disabled).toBe(false);
+    ig.click();
+    expect(model.requests("eap")[0].args).toEqual({ ig: true });
+    model.change("method", "eap-ig");
+    expect(el.querySelector('[data-testid="circuit-title"]')!.textContent).toContain("integrated gradients (EAP-IG)");
+    expect(eap.disabled).toBe(false);
+    expect(ig.disabled).toBe(true);
+    eap.click();
+    expect(model.requests("eap")[1].args).toEqual({ ig: false });
   });
 
   it("shows errors in the banner and inserts prompts as text", () => {

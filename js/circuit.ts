@@ -188,8 +188,11 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   const countLabel = h("span", { class: "mw-circuit-count", "data-testid": "edge-count" });
   const faithLine = h("div", { class: "mw-circuit-faith", "data-testid": "faithfulness" });
   const acdcInput = h("input", { type: "number", min: 0, step: "any", class: "mw-circuit-tau", "data-testid": "acdc-threshold", "aria-label": "ACDC threshold" });
+  const signedBox = h("input", { type: "checkbox", "data-testid": "acdc-signed", "aria-label": "signed ACDC" });
+  const signedLabel = h("label", { class: "mw-note", title: "remove every edge whose removal moves the metric toward the clean run's, as ACDC's own code does: smaller circuits, faithfulness can exceed 1" }, signedBox, " signed");
   const acdcButton = h("button", { class: "mw-button", "data-testid": "acdc-button" }, "Run ACDC");
   const eapButton = h("button", { class: "mw-button", "data-testid": "eap-button" }, "Show EAP scores");
+  const igButton = h("button", { class: "mw-button", "data-testid": "eap-ig-button", title: "EAP with integrated gradients: the gradients averaged along the path from the corrupted to the clean input" }, "EAP-IG");
   const graphBox = h("div", { class: "mw-circuit-graph", "data-testid": "graph" });
   const plot = h("div", { class: "mw-circuit-plot" });
   const canvas = h("canvas", { class: "mw-circuit-canvas", "data-testid": "edge-canvas" });
@@ -207,7 +210,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     graphBox,
     tooltip,
     legendBox,
-    h("div", { class: "mw-row mw-controls" }, h("span", {}, "ACDC threshold"), acdcInput, acdcButton, eapButton),
+    h("div", { class: "mw-row mw-controls" }, h("span", {}, "ACDC threshold"), acdcInput, signedLabel, acdcButton, eapButton, igButton),
     detail,
   );
 
@@ -221,7 +224,8 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   // ------------------------------------------------------------------ text
   const drawText = (): void => {
     const acdc = method() === "acdc";
-    title.textContent = `Circuit — ${acdc ? `ACDC (threshold ${fmt(model.get("acdc_threshold") ?? 0, 3)})` : "edge attribution patching"}, ${total()} edges`;
+    const named = acdc ? `ACDC (${model.get("acdc_signed") ? "signed, " : ""}threshold ${fmt(model.get("acdc_threshold") ?? 0, 3)})` : method() === "eap-ig" ? "edge attribution patching with integrated gradients (EAP-IG)" : "edge attribution patching";
+    title.textContent = `Circuit — ${named}, ${total()} edges`;
     const b = model.get("baseline") ?? {};
     const n = b.n_prompts ?? 1;
     prompts.textContent = `clean: ${clip(String(b.clean_prompt ?? ""), 120)}  |  corrupted: ${clip(String(b.corrupted_prompt ?? ""), 120)}${n > 1 ? `  (+${n - 1} more pairs)` : ""}`;
@@ -230,8 +234,10 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     const metric = model.get("metric") ?? "";
     const what = wrong ? ` (${JSON.stringify(ans[0] ?? "")} − ${JSON.stringify(wrong[0] ?? "")}${n > 1 ? ", …" : ""})` : ans.length ? ` (${JSON.stringify(ans[0])}${n > 1 ? ", …" : ""})` : "";
     baseline.textContent = `metric ${metric}${what}: clean ${fmt(b.clean ?? NaN)}, corrupted ${fmt(b.corrupted ?? NaN)}. Edge score: ${acdc ? "the exact change of the metric when ACDC removed the edge" : "linear estimate of the metric's change when the edge is patched from the corrupted run"}.`;
-    eapButton.disabled = !acdc;
+    eapButton.disabled = method() === "eap";
+    igButton.disabled = method() === "eap-ig";
     if (document.activeElement !== acdcInput) acdcInput.value = String(model.get("acdc_threshold") ?? 0);
+    signedBox.checked = Boolean(model.get("acdc_signed"));
   };
 
   const drawCounts = (): void => {
@@ -256,7 +262,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
       return;
     }
     faithLine.classList.add("mw-circuit-stale");
-    if (edges && method() === "eap" && typeof b.clean === "number") {
+    if (edges && method() !== "acdc" && typeof b.clean === "number") {
       const k = visibleCount(edges.abs, threshold);
       const est = b.clean + edges.suffix[k] + (model.get("unsent_score_sum") ?? 0);
       const norm = (est - b.corrupted) / (b.clean - b.corrupted);
@@ -547,11 +553,15 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   acdcButton.addEventListener("click", () => {
     const tau = Number(acdcInput.value);
     status.setLocalError("");
-    client.request("acdc", { threshold: tau }).catch(fail);
+    client.request("acdc", { threshold: tau, signed: signedBox.checked }).catch(fail);
   });
   eapButton.addEventListener("click", () => {
     status.setLocalError("");
-    client.request("eap").catch(fail);
+    client.request("eap", { ig: false }).catch(fail);
+  });
+  igButton.addEventListener("click", () => {
+    status.setLocalError("");
+    client.request("eap", { ig: true }).catch(fail);
   });
 
   // ------------------------------------------------------------------ trait changes
@@ -592,6 +602,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   model.on("change:selected", onDetail);
   model.on("change:method", onText);
   model.on("change:acdc_threshold", onText);
+  model.on("change:acdc_signed", onText);
 
   buildGraph();
   drawText();
@@ -608,6 +619,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     model.off("change:selected", onDetail);
     model.off("change:method", onText);
     model.off("change:acdc_threshold", onText);
+    model.off("change:acdc_signed", onText);
     client.dispose();
     status.dispose();
   };

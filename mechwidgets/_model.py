@@ -179,6 +179,22 @@ class ModelHandle:
         toks = tokens[0] if tokens.ndim == 2 else tokens
         return [str(s) for s in self.model.to_str_tokens(toks.cpu())]
 
+    def str_tokens_many(self, tokens: Sequence[torch.Tensor]) -> list[list[str]]:
+        """:meth:`str_tokens` of several 1-d token tensors at once: one call to a fast
+        tokenizer's batch decoder (what ``to_str_tokens`` does, one decode per token, without
+        its per-call overhead); other tokenizers go one prompt at a time."""
+        backend = getattr(getattr(self.model, "tokenizer", None), "_tokenizer", None)
+        if backend is None or not hasattr(backend, "decode_batch"):
+            return [self.str_tokens(t) for t in tokens]
+        ids = [[int(i)] for t in tokens for i in t.reshape(-1).tolist()]
+        flat = backend.decode_batch(ids, skip_special_tokens=False)
+        out, start = [], 0
+        for t in tokens:
+            n = t.numel()
+            out.append([str(s) for s in flat[start:start + n]])
+            start += n
+        return out
+
     def single_token(self, text: str | int, *, what: str = "answer") -> int:
         """The id of a string that must be exactly one token (no BOS), or an id checked for range.
 
@@ -202,7 +218,17 @@ class ModelHandle:
         return int(toks[0])
 
     def token_str(self, token: int) -> str:
-        return str(self.model.to_str_tokens(torch.tensor([int(token)]))[0])
+        return self.token_strs([token])[0]
+
+    def token_strs(self, tokens: Sequence[int]) -> list[str]:
+        """Token ids as strings, decoded together and remembered on this handle (analyses name
+        the same answer tokens many times)."""
+        cache: dict[int, str] = self.__dict__.setdefault("_token_strs", {})
+        ids = [int(t) for t in tokens]
+        missing = sorted({t for t in ids if t not in cache})
+        if missing:
+            cache.update(zip(missing, self.str_tokens_many([torch.tensor(missing)])[0], strict=True))
+        return [cache[t] for t in ids]
 
     # ------------------------------------------------------------------ names
     def hook_name(self, kind: str, layer: int | None = None) -> str:

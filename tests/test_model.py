@@ -42,6 +42,17 @@ def test_tokens_and_errors(model: Any) -> None:
         h.tokens(torch.tensor([0, 10**6]))
 
 
+def test_str_tokens_of_many_prompts_match_one_at_a_time(model: Any) -> None:
+    """The one-call batch decoder gives exactly TransformerLens's to_str_tokens, prompt by prompt
+    (byte pieces of multi-byte characters, BOS and unknown words included)."""
+    h = ModelHandle(model)
+    prompts = [PROMPT, "naïve café — 東京 🙂 <|endoftext|>", "x"]
+    toks = [h.tokens(p)[0] for p in prompts] + [torch.arange(0, model.cfg.d_vocab, 7)]
+    many = h.str_tokens_many(toks)
+    assert many == [h.str_tokens(t) for t in toks] == [list(model.to_str_tokens(t)) for t in toks]
+    assert [len(m) for m in many] == [t.numel() for t in toks]
+
+
 def test_single_token(model: Any) -> None:
     h = ModelHandle(model)
     assert h.token_str(h.single_token(" Mary")) == " Mary"

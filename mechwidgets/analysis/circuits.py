@@ -36,11 +36,20 @@ metric when the edge is corrupted. For a metric the clean run makes large (a log
 edges that carry the behaviour have **negative** scores; an edge with a positive score works
 against it. Circuits keep edges by ``|score|``.
 
+**EAP-IG** (Hanna, Pezzelle & Belinkov 2024, "Have Faith in Faithfulness") replaces the clean
+run's gradient by its mean over ``steps`` runs whose input embeddings go from the corrupted to
+the clean prompts' (``corrupted + k/steps * (clean - corrupted)``, ``k = 1..steps``): the same
+linear estimate, integrated along a path, which sees effects that a saturated softmax hides from
+the gradient at the clean run. ``steps`` forward and backward passes more than EAP.
+
 **ACDC** prunes with exact patched forwards. It visits destinations in reverse topological order
 (``logits`` first, then the last layer's MLP, then its heads' v, k, q inputs, down to layer 0)
 and, for each of its incoming edges, latest source first, tries removing it on top of the edges
 already removed: if the metric moves by less than ``threshold`` (``|metric(new circuit) -
-metric(current circuit)| < threshold``) the edge stays removed. The change measured for each
+metric(current circuit)| < threshold``) the edge stays removed. *Signed* ACDC (``signed=True``,
+the rule of ACDC's own code, which minimises a loss) removes it when the metric moves *away from
+the clean run's value* by less than ``threshold``, so edges that work against the behaviour
+(negative heads) always go: smaller circuits, whose faithfulness can exceed 1. The change measured for each
 edge is its score. Since every node upstream of the destination being pruned still has all of
 its inputs, each step runs the model only from that destination's layer onwards.
 
@@ -84,7 +93,9 @@ from .metrics import METRICS, MetricFn, check_metric_output, kl_div, normalize
 from .patching import choose_metric, token_str
 
 MetricName = Literal["logit_diff", "logprob", "prob", "kl"]
-METHODS: tuple[str, ...] = ("eap", "acdc")
+METHODS: tuple[str, ...] = ("eap", "eap-ig", "acdc")
+#: Interpolation steps of EAP-IG (as in Hanna et al. 2024).
+IG_STEPS = 5
 #: Input ports of a destination: a head's query, key and value inputs, or the single input of an
 #: MLP or of the logits.
 PORTS: tuple[str, ...] = ("q", "k", "v", "in")
@@ -316,7 +327,7 @@ class CircuitResult:
         scores: ``[edge]``. EAP: the linear estimate of the metric's change when the edge alone
             is patched from the corrupted run (negative = the edge supports the clean metric).
             ACDC: the exact change measured when the edge was tried, on top of the edges removed
-            before it.
+            before it (signed ACDC: 0 where removing it helped the behaviour).
         metric: the metric's name (``"logit_diff"``, ``"logprob"`` or ``"custom"``).
         clean_metric, corrupted_metric: the metric on the clean and corrupted runs.
         threshold: ACDC's threshold (the circuit it found is ``circuit(threshold)``); None for
@@ -408,15 +419,10 @@ def _answer_list(answers: Answers, n: int, what: str) -> list[str | int | None]:
 # ============================================================================================ patcher
 @contextlib.contextmanager
 def _grad_mode(model: torch.nn.Module, grad: bool) -> Iterator[None]:
-    """Autograd on or off for a model in eval mode; grad mode and parameters' ``.grad`` restored."""
-    saved = [p.grad for p in model.parameters()] if grad else None
-    try:
-        with torch.set_grad_enabled(grad):
-            yield
-    finally:
-        if saved is not None:
-            for p, g in zip(model.parameters(), saved, strict=True):
-                p.grad = g
+    """Autograd on or off for a model in eval mode, the grad mode restored. Gradients are only
+    ever taken with ``torch.autograd.grad``, which leaves the parameters' ``.grad`` alone."""
+    with torch.set_grad_enabled(grad):
+        yield
 
 
 class EdgePatcher:
@@ -485,6 +491,7 @@ class EdgePatcher:
         )
         self._allowed = self.graph.allowed()
         self._dest_layer = torch.tensor(self.graph.dest_layer)
+        self._ig_cache: dict[int, torch.Tensor] = {}
         self._tokenize(clean, corrupted, max_positions)
         answers = _answer_list(answer, self.batch, "answer")
         wrongs = _answer_list(wrong_answer, self.batch, "wrong answer")
@@ -548,8 +555,12 @@ class EdgePatcher:
         self.last = torch.tensor([n - 1 for n in lengths], device=device)
         self.clean_tokens = torch.stack([self._pad(t, width) for t in clean_toks])
         self.corrupted_tokens = torch.stack([self._pad(t, width) for t in corrupted_toks])
-        self.str_tokens = [self._labels(t) for t in clean_toks]
-        self.corrupted_str_tokens = [self._labels(t) for t in corrupted_toks]
+        if getattr(handle.model, "tokenizer", None) is None:
+            self.str_tokens = [self._labels(t) for t in clean_toks]
+            self.corrupted_str_tokens = [self._labels(t) for t in corrupted_toks]
+        else:
+            labels = handle.str_tokens_many(clean_toks + corrupted_toks)
+            self.str_tokens, self.corrupted_str_tokens = labels[:self.batch], labels[self.batch:]
 
     def _mask(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward keyword arguments: with a left-padding tokenizer TransformerLens would mask the
@@ -578,7 +589,8 @@ class EdgePatcher:
     def _edge_mode(self, *, grad: bool = False) -> Iterator[None]:
         """One run against the model: eval mode, autograd only with ``grad``, and ``hook_mlp_in``
         on (MLP inputs of their own); the user's ``use_hook_mlp_in``, train/eval and grad modes
-        and the parameters' ``.grad`` are restored afterwards, whatever happens.
+        are restored afterwards, whatever happens (the parameters' ``.grad`` are never touched:
+        gradients come from ``torch.autograd.grad``).
 
         A model in training mode goes through :meth:`ModelHandle.session`. One already in eval
         mode skips its ``eval()``/``train()`` round trip, which walks every module and costs a
@@ -693,13 +705,21 @@ class EdgePatcher:
         return out
 
     # ------------------------------------------------------------------ set-up (EAP)
-    def _record(self, tokens: torch.Tensor, *, grad: bool) -> dict[str, Any]:
+    def _record(self, tokens: torch.Tensor, *, grad: bool,
+                first: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
         """One forward pass (to the final residual, no unembedding) that records every source's
         output, each layer's ``resid_pre``/``resid_mid`` and, with ``grad``, the live tensors
-        that destination gradients are read from: ``hook_q/k/v`` and ``hook_mlp_in``."""
+        that destination gradients are read from: ``hook_q/k/v`` and ``hook_mlp_in``. Hooks in
+        ``first`` run before the recording ones (and may replace an activation)."""
         L = self.graph.n_layers
         rec: dict[str, Any] = {"z": [None] * L, "mlp": [None] * L, "pre": [None] * L, "mid": [None] * L, "live": {}}
-        hooks: list[tuple[str, Any]] = []
+        hooks: list[tuple[str, Any]] = list(first)
+        if grad:  # a model with frozen parameters still gets its gradients from the embeddings on
+
+            def track(x: torch.Tensor, hook: Any) -> torch.Tensor:
+                return x if x.requires_grad else x.detach().requires_grad_(True)
+
+            hooks.append(("blocks.0.hook_resid_pre", track))
         for layer in range(L):
 
             def pre(x: torch.Tensor, hook: Any, layer: int = layer) -> None:
@@ -773,16 +793,18 @@ class EdgePatcher:
         if isinstance(ln, torch.nn.Identity):
             return upstream
         if kind in ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre") and hasattr(ln, "eps"):
+            # in place where the tensor is ours: a fresh [k, n, d] tensor per step costs more
+            # (allocation, page faults) than the arithmetic on it
             x = x.float()
             if kind.startswith("LayerNorm"):
                 x = x - x.mean(-1, keepdim=True)
-            scale = (x.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # [n, 1]
-            normed = x / scale
-            g = upstream.float() * ln.w.detach().float() if hasattr(ln, "w") else upstream.float()
+            inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + ln.eps)  # [n, 1]
+            normed = x * inv
+            g = upstream.float() * ln.w.detach().float() if hasattr(ln, "w") else upstream.float().clone()
             along = (g * normed).mean(-1, keepdim=True)
             if kind.startswith("LayerNorm"):
-                return (g - g.mean(-1, keepdim=True) - normed * along) / scale
-            return (g - normed * along) / scale
+                g.sub_(g.mean(-1, keepdim=True))
+            return g.addcmul_(normed, along, value=-1).mul_(inv)
         with torch.enable_grad():
             xs = x[None].expand_as(upstream).clone().requires_grad_(True)
             (g_in,) = torch.autograd.grad(ln(xs[:, :, None])[:, :, 0], xs, upstream)
@@ -823,7 +845,13 @@ class EdgePatcher:
                     self._clean_last_logits = self._last_logits(final.detach()).float()
                 else:  # explicit answers: the choice needs no logits (nor the cost of unembedding)
                     corr_last = self._clean_last_logits = torch.zeros(B, 1)
-            # answers and their defaults exactly as activation patching chooses them
+            # answers and their defaults exactly as activation patching chooses them (the
+            # explicit answers' strings decoded at once, for the descriptions and notes)
+            has_tokenizer = getattr(handle.model, "tokenizer", None) is not None
+            if has_tokenizer:
+                answers = [a if a is None else handle.single_token(a, what="answer") for a in answers]
+                wrongs = [w if w is None else handle.single_token(w, what="wrong answer") for w in wrongs]
+                handle.token_strs([a for a in answers + wrongs if a is not None])
             answer_ids, wrong_ids, notes = [], [], []
             for i in range(B):
                 _, a, w, why = choose_metric(handle, self._metric_arg, self._clean_last_logits[i],
@@ -835,6 +863,8 @@ class EdgePatcher:
             device = final.device
             self.answer_ids = torch.tensor([a if a is not None else 0 for a in answer_ids], device=device)
             self.wrong_ids = torch.tensor([w if w is not None else 0 for w in wrong_ids], device=device)
+            if has_tokenizer:
+                handle.token_strs([t for t in answer_ids + wrong_ids if t is not None])
             self._answers = [token_str(handle, a) for a in answer_ids if a is not None]
             self._wrong = [token_str(handle, w) for w in wrong_ids if w is not None] or None
             # clean run's metric and its gradient at hook_q/k/v, hook_mlp_in and the final residual
@@ -868,28 +898,93 @@ class EdgePatcher:
                     f"can be told apart (faithfulness divides by their difference). Use a corrupted "
                     f"prompt that changes the behaviour, or another metric."
                 )
-            # destination gradients, laid out [dst, batch * pos, d_model]: a head's hook_q/k/v
-            # gradient mapped back through W and ln1 to its own input (exactly what a separate
-            # per-head input would receive)
-            bp = B * self.clean_tokens.shape[1]
-            dst_grads = []
-            for layer in range(L):
+            grad_dst = self._dest_grads(grad_of, clean["pre"], 1)  # blocks of [dst, bp * d]
+        # EAP: score[src, dst] = sum over batch, pos, d_model of (a^corr - a^clean)_src * grad_dst
+        self.eap_dense, self.eap_scores = self._scores(grad_dst)
+        self.fused = fused
+
+    def _dest_grads(self, grad_of: dict[str, torch.Tensor], pre: list[torch.Tensor], reps: int) -> list[torch.Tensor]:
+        """Destination gradients ``[dst, batch * pos * d_model]``, as consecutive blocks of
+        destinations (one per layer's heads, MLP, logits), from the gradients at
+        ``hook_q/k/v``, ``hook_mlp_in`` and the final residual (``grad_of``) of a run of
+        ``reps`` copies of the batch (whose ``resid_pre`` are ``pre``), summed over the copies.
+
+        A head's ``hook_q/k/v`` gradient is mapped back through ``W`` and ``ln1`` to its own
+        input (exactly what a separate per-head input would receive)."""
+        bp = self.batch * self.clean_tokens.shape[1]
+        d = self.handle.d_model
+        out = []
+        with torch.no_grad():
+            for layer in range(self.graph.n_layers):
                 attn = self._attn(layer)
                 w_qkv = torch.cat([attn.W_Q, attn.W_K, attn.W_V]).detach()  # [3H, d_model, d_head]
                 g_qkv = torch.cat([grad_of[f"{port}{layer}"] for port in ("q", "k", "v")], dim=2)  # [b, p, 3H, e]
-                g_qkv = g_qkv.to(w_qkv.dtype).flatten(0, 1).transpose(0, 1)  # [3H, bp, e]
-                upstream = torch.bmm(g_qkv, w_qkv.transpose(1, 2))  # [3H, bp, d]: grad of ln1's output
-                dst_grads.append(self._ln_vjp(layer, clean["pre"][layer].flatten(0, 1), upstream).float())
+                g_qkv = g_qkv.to(w_qkv.dtype).flatten(0, 1).transpose(0, 1)  # [3H, reps * bp, e]
+                upstream = torch.bmm(g_qkv, w_qkv.transpose(1, 2))  # [3H, reps * bp, d]: grad of ln1's output
+                out.append(self._ln_vjp(layer, pre[layer].flatten(0, 1), upstream).float())
                 if self.graph.has_mlp:
-                    dst_grads.append(grad_of[f"mlp{layer}"].reshape(1, bp, -1).float())
-            dst_grads.append(grad_of["final"].reshape(1, bp, -1).float())
-            grad_dst = torch.cat(dst_grads).flatten(1)  # [dst, bp * d]
-            # EAP: score[src, dst] = sum over batch, pos, d_model of (a^corr - a^clean)_src * grad_dst
+                    out.append(grad_of[f"mlp{layer}"].float().reshape(1, -1, d))
+            out.append(grad_of["final"].float().reshape(1, -1, d))
+        if reps == 1:
+            return [g.reshape(g.shape[0], bp * d) for g in out]
+        return [g.reshape(g.shape[0], reps, bp * d).sum(1) for g in out]
+
+    def _scores(self, grad_dst: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dense [src, dst], per-edge [edge])`` scores: (corrupted - clean) source outputs,
+        summed over batch, positions and d_model against the destination gradients."""
+        with torch.no_grad():
             delta = self._sources(self._corr_rec, self._clean_rec).float()  # [src, bp, d]
-            dense = (delta.reshape(delta.shape[0], -1) @ grad_dst.T).cpu()
-        self.eap_dense = torch.where(self._allowed, dense, torch.zeros_like(dense))
-        self.eap_scores = dense[self.graph.edge_src, self.graph.edge_dst].contiguous()
-        self.fused = fused
+            flat = delta.reshape(delta.shape[0], -1)
+            dense = torch.cat([flat @ block.T for block in grad_dst], dim=1).cpu()
+        dense = torch.where(self._allowed, dense, torch.zeros_like(dense))
+        return dense, dense[self.graph.edge_src, self.graph.edge_dst].contiguous()
+
+    def eap_ig_scores(self, steps: int = IG_STEPS) -> torch.Tensor:
+        """``[edge]`` scores by EAP with integrated gradients (EAP-IG; Hanna, Pezzelle &
+        Belinkov 2024, "Have Faith in Faithfulness"): as EAP, but each destination's gradient is
+        averaged over ``steps`` runs whose input embeddings go from the corrupted prompts' to the
+        clean prompts' (``corrupted + k/steps * (clean - corrupted)``, ``k = 1..steps``; the
+        last is the clean run, so ``steps=1`` is plain EAP). Where attention saturates, the
+        clean run's gradient alone misses edges the path integral sees.
+
+        Costs ``steps`` forward and backward passes (run as one batch for small models)."""
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise CircuitError(f"EAP-IG's steps must be an integer >= 1, got {steps!r}.")
+        if steps in self._ig_cache:
+            return self._ig_cache[steps].clone()
+        B = self.batch
+        clean0, corr0 = self._clean_resid_pre[0], self._corr_resid_pre[0]  # [b, p, d]
+        work = B * self.clean_tokens.shape[1] * self.handle.d_model ** 2 * self.graph.n_layers
+        per_run = max(1, min(steps, int(self.FUSE_BELOW // max(work, 1))))
+        alphas = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+        grad_dst: list[torch.Tensor] | None = None
+        for start in range(0, steps, per_run):
+            chunk = alphas[start:start + per_run]
+            m = len(chunk)
+            a = chunk.to(clean0.dtype).repeat_interleave(B).to(clean0.device)[:, None, None]
+            inputs = (corr0.repeat(m, 1, 1) + a * (clean0 - corr0).repeat(m, 1, 1)).requires_grad_(True)
+
+            def embed(x: torch.Tensor, hook: Any, inputs: torch.Tensor = inputs) -> torch.Tensor:
+                return inputs.to(x.dtype)
+
+            with self._edge_mode(grad=True):
+                rec = self._record(self.clean_tokens.repeat(m, 1), grad=True,
+                                   first=[("blocks.0.hook_resid_pre", embed)])
+                final = rec["final"]
+                metric = torch.stack([self._metric(final[k * B:(k + 1) * B]) for k in range(m)]).sum() / steps
+                names = ["final", *rec["live"]]
+                targets = [final, *rec["live"].values()]
+                grads = torch.autograd.grad(metric, targets, allow_unused=True)
+            grad_of = {n: (torch.zeros_like(t) if g is None else g).detach()
+                       for n, t, g in zip(names, targets, grads, strict=True)}
+            pre = rec["pre"]
+            del rec, targets, grads, final, metric  # the autograd graph goes with them
+            part = self._dest_grads(grad_of, pre, m)
+            grad_dst = part if grad_dst is None else [a.add_(b) for a, b in zip(grad_dst, part, strict=True)]
+        assert grad_dst is not None
+        _, scores = self._scores(grad_dst)
+        self._ig_cache[steps] = scores
+        return scores.clone()
 
     # ------------------------------------------------------------------ patched forwards
     def _removed_from_kept(self, kept: Bool[torch.Tensor, " edge"]) -> Bool[torch.Tensor, "src dst"]:
@@ -1085,15 +1180,28 @@ class EdgePatcher:
         edge_of = {(int(s), int(d)): e for e, (s, d) in enumerate(zip(g.edge_src, g.edge_dst, strict=True))}
         return [edge_of[(s, d)] for d in dest_order for s in reversed(range(g.dest_reads[d]))]
 
-    def acdc_steps(self, threshold: float) -> Generator[dict[str, Any], None, CircuitResult]:
+    def acdc_steps(self, threshold: float, *, signed: bool = False) -> Generator[dict[str, Any], None, CircuitResult]:
         """ACDC as a generator: yields ``{done, total, message}`` after each edge, returns the
         :class:`CircuitResult` (``scores``: the change measured for each edge).
+
+        ``signed=False``: an edge goes when removing it moves the metric by less than
+        ``threshold`` either way (``|Δ| < threshold``), so edges that work against the behaviour
+        stay in the circuit. ``signed=True`` (the rule of ACDC's own code, which minimises a
+        loss): an edge goes when removing it moves the metric *away from the clean behaviour*
+        by less than ``threshold``, so edges whose removal helps the behaviour always go (their
+        score is then 0: they are not part of the circuit); it needs ``threshold > 0``.
 
         Closing the generator (cancel) stops between two forward passes; nothing stays hooked.
         """
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold >= 0 or not math.isfinite(threshold):
             raise CircuitError(f"the ACDC threshold must be a finite number >= 0, got {threshold!r}.")
+        if not isinstance(signed, bool):
+            raise CircuitError(f"signed must be true or false, got {signed!r}.")
+        if signed and threshold == 0:
+            raise CircuitError("signed ACDC needs a threshold > 0 (at 0 it would still remove every edge "
+                               "whose removal helps the behaviour); use signed=False to keep the full graph.")
         g = self.graph
+        toward = 1.0 if self.clean_metric >= self.corrupted_metric else -1.0  # the clean behaviour's side
         removed = torch.zeros_like(self._allowed)
         current = self.clean_metric
         scores = torch.zeros(g.n_edges)
@@ -1105,8 +1213,9 @@ class EdgePatcher:
             removed[s, d] = True
             value = self.patched_metric(removed)
             change = value - current
-            scores[e] = change
-            if abs(change) < threshold:
+            harm = -change * toward  # how far removing it moved the metric away from the clean run's
+            scores[e] = change if not signed or harm > 0 else 0.0
+            if (harm < threshold) if signed else (abs(change) < threshold):
                 current = value
                 kept -= 1
             else:
@@ -1125,6 +1234,7 @@ def edge_attribution_patching(
     answer: Answers = None,
     wrong_answer: Answers = None,
     max_positions: int = 512,
+    ig_steps: int | None = None,
 ) -> CircuitResult:
     """Score every edge with edge attribution patching (Syed, Rager & Conmy, 2023).
 
@@ -1132,12 +1242,21 @@ def edge_attribution_patching(
     module docstring for the graph and the sign convention, and :class:`EdgePatcher` for the
     arguments.
 
+    Args:
+        ig_steps: with a number, EAP-IG instead (:meth:`EdgePatcher.eap_ig_scores`): the
+            gradients averaged over that many runs whose input embeddings go from the corrupted
+            to the clean prompts (``ig_steps`` more forward and backward passes).
+
     Returns:
-        A :class:`CircuitResult` with ``method="eap"``; ``scores[e]`` estimates the change of the
-        metric when edge ``e`` alone is patched from the corrupted run.
+        A :class:`CircuitResult` with ``method="eap"`` (or ``"eap-ig"``); ``scores[e]``
+        estimates the change of the metric when edge ``e`` alone is patched from the
+        corrupted run.
     """
-    return EdgePatcher(model, clean, corrupted, metric=metric, answer=answer, wrong_answer=wrong_answer,
-                       max_positions=max_positions).result("eap")
+    patcher = EdgePatcher(model, clean, corrupted, metric=metric, answer=answer, wrong_answer=wrong_answer,
+                          max_positions=max_positions)
+    if ig_steps is None:
+        return patcher.result("eap")
+    return patcher.result("eap-ig", patcher.eap_ig_scores(ig_steps))
 
 
 def acdc(
@@ -1150,12 +1269,16 @@ def acdc(
     answer: Answers = None,
     wrong_answer: Answers = None,
     max_positions: int = 512,
+    signed: bool = False,
 ) -> CircuitResult:
     """Prune the graph with ACDC (Conmy et al., 2023): one exact patched forward per edge.
 
     Args:
         threshold: an edge is removed when removing it moves the metric by less than this (in
             the metric's units), ``|Δ| < threshold``; 0 keeps every edge.
+        signed: remove an edge when removing it moves the metric away from the clean behaviour
+            by less than ``threshold`` (edges that work against the behaviour always go), as
+            ACDC's own code does; see :meth:`EdgePatcher.acdc_steps`.
         others: as :class:`EdgePatcher`.
 
     Returns:
@@ -1164,7 +1287,7 @@ def acdc(
     """
     patcher = EdgePatcher(model, clean, corrupted, metric=metric, answer=answer, wrong_answer=wrong_answer,
                           max_positions=max_positions)
-    steps = patcher.acdc_steps(threshold)
+    steps = patcher.acdc_steps(threshold, signed=signed)
     while True:
         try:
             next(steps)
@@ -1198,6 +1321,7 @@ def circuit_faithfulness(
 
 
 __all__ = [
+    "IG_STEPS",
     "METHODS",
     "METRICS",
     "PORTS",

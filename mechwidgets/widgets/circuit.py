@@ -24,6 +24,7 @@ import traitlets
 
 from .._tensor import encode_array
 from ..analysis.circuits import (
+    IG_STEPS,
     METHODS,
     Answers,
     CircuitError,
@@ -96,7 +97,7 @@ class CircuitWidget(MechWidget):
 
     Build it with :func:`mechwidgets.show_circuit`. Traits (all synced):
 
-    - ``method`` (``"eap"`` / ``"acdc"``), ``metric`` (its name), ``baseline``: ``{clean,
+    - ``method`` (``"eap"`` / ``"eap-ig"`` / ``"acdc"``), ``metric`` (its name), ``baseline``: ``{clean,
       corrupted, answers, wrong_answers, clean_prompt, corrupted_prompt, n_prompts}``
     - ``nodes``: ``[{name, kind, layer, head, x, y}]`` in topological order, ``size``: the
       drawing's ``{width, height, node_w, node_h}``
@@ -106,7 +107,8 @@ class CircuitWidget(MechWidget):
       of the edges not sent, for the frontend's linear estimate)
     - ``threshold``: edges with ``|score| >= threshold`` form the circuit
     - ``faithfulness``: ``{threshold, metric, normalized, n_edges, total_edges}``, exact
-    - ``acdc_threshold``: ACDC's threshold (of the last ACDC run, or the suggested one)
+    - ``acdc_threshold``: ACDC's threshold (of the last ACDC run, or the suggested one);
+      ``acdc_signed``: whether that run removed the edges that work against the behaviour
     - ``selected`` (a node name) and ``node_detail`` (its patching effects and top edges)
     """
 
@@ -123,6 +125,7 @@ class CircuitWidget(MechWidget):
     threshold = traitlets.Float(0.0).tag(sync=True)
     faithfulness = traitlets.Dict({}).tag(sync=True)
     acdc_threshold = traitlets.Float(0.0).tag(sync=True)
+    acdc_signed = traitlets.Bool(False).tag(sync=True)
     selected = traitlets.Unicode("").tag(sync=True)
     node_detail = traitlets.Dict({}).tag(sync=True)
 
@@ -137,15 +140,19 @@ class CircuitWidget(MechWidget):
         answer: Answers = None,
         wrong_answer: Answers = None,
         threshold: float | None = None,
+        signed: bool = False,
         max_edges: int = 3000,
         max_positions: int = 512,
         **kwargs: Any,
     ) -> None:
         if method not in METHODS:
-            raise CircuitError(f"unknown method {method!r}: use 'eap' (edge attribution patching) or 'acdc'.")
+            raise CircuitError(f"unknown method {method!r}: use 'eap' (edge attribution patching), 'eap-ig' "
+                               f"(EAP with integrated gradients) or 'acdc'.")
         if not isinstance(max_edges, int) or max_edges < 1:
             raise CircuitError(f"max_edges must be a positive integer, got {max_edges!r}.")
         _check_threshold(threshold, allow_none=True)
+        if not isinstance(signed, bool):
+            raise CircuitError(f"signed must be true or false, got {signed!r}.")
         patcher = EdgePatcher(model, clean, corrupted, metric=metric, answer=answer,
                               wrong_answer=wrong_answer, max_positions=max_positions)
         self._patcher = patcher
@@ -169,10 +176,11 @@ class CircuitWidget(MechWidget):
             nodes=nodes,
             size=size,
             acdc_threshold=acdc_default,
+            acdc_signed=signed,
             **kwargs,
         )
         if method == "acdc":
-            steps = patcher.acdc_steps(acdc_default)
+            steps = patcher.acdc_steps(acdc_default, signed=signed)
             while True:
                 try:
                     next(steps)
@@ -181,8 +189,7 @@ class CircuitWidget(MechWidget):
                     break
             self._show(result, acdc_default)
         else:
-            result = patcher.result("eap")
-            self._show(result, threshold)
+            self._show(self._eap_result(method), threshold)
 
     # ------------------------------------------------------------ state
     @property
@@ -287,15 +294,24 @@ class CircuitWidget(MechWidget):
         self._select(node)
         return {"node": self.selected}
 
-    def _req_acdc(self, threshold: float) -> Any:
+    def _req_acdc(self, threshold: float, signed: bool = False) -> Any:
         _check_threshold(threshold)
-        result = yield from self._patcher.acdc_steps(float(threshold))
+        result = yield from self._patcher.acdc_steps(float(threshold), signed=signed)
+        self.acdc_signed = signed
         self._show(result, float(threshold))
-        return {"method": "acdc", "threshold": float(threshold), "kept": self.faithfulness["n_edges"]}
+        return {"method": "acdc", "threshold": float(threshold), "signed": signed, "kept": self.faithfulness["n_edges"]}
 
-    def _req_eap(self) -> dict[str, Any]:
-        self._show(self._patcher.result("eap"), None)
-        return {"method": "eap"}
+    def _eap_result(self, method: str) -> CircuitResult:
+        if method == "eap-ig":
+            return self._patcher.result("eap-ig", self._patcher.eap_ig_scores(IG_STEPS))
+        return self._patcher.result("eap")
+
+    def _req_eap(self, ig: bool = False) -> dict[str, Any]:
+        if not isinstance(ig, bool):
+            raise CircuitError(f"ig must be true or false, got {ig!r}.")
+        method = "eap-ig" if ig else "eap"
+        self._show(self._eap_result(method), None)
+        return {"method": method}
 
     # ------------------------------------------------------------ Python API
     def set_threshold(self, threshold: float) -> Faithfulness:
@@ -319,14 +335,17 @@ class CircuitWidget(MechWidget):
         assert self.last_node_effect is not None
         return self.last_node_effect
 
-    def run_acdc(self, threshold: float) -> CircuitResult:
-        """Prune with ACDC at ``threshold`` (one forward pass per edge) and show its circuit."""
-        self._call("acdc", threshold=threshold)
+    def run_acdc(self, threshold: float, *, signed: bool = False) -> CircuitResult:
+        """Prune with ACDC at ``threshold`` (one forward pass per edge) and show its circuit;
+        ``signed``: edges that work against the behaviour go too (see
+        :meth:`~mechwidgets.analysis.circuits.EdgePatcher.acdc_steps`)."""
+        self._call("acdc", threshold=threshold, signed=signed)
         return self._result
 
-    def use_eap(self) -> CircuitResult:
-        """Show the EAP scores again."""
-        self._call("eap")
+    def use_eap(self, *, ig: bool = False) -> CircuitResult:
+        """Show the EAP scores again (with ``ig``: EAP-IG's, integrated gradients over
+        :data:`~mechwidgets.analysis.circuits.IG_STEPS` steps from the corrupted input)."""
+        self._call("eap", ig=ig)
         return self._result
 
     # ------------------------------------------------------------ static picture
@@ -365,7 +384,10 @@ def circuit_svg(result: CircuitResult, threshold: float, faithfulness: dict[str,
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
     ]
-    method = "EAP scores" if result.method == "eap" else f"ACDC (threshold {result.threshold:.3g})"
+    if result.method == "acdc":
+        method = f"ACDC (threshold {result.threshold:.3g})"
+    else:
+        method = "EAP-IG scores" if result.method == "eap-ig" else "EAP scores"
     title = f"Circuit — {method}: {len(kept)} of {graph.n_edges} edges with |score| ≥ {threshold:.3g}"
     parts.append(f'<text x="8" y="16" font-size="13" font-weight="bold">{escape(title)}</text>')
     if faithfulness:
@@ -418,6 +440,7 @@ def show_circuit(
     answer: Answers = None,
     wrong_answer: Answers = None,
     threshold: float | None = None,
+    signed: bool = False,
     max_edges: int = 3000,
     max_positions: int = 512,
 ) -> CircuitWidget:
@@ -434,13 +457,17 @@ def show_circuit(
         metric: ``"logit_diff"`` (default: ``answer`` minus ``wrong_answer`` logit at the last
             token), ``"logprob"`` (of ``answer``), or a callable of the ``[batch, d_vocab]``
             last-token logits returning a scalar.
-        method: ``"eap"`` (edge attribution patching, ~3 forward passes; the default) or
+        method: ``"eap"`` (edge attribution patching, ~3 forward passes; the default),
+            ``"eap-ig"`` (EAP with the gradients integrated from the corrupted to the clean
+            input, 5 more forward and backward passes: better where attention saturates) or
             ``"acdc"`` (exact pruning, one forward pass per edge).
         answer / wrong_answer: single tokens (one per prompt, or one for all). Defaults: the
             clean and the corrupted run's top predictions.
-        threshold: edges with ``|score| >= threshold`` form the circuit. EAP default: the
+        threshold: edges with ``|score| >= threshold`` form the circuit. EAP(-IG) default: the
             threshold keeping the strongest 10% of edges. ACDC: its pruning threshold (default
             2% of the clean-corrupted metric gap).
+        signed: ACDC only: also remove the edges whose removal helps the behaviour (the rule
+            of ACDC's own code; smaller circuits, faithfulness can exceed 1).
         max_edges: draw at most this many edges (the strongest; default 3000).
         max_positions: refuse longer prompts (default 512).
 
@@ -452,7 +479,7 @@ def show_circuit(
     """
     return CircuitWidget(
         model, clean, corrupted, metric=metric, method=method, answer=answer, wrong_answer=wrong_answer,
-        threshold=threshold, max_edges=max_edges, max_positions=max_positions,
+        threshold=threshold, signed=signed, max_edges=max_edges, max_positions=max_positions,
     )
 
 

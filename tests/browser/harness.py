@@ -481,6 +481,14 @@ class LabPage:
         self.panel.locator(".jp-Cell").first.wait_for(timeout=timeout_ms)
         self.wait_idle(timeout_ms)
 
+    def open_widget(self, name: str, setup: str, root: str, timeout_ms: float = 180_000) -> Any:
+        """Open a notebook whose one cell (``setup``) prints ``model: ...`` and ends with a
+        widget; run it; the widget's root element (CSS class ``root``)."""
+        self.open(name, [setup])
+        out = self.run_cell(0, timeout_ms=timeout_ms)
+        assert "model:" in out, out
+        return self.cell(0).locator(root)
+
     def wait_idle(self, timeout_ms: float = 120_000) -> None:
         """The kernel is connected and idle: the status bar reads '… | Idle' (not the toolbar)."""
         self.page.locator("#jp-main-statusbar").get_by_text(re.compile(r"\|\s*Idle")).first.wait_for(

@@ -53,10 +53,7 @@ def column(table: Any, col: int) -> list[str]:
 
 def test_attention_in_jupyterlab(lab_page: LabPage, screenshot: Any) -> None:
     lab = lab_page
-    lab.open("attention.ipynb", [SETUP])
-    out = lab.run_cell(0, timeout_ms=180_000)
-    assert "model:" in out, out
-    widget = lab.cell(0).locator(".mw-attention")
+    widget = lab.open_widget("attention.ipynb", SETUP, ".mw-attention")
     expect(widget.locator('[data-testid="thumb-grid"] .mw-thumb').first).to_be_visible(timeout=60_000)
     info = lab.py_json(
         '{"n_layers": w.n_layers, "n_heads": w.n_heads, "tokens": w.tokens, "layers": w.layers,'

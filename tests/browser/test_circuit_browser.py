@@ -17,6 +17,7 @@ import torch
 from harness import WidgetHarness, js_fmt
 from playwright.sync_api import expect
 
+from mechwidgets.analysis.circuits import IG_STEPS
 from mechwidgets.widgets.circuit import NODE_W, PORT_INDEX, port_y, show_circuit
 
 CLEAN = "When Mary and John went to the store , John gave a drink to"
@@ -215,10 +216,24 @@ def test_acdc_from_the_page(widget_harness: WidgetHarness, make_model: Any, scre
     assert visible_edges(el) == int(w.result.circuit().sum()) == w.faithfulness["n_edges"]
     expect(el.locator('[data-testid="faithfulness"]')).to_contain_text(f"faithfulness {js_fmt(w.faithfulness['normalized'], 3)}")
     screenshot(el, "acdc")
+    plain = int(w.result.circuit().sum())
+    # signed ACDC: tick the box, run again; edges working against the behaviour go too
+    el.locator('[data-testid="acdc-signed"]').check()
+    el.locator('[data-testid="acdc-button"]').click()
+    pump(m, lambda: w.acdc_signed and not w.progress)
+    expect(el.locator('[data-testid="circuit-title"]')).to_contain_text("ACDC (signed, threshold 0.020)")
+    assert visible_edges(el) == int(w.result.circuit().sum()) == w.faithfulness["n_edges"] <= plain
     el.locator('[data-testid="eap-button"]').click()
     expect(el.locator('[data-testid="circuit-title"]')).to_contain_text("edge attribution patching")
     m.settle()
     assert w.method == "eap"
+    # EAP-IG: the button asks Python, which integrates the gradients; the page draws its scores
+    el.locator('[data-testid="eap-ig-button"]').click()
+    expect(el.locator('[data-testid="circuit-title"]')).to_contain_text("integrated gradients (EAP-IG)")
+    m.settle()
+    assert w.method == "eap-ig" and torch.equal(w.result.scores, w.patcher.eap_ig_scores(IG_STEPS))
+    expect(el.locator('[data-testid="eap-ig-button"]')).to_be_disabled()
+    assert visible_edges(el) == w.faithfulness["n_edges"]
     assert_clean(widget_harness, m)
 
 

@@ -52,10 +52,7 @@ def check():
 
 def test_patching_in_jupyterlab(lab_page: LabPage, screenshot: Any) -> None:
     lab = lab_page
-    lab.open("patching.ipynb", [SETUP])
-    out = lab.run_cell(0, timeout_ms=180_000)
-    assert "model:" in out, out
-    widget = lab.cell(0).locator(".mw-patching")
+    widget = lab.open_widget("patching.ipynb", SETUP, ".mw-patching")
     tokens = lab.py_json("w.clean_tokens")
     expect(widget.locator('[data-testid="clean-tokens"] .mw-token')).to_have_count(len(tokens))
     expect(widget.locator('[data-testid="corrupted-tokens"]')).to_contain_text("No corrupted prompt yet")
