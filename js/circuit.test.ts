@@ -275,9 +275,13 @@ describe("circuit frontend", () => {
     const ig = el.querySelector('[data-testid="eap-ig-button"]') as HTMLButtonElement;
     expect(eap.disabled).toBe(true);
     expect(ig.disabled).toBe(false);
+    const box = el.querySelector('[data-testid="acdc-signed"]') as HTMLInputElement;
+    box.checked = true; // set up for the next ACDC run: new EAP-IG scores leave it ticked
     ig.click();
     expect(model.requests("eap")[0].args).toEqual({ ig: true });
     model.change("method", "eap-ig");
+    model.change("edges", model.get("edges"));
+    expect(box.checked).toBe(true);
     expect(el.querySelector('[data-testid="circuit-title"]')!.textContent).toContain("integrated gradients (EAP-IG)");
     expect(eap.disabled).toBe(false);
     expect(ig.disabled).toBe(true);

@@ -237,7 +237,6 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     eapButton.disabled = method() === "eap";
     igButton.disabled = method() === "eap-ig";
     if (document.activeElement !== acdcInput) acdcInput.value = String(model.get("acdc_threshold") ?? 0);
-    signedBox.checked = Boolean(model.get("acdc_signed"));
   };
 
   const drawCounts = (): void => {
@@ -594,6 +593,12 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     drawDetail();
   };
   const onText = (): void => drawText();
+  // the box shows how the last ACDC run pruned; ticking it only sets up the next run, and new
+  // scores arriving (EAP, EAP-IG) leave it as the user set it
+  const onSigned = (): void => {
+    signedBox.checked = Boolean(model.get("acdc_signed"));
+    drawText();
+  };
   model.on("change:edges", onEdges);
   model.on("change:nodes", onEdges);
   model.on("change:threshold", onThreshold);
@@ -602,9 +607,10 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   model.on("change:selected", onDetail);
   model.on("change:method", onText);
   model.on("change:acdc_threshold", onText);
-  model.on("change:acdc_signed", onText);
+  model.on("change:acdc_signed", onSigned);
 
   buildGraph();
+  signedBox.checked = Boolean(model.get("acdc_signed"));
   drawText();
   drawCounts();
   drawFaith();
@@ -619,7 +625,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     model.off("change:selected", onDetail);
     model.off("change:method", onText);
     model.off("change:acdc_threshold", onText);
-    model.off("change:acdc_signed", onText);
+    model.off("change:acdc_signed", onSigned);
     client.dispose();
     status.dispose();
   };

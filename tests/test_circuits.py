@@ -724,8 +724,9 @@ def test_show_circuit_with_acdc(small: Any) -> None:
                           wrong_answer=" John")
     assert signed.acdc_signed and signed.faithfulness["metric"] == pytest.approx(signed.result.circuit_metric, abs=1e-6)
     assert signed.faithfulness["n_edges"] == int(signed.result.circuit().sum())
+    assert signed.result.signed and "ACDC (signed, threshold 0.02)" in (signed._static_svg() or "")
     signed.run_acdc(0.02)  # and back: |change| ACDC, the same circuit as `w`'s
-    assert not signed.acdc_signed and torch.equal(signed.result.scores, w.result.scores)
+    assert not signed.acdc_signed and not signed.result.signed and torch.equal(signed.result.scores, w.result.scores)
     with pytest.raises(CircuitError, match="signed must be true or false"):
         show_circuit(small, CLEAN, CORRUPTED, method="acdc", signed=1)  # type: ignore[arg-type]
     with pytest.raises(CircuitError, match="signed ACDC needs a threshold > 0"):

@@ -333,6 +333,7 @@ class CircuitResult:
         threshold: ACDC's threshold (the circuit it found is ``circuit(threshold)``); None for
             EAP.
         circuit_metric: ACDC only: the metric of the circuit it found.
+        signed: ACDC only: whether it pruned by the signed rule (see ``EdgePatcher.acdc_steps``).
         str_tokens: the clean prompts' tokens; ``answers`` / ``wrong_answers``: the answer
             tokens the metric read (one per prompt; ``wrong_answers`` for ``logit_diff``).
     """
@@ -348,6 +349,7 @@ class CircuitResult:
     wrong_answers: list[str] | None = None
     threshold: float | None = None
     circuit_metric: float | None = None
+    signed: bool = False
 
     @property
     def n_edges(self) -> int:
@@ -1150,7 +1152,8 @@ class EdgePatcher:
         return NodeEffect(g.nodes[idx].name, output, inputs, self.clean_metric, self.corrupted_metric)
 
     def result(self, method: str = "eap", scores: torch.Tensor | None = None, *,
-               threshold: float | None = None, circuit_metric: float | None = None) -> CircuitResult:
+               threshold: float | None = None, circuit_metric: float | None = None,
+               signed: bool = False) -> CircuitResult:
         return CircuitResult(
             method=method,
             graph=self.graph,
@@ -1163,6 +1166,7 @@ class EdgePatcher:
             wrong_answers=self._wrong,
             threshold=threshold,
             circuit_metric=circuit_metric,
+            signed=signed,
         )
 
     def acdc_order(self) -> list[int]:
@@ -1221,7 +1225,7 @@ class EdgePatcher:
             else:
                 removed[s, d] = False
             yield {"done": k + 1, "total": total, "message": f"ACDC: {kept} of {total} edges kept"}
-        return self.result("acdc", scores, threshold=float(threshold), circuit_metric=current)
+        return self.result("acdc", scores, threshold=float(threshold), circuit_metric=current, signed=signed)
 
 
 # ============================================================================================ functions

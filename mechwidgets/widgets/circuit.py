@@ -297,7 +297,7 @@ class CircuitWidget(MechWidget):
     def _req_acdc(self, threshold: float, signed: bool = False) -> Any:
         _check_threshold(threshold)
         result = yield from self._patcher.acdc_steps(float(threshold), signed=signed)
-        self.acdc_signed = signed
+        self.acdc_signed = result.signed
         self._show(result, float(threshold))
         return {"method": "acdc", "threshold": float(threshold), "signed": signed, "kept": self.faithfulness["n_edges"]}
 
@@ -385,7 +385,7 @@ def circuit_svg(result: CircuitResult, threshold: float, faithfulness: dict[str,
         f'<rect width="{width}" height="{height}" fill="white"/>',
     ]
     if result.method == "acdc":
-        method = f"ACDC (threshold {result.threshold:.3g})"
+        method = f"ACDC ({'signed, ' if result.signed else ''}threshold {result.threshold:.3g})"
     else:
         method = "EAP-IG scores" if result.method == "eap-ig" else "EAP scores"
     title = f"Circuit — {method}: {len(kept)} of {graph.n_edges} edges with |score| ≥ {threshold:.3g}"
