@@ -115,6 +115,7 @@ def _random_pair(batch: int, n_pos: int, d_vocab: int) -> tuple[torch.Tensor, to
 
 def measure_model(name: str, model: Any, prompts: tuple[Any, Any], tokens: torch.Tensor,
                   kwargs: dict[str, Any], *, acdc: bool) -> list[str]:
+    from mechwidgets._steps import run_to_end
     from mechwidgets.analysis.circuits import IG_STEPS, EdgePatcher
 
     clean, corrupted = prompts
@@ -157,15 +158,7 @@ def measure_model(name: str, model: Any, prompts: tuple[Any, Any], tokens: torch
         for signed, frac in ((False, 0.02), (True, 0.015)):
             tau = frac * gap
 
-            def run_acdc(tau: float = tau, signed: bool = signed) -> Any:
-                steps = patcher.acdc_steps(tau, signed=signed)
-                while True:
-                    try:
-                        next(steps)
-                    except StopIteration as stop:
-                        return stop.value
-
-            ac = interleaved(forward, run_acdc, 1)
+            ac = interleaved(forward, lambda tau=tau, signed=signed: run_to_end(patcher.acdc_steps(tau, signed=signed)), 1)
             out = ac["out"]
             per_edge = ac["call"] / n_edges / ac["fwd"]
             rows.append(

@@ -16,6 +16,7 @@ import torch
 from support import TL3
 
 from mechwidgets._model import hook_count
+from mechwidgets._steps import run_to_end
 from mechwidgets._tensor import decode_array
 from mechwidgets.analysis.circuits import (
     IG_STEPS,
@@ -451,8 +452,8 @@ def test_signed_acdc_removes_what_works_against_the_behaviour(patcher: EdgePatch
     """Replayed by hand: signed ACDC removes an edge iff the metric, on top of the edges removed
     so far, drops by less than tau; the circuit is smaller than |change| ACDC's and scores more."""
     tau = 0.01
-    signed = acdc_result(patcher.acdc_steps(tau, signed=True))
-    plain = acdc_result(patcher.acdc_steps(tau))
+    signed = run_to_end(patcher.acdc_steps(tau, signed=True))
+    plain = run_to_end(patcher.acdc_steps(tau))
     toward = 1.0 if patcher.clean_metric >= patcher.corrupted_metric else -1.0  # this random model: -1
     removed = torch.zeros_like(patcher._allowed)
     current = patcher.clean_metric
@@ -474,24 +475,10 @@ def test_signed_acdc_removes_what_works_against_the_behaviour(patcher: EdgePatch
         next(patcher.acdc_steps(0.1, signed="yes"))  # type: ignore[arg-type]
 
 
-def acdc_result(steps: Any) -> Any:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
-
-
 def test_acdc_huge_threshold_removes_everything(small: Any) -> None:
     patcher = EdgePatcher(small, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
     assert patcher.graph.n_edges == 13
-    steps = patcher.acdc_steps(1e9)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run_to_end(patcher.acdc_steps(1e9))
     assert not bool(result.circuit().any())
     assert result.circuit_metric == patcher.corrupted_metric
 

@@ -81,6 +81,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from .._model import ModelHandle
+from .._steps import run_to_end
 from ..errors import (
     AnswerError,
     ComponentError,
@@ -1291,12 +1292,7 @@ def acdc(
     """
     patcher = EdgePatcher(model, clean, corrupted, metric=metric, answer=answer, wrong_answer=wrong_answer,
                           max_positions=max_positions)
-    steps = patcher.acdc_steps(threshold, signed=signed)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+    return run_to_end(patcher.acdc_steps(threshold, signed=signed))
 
 
 def circuit_faithfulness(

@@ -120,6 +120,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 
 from .._model import ModelHandle
+from .._steps import run_to_end
 from ..errors import HypothesisError, MetricError, PromptError
 
 # ------------------------------------------------------------------------------------------------
@@ -1208,12 +1209,7 @@ class Scrubber:
 
     def evaluate(self, hypothesis: Node, *, n_seeds: int | None = None, seed: int | None = None) -> ScrubResult:
         """Scrub ``hypothesis``: the clean, random and scrubbed metric and the loss recovered."""
-        steps = self.evaluate_steps(hypothesis, n_seeds=n_seeds, seed=seed)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+        return run_to_end(self.evaluate_steps(hypothesis, n_seeds=n_seeds, seed=seed))
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import traitlets
 
+from .._steps import run_to_end
 from .._tensor import encode_array
 from ..analysis.circuits import (
     IG_STEPS,
@@ -180,14 +181,7 @@ class CircuitWidget(MechWidget):
             **kwargs,
         )
         if method == "acdc":
-            steps = patcher.acdc_steps(acdc_default, signed=signed)
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-            self._show(result, acdc_default)
+            self._show(run_to_end(patcher.acdc_steps(acdc_default, signed=signed)), acdc_default)
         else:
             self._show(self._eap_result(method), threshold)
 
