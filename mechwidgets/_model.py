@@ -139,8 +139,7 @@ class ModelHandle:
             PromptError: empty prompt, or longer than ``n_ctx`` or ``max_positions``.
         """
         if isinstance(prompt, str):
-            if not prompt.strip():
-                raise PromptError(f"the {what} is empty: pass some text to analyse.")
+            self._check_text(prompt, what)
             toks = self.model.to_tokens(prompt, truncate=False)
         else:
             toks = torch.as_tensor(prompt)
@@ -161,6 +160,65 @@ class ModelHandle:
                     f"the {what} holds token ids outside the vocabulary [0, {self.d_vocab}): "
                     f"{sorted(set(toks[bad].tolist()))[:5]}."
                 )
+        return self._checked_length(toks, max_positions, what)
+
+    def tokens_many(
+        self,
+        prompts: Sequence[str | torch.Tensor | Sequence[int]],
+        *,
+        max_positions: int | None = None,
+        what: Sequence[str] | None = None,
+    ) -> list[torch.Tensor]:
+        """:meth:`tokens` of several prompts (``what[i]`` names prompt ``i`` in errors): the
+        strings go through one call of the tokenizer where TransformerLens's ``to_tokens`` is
+        exactly that call (a ``HookedTransformer``), each prompt on its own otherwise."""
+        names = list(what) if what is not None else [f"prompt {i}" for i in range(len(prompts))]
+        texts = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+        for i in texts:
+            self._check_text(prompts[i], names[i])  # type: ignore[arg-type]
+        encoded = self._encode_many([prompts[i] for i in texts], bos=bool(self.cfg.default_prepend_bos))  # type: ignore[misc]
+        if encoded is None:
+            return [self.tokens(p, max_positions=max_positions, what=w) for p, w in zip(prompts, names, strict=True)]
+        out = dict(zip(texts, encoded, strict=True))
+        device = self.device
+        return [
+            self._checked_length(torch.tensor([out[i]], device=device), max_positions, names[i]) if i in out
+            else self.tokens(p, max_positions=max_positions, what=names[i])
+            for i, p in enumerate(prompts)
+        ]
+
+    def _encode_many(self, texts: list[str], *, bos: bool) -> list[list[int]] | None:
+        """Token ids of ``texts`` from one tokenizer call, as TransformerLens 3.x's
+        ``HookedTransformer.to_tokens(text, prepend_bos=bos)`` gives them one at a time (its
+        code: the BOS token's text put in front where the tokenizer adds none, or the
+        tokenizer's BOS dropped); ``None`` where that cannot be reproduced exactly (another
+        model class, an overridden ``to_tokens``, an unset ``tokenizer_prepends_bos``)."""
+        if not texts:
+            return []
+        tok = getattr(self.model, "tokenizer", None)
+        if self.kind != "hooked" or tok is None or not callable(tok):
+            return None
+        try:
+            from transformer_lens import HookedTransformer
+        except ImportError:  # pragma: no cover - TransformerLens 4.x
+            return None
+        prepends = getattr(self.cfg, "tokenizer_prepends_bos", None)
+        if getattr(type(self.model), "to_tokens", None) is not HookedTransformer.to_tokens or prepends is None:
+            return None
+        if bos and not prepends and tok.bos_token is not None:
+            texts = [tok.bos_token + t for t in texts]
+        ids = [list(i) for i in tok(texts, truncation=False)["input_ids"]]
+        if not bos and prepends and tok.bos_token_id is not None:
+            if getattr(tok, "padding_side", "right") != "right":
+                return None  # TransformerLens then drops the first BOS token it finds
+            ids = [i[1:] for i in ids]
+        return ids
+
+    def _check_text(self, prompt: str, what: str) -> None:
+        if not prompt.strip():
+            raise PromptError(f"the {what} is empty: pass some text to analyse.")
+
+    def _checked_length(self, toks: torch.Tensor, max_positions: int | None, what: str) -> torch.Tensor:
         n = int(toks.shape[1])
         if n > self.n_ctx:
             raise PromptError(
@@ -216,6 +274,14 @@ class ModelHandle:
                 f"token. Pass one of them (mind the leading space, e.g. ' Mary'), or a token id."
             )
         return int(toks[0])
+
+    def single_tokens(self, texts: Sequence[str | int], *, what: str = "answer") -> list[int]:
+        """:meth:`single_token` of several answers, the strings in one tokenizer call where that
+        gives the same ids (see :meth:`tokens_many`)."""
+        strs = sorted({t for t in texts if isinstance(t, str) and t != ""})
+        encoded = self._encode_many(strs, bos=False)
+        known = {} if encoded is None else {t: ids[0] for t, ids in zip(strs, encoded, strict=True) if len(ids) == 1}
+        return [known[t] if isinstance(t, str) and t in known else self.single_token(t, what=what) for t in texts]
 
     def token_str(self, token: int) -> str:
         return self.token_strs([token])[0]

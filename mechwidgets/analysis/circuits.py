@@ -419,6 +419,13 @@ def _answer_list(answers: Answers, n: int, what: str) -> list[str | int | None]:
     return items
 
 
+def _resolve(handle: ModelHandle, answers: list[str | int | None], what: str) -> list[int | None]:
+    """Answer strings and ids as checked token ids (``None`` stays: the default answer)."""
+    given = [a for a in answers if a is not None]
+    ids = iter(handle.single_tokens(given, what=what))
+    return [None if a is None else next(ids) for a in answers]
+
+
 # ============================================================================================ patcher
 @contextlib.contextmanager
 def _grad_mode(model: torch.nn.Module, grad: bool) -> Iterator[None]:
@@ -537,19 +544,17 @@ class EdgePatcher:
                 f"got {len(clean_list)} clean prompts but {len(corrupted_list)} corrupted ones: "
                 f"pass one corrupted prompt per clean prompt."
             )
-        clean_toks, corrupted_toks = [], []
-        for i, (c, k) in enumerate(zip(clean_list, corrupted_list, strict=True)):
-            what = f"clean prompt {i}" if len(clean_list) > 1 else "clean prompt"
-            ct = handle.tokens(c, max_positions=max_positions, what=what)[0]
-            kt = handle.tokens(k, max_positions=max_positions, what=what.replace("clean", "corrupted"))[0]
+        n = len(clean_list)
+        names = [f"{kind} prompt {i}" if n > 1 else f"{kind} prompt" for kind in ("clean", "corrupted") for i in range(n)]
+        toks = [t[0] for t in handle.tokens_many(clean_list + corrupted_list, max_positions=max_positions, what=names)]
+        clean_toks, corrupted_toks = toks[:n], toks[n:]
+        for i, (ct, kt) in enumerate(zip(clean_toks, corrupted_toks, strict=True)):
             if ct.shape[0] != kt.shape[0]:
                 raise PromptError(
-                    f"{what} is {ct.shape[0]} tokens but its corrupted twin is {kt.shape[0]}: edge "
+                    f"{names[i]} is {ct.shape[0]} tokens but its corrupted twin is {kt.shape[0]}: edge "
                     f"patching needs pairs with the same number of tokens. Clean tokens: "
                     f"{self._labels(ct)}; corrupted tokens: {self._labels(kt)}."
                 )
-            clean_toks.append(ct)
-            corrupted_toks.append(kt)
         lengths = [int(t.shape[0]) for t in clean_toks]
         width = max(lengths)
         device = handle.device
@@ -852,8 +857,8 @@ class EdgePatcher:
             # explicit answers' strings decoded at once, for the descriptions and notes)
             has_tokenizer = getattr(handle.model, "tokenizer", None) is not None
             if has_tokenizer:
-                answers = [a if a is None else handle.single_token(a, what="answer") for a in answers]
-                wrongs = [w if w is None else handle.single_token(w, what="wrong answer") for w in wrongs]
+                answers = _resolve(handle, answers, "answer")
+                wrongs = _resolve(handle, wrongs, "wrong answer")
                 handle.token_strs([a for a in answers + wrongs if a is not None])
             answer_ids, wrong_ids, notes = [], [], []
             for i in range(B):
