@@ -792,7 +792,8 @@ class EdgePatcher:
     def _ln_vjp(self, layer: int, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Gradients of each head's own ``ln1`` input from the gradients of its ``ln1`` output:
         ``x`` ``[n, d]`` (``resid_pre`` at ``n`` positions, the same for every head),
-        ``upstream`` ``[k, n, d]`` (one row of gradients per head and port).
+        ``upstream`` ``[k, n, d]`` (one row of gradients per head and port; overwritten: the
+        caller's own scratch tensor).
 
         TransformerLens's LayerNorm / RMSNorm (with or without weights) in closed form, with the
         statistics of ``x`` computed once for all heads; any other module through autograd."""
@@ -801,15 +802,17 @@ class EdgePatcher:
         if isinstance(ln, torch.nn.Identity):
             return upstream
         if kind in ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre") and hasattr(ln, "eps"):
-            # in place where the tensor is ours: a fresh [k, n, d] tensor per step costs more
-            # (allocation, page faults) than the arithmetic on it
+            # in place: a fresh [k, n, d] tensor per step costs more (allocation, page faults)
+            # than the arithmetic on it; the per-position dot product as a batched matmul
             x = x.float()
             if kind.startswith("LayerNorm"):
                 x = x - x.mean(-1, keepdim=True)
             inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + ln.eps)  # [n, 1]
             normed = x * inv
-            g = upstream.float() * ln.w.detach().float() if hasattr(ln, "w") else upstream.float().clone()
-            along = (g * normed).mean(-1, keepdim=True)
+            g = upstream.float()
+            if hasattr(ln, "w"):
+                g.mul_(ln.w.detach().float())
+            along = torch.bmm(g.transpose(0, 1), normed[:, :, None]).div_(g.shape[-1]).transpose(0, 1)  # [k, n, 1]
             if kind.startswith("LayerNorm"):
                 g.sub_(g.mean(-1, keepdim=True))
             return g.addcmul_(normed, along, value=-1).mul_(inv)
