@@ -143,7 +143,9 @@ def test_demo_marimo_export_html_toy_lm(tmp_path: Path) -> None:
 
     if not (zoo.model_dir("toy-lm") / "config.json").exists():
         pytest.skip("zoo model toy-lm is not built (python -m mechwidgets.zoo.train toy-lm)")
-    cells = marimo_export(DEMO, tmp_path / "demo.html")
+    demo = tmp_path / DEMO.name  # a copy: marimo stores its session in __marimo__/ beside the file
+    demo.write_text(DEMO.read_text(encoding="utf-8"), encoding="utf-8")
+    cells = marimo_export(demo, tmp_path / "demo.html")
     assert "".join(_outputs(cells, "text/html")).count("<marimo-anywidget") == 1
     assert "Highest induction score" in "".join(_outputs(cells, "text/markdown"))
 
