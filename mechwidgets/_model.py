@@ -14,6 +14,7 @@ version is installed. Everything else in the package talks to the model through 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -56,6 +57,17 @@ def tl_major_version() -> int:
         return 3 if getattr(transformer_lens, "HookedTransformer", None) is not None else 4
     except ImportError:
         return 4
+
+
+@functools.cache
+def _tl_version() -> tuple[int, ...]:
+    """The installed TransformerLens version as numbers (``(0,)`` when unknown)."""
+    from importlib.metadata import version
+
+    try:
+        return tuple(int(x) for x in version("transformer_lens").split(".")[:2])
+    except Exception:  # pragma: no cover - not installed as a distribution, or a local version
+        return (0,)
 
 
 def hook_count(model: Any) -> int:
@@ -174,36 +186,43 @@ class ModelHandle:
         exactly that call (a ``HookedTransformer``), each prompt on its own otherwise."""
         names = list(what) if what is not None else [f"prompt {i}" for i in range(len(prompts))]
         texts = [i for i, p in enumerate(prompts) if isinstance(p, str)]
-        for i in texts:
-            self._check_text(prompts[i], names[i])  # type: ignore[arg-type]
         encoded = self._encode_many([prompts[i] for i in texts], bos=bool(self.cfg.default_prepend_bos))  # type: ignore[misc]
         if encoded is None:
             return [self.tokens(p, max_positions=max_positions, what=w) for p, w in zip(prompts, names, strict=True)]
         out = dict(zip(texts, encoded, strict=True))
         device = self.device
-        return [
-            self._checked_length(torch.tensor([out[i]], device=device), max_positions, names[i]) if i in out
-            else self.tokens(p, max_positions=max_positions, what=names[i])
-            for i, p in enumerate(prompts)
-        ]
+        result = []
+        for i, p in enumerate(prompts):  # checked in order, as one at a time
+            if i in out:
+                self._check_text(p, names[i])  # type: ignore[arg-type]
+                result.append(self._checked_length(torch.tensor([out[i]], device=device), max_positions, names[i]))
+            else:
+                result.append(self.tokens(p, max_positions=max_positions, what=names[i]))
+        return result
 
     def _encode_many(self, texts: list[str], *, bos: bool) -> list[list[int]] | None:
         """Token ids of ``texts`` from one tokenizer call, as TransformerLens 3.x's
         ``HookedTransformer.to_tokens(text, prepend_bos=bos)`` gives them one at a time (its
         code: the BOS token's text put in front where the tokenizer adds none, or the
         tokenizer's BOS dropped); ``None`` where that cannot be reproduced exactly (another
-        model class, an overridden ``to_tokens``, an unset ``tokenizer_prepends_bos``)."""
+        model class or TransformerLens version, an overridden ``to_tokens``, an unset
+        ``tokenizer_prepends_bos``, a tokenizer without a padding token: ``to_tokens`` raises)."""
         if not texts:
             return []
         tok = getattr(self.model, "tokenizer", None)
-        if self.kind != "hooked" or tok is None or not callable(tok):
+        if self.kind != "hooked" or tok is None or not callable(tok) or getattr(tok, "pad_token", None) is None:
             return None
         try:
             from transformer_lens import HookedTransformer
         except ImportError:  # pragma: no cover - TransformerLens 4.x
             return None
         prepends = getattr(self.cfg, "tokenizer_prepends_bos", None)
-        if getattr(type(self.model), "to_tokens", None) is not HookedTransformer.to_tokens or prepends is None:
+        if (
+            _tl_version()[0] != 3
+            or getattr(type(self.model), "to_tokens", None) is not HookedTransformer.to_tokens
+            or "to_tokens" in vars(self.model)
+            or prepends is None
+        ):
             return None
         if bos and not prepends and tok.bos_token is not None:
             texts = [tok.bos_token + t for t in texts]
