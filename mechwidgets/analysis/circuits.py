@@ -427,14 +427,6 @@ def _resolve(handle: ModelHandle, answers: list[str | int | None], what: str) ->
 
 
 # ============================================================================================ patcher
-@contextlib.contextmanager
-def _grad_mode(model: torch.nn.Module, grad: bool) -> Iterator[None]:
-    """Autograd on or off for a model in eval mode, the grad mode restored. Gradients are only
-    ever taken with ``torch.autograd.grad``, which leaves the parameters' ``.grad`` alone."""
-    with torch.set_grad_enabled(grad):
-        yield
-
-
 class EdgePatcher:
     """A model, a batch of clean/corrupted prompt pairs and a metric, ready for edge patching.
 
@@ -607,7 +599,7 @@ class EdgePatcher:
         if model.training:
             outer: contextlib.AbstractContextManager[Any] = self.handle.session(grad=grad)
         else:
-            outer = _grad_mode(model, grad)
+            outer = torch.set_grad_enabled(grad)
         with outer:
             if not self.graph.has_mlp:
                 yield
@@ -789,6 +781,22 @@ class EdgePatcher:
     #: gradients (in a batch, the backward pass would also go through them).
     FUSE_BELOW: float = 4e6
 
+    def _work(self) -> int:
+        """The work of one forward pass over the batch, as :attr:`FUSE_BELOW` measures it."""
+        return self.batch * int(self.clean_tokens.shape[1]) * self.handle.d_model ** 2 * self.graph.n_layers
+
+    @staticmethod
+    def _grads_at(metric: torch.Tensor | None, final: torch.Tensor,
+                  live: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Gradients of ``metric`` at the final residual (``"final"``) and at a run's live
+        ``hook_q/k/v`` / ``hook_mlp_in`` tensors (:meth:`_record`), detached; zeros where it does
+        not reach one, and everywhere for ``metric=None`` (a metric whose gradient is not taken)."""
+        names, targets = ["final", *live], [final, *live.values()]
+        grads: Sequence[torch.Tensor | None] = (
+            torch.autograd.grad(metric, targets, allow_unused=True) if metric is not None else [None] * len(targets)
+        )
+        return {n: (torch.zeros_like(t) if g is None else g).detach() for n, t, g in zip(names, targets, grads, strict=True)}
+
     def _ln_vjp(self, layer: int, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Gradients of each head's own ``ln1`` input from the gradients of its ``ln1`` output:
         ``x`` ``[n, d]`` (``resid_pre`` at ``n`` positions, the same for every head),
@@ -823,9 +831,8 @@ class EdgePatcher:
 
     def _setup(self, answers: list[Any], wrongs: list[Any]) -> None:
         handle = self.handle
-        L, B = self.graph.n_layers, self.batch
-        work = B * self.clean_tokens.shape[1] * handle.d_model ** 2 * L
-        fused = work < self.FUSE_BELOW
+        B = self.batch
+        fused = self._work() < self.FUSE_BELOW
         with self._edge_mode(grad=True):
             if fused:  # one forward pass, clean prompts first
                 both = self._record(torch.cat([self.clean_tokens, self.corrupted_tokens]), grad=True)
@@ -881,17 +888,11 @@ class EdgePatcher:
             # clean run's metric and its gradient at hook_q/k/v, hook_mlp_in and the final residual
             metric = self._metric(final)
             self.clean_metric = self._finite(metric, "clean")
-            live: dict[str, torch.Tensor] = (both if fused else clean)["live"]  # type: ignore[assignment]
-            targets = [live_final, *live.values()]
-            grads: Sequence[torch.Tensor | None]
-            if metric.requires_grad and self.metric_name != "kl":  # KL's gradient is 0 at the clean run
-                grads = torch.autograd.grad(metric, targets, allow_unused=True)
-            else:  # a metric that detached its input: every score is 0
-                grads = [None] * len(targets)
-        grad_of: dict[str, torch.Tensor] = {}
-        for name, t, g in zip(["final", *live], targets, grads, strict=True):
-            grad_of[name] = (torch.zeros_like(t) if g is None else g.detach())[:B]
-        del live, targets, grads  # the autograd graph goes with them
+            # KL's gradient is 0 at the clean run; a metric that detached its input scores 0 too
+            takes_grad = metric.requires_grad and self.metric_name != "kl"
+            live = (both if fused else clean)["live"]
+            grad_of = {name: g[:B] for name, g in
+                       self._grads_at(metric if takes_grad else None, live_final, live).items()}
         self._clean_rec = {k: v for k, v in clean.items() if k != "live"} | {"final": final.detach()}
         self._corr_rec = {k: v for k, v in corr.items() if k != "live"} | {"final": corr_final}
         self._clean_final = final.detach()
@@ -965,8 +966,7 @@ class EdgePatcher:
             return self._ig_cache[steps].clone()
         B = self.batch
         clean0, corr0 = self._clean_resid_pre[0], self._corr_resid_pre[0]  # [b, p, d]
-        work = B * self.clean_tokens.shape[1] * self.handle.d_model ** 2 * self.graph.n_layers
-        per_run = max(1, min(steps, int(self.FUSE_BELOW // max(work, 1))))
+        per_run = max(1, min(steps, int(self.FUSE_BELOW // max(self._work(), 1))))
         alphas = torch.arange(1, steps + 1, dtype=torch.float64) / steps
         grad_dst: list[torch.Tensor] | None = None
         for start in range(0, steps, per_run):
@@ -983,13 +983,9 @@ class EdgePatcher:
                                    first=[("blocks.0.hook_resid_pre", embed)])
                 final = rec["final"]
                 metric = torch.stack([self._metric(final[k * B:(k + 1) * B]) for k in range(m)]).sum() / steps
-                names = ["final", *rec["live"]]
-                targets = [final, *rec["live"].values()]
-                grads = torch.autograd.grad(metric, targets, allow_unused=True)
-            grad_of = {n: (torch.zeros_like(t) if g is None else g).detach()
-                       for n, t, g in zip(names, targets, grads, strict=True)}
+                grad_of = self._grads_at(metric, final, rec["live"])
             pre = rec["pre"]
-            del rec, targets, grads, final, metric  # the autograd graph goes with them
+            del rec, final, metric  # the autograd graph goes with them
             part = self._dest_grads(grad_of, pre, m)
             grad_dst = part if grad_dst is None else [a.add_(b) for a, b in zip(grad_dst, part, strict=True)]
         assert grad_dst is not None
