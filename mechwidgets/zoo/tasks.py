@@ -514,8 +514,7 @@ def _ordinary_sentence(rng: random.Random) -> str:
         elif k < 0.8:  # a giving verb with a thing or (half the time) another person as recipient
             verb = rng.choice(("gave", "handed", "threw", "sent", "showed", "brought", "offered"))  # type: ignore[assignment]
             if rng.random() < 0.5:
-                name, other = _two_names(rng, False)
-                to = other
+                _, to = _two_names(rng, False)
             else:
                 to = f"the {rng.choice(NOUNS)}"
             body = f"{verb} {article(o := rng.choice(OBJECTS))} {o} to {to}"

@@ -854,8 +854,8 @@ def _circuit_lines(cfg: dict[str, Any], r: dict[str, Any]) -> list[str]:
     n_layers, n_heads = cfg["n_layers"], cfg["n_heads"]
     patch, dla = s["patch_recovery"], s["dla"]
     to_io, to_s, dup = s["attn_end_to_io"], s["attn_end_to_s"], s["attn_s2_to_s1"]
-    movers = [(i, h) for i, h in _heads(dla, lambda v: v > 0.5) if to_io[i][h] > to_s[i][h]]
     writers = _heads(dla, lambda v: v > 0.5)
+    movers = [(i, h) for i, h in writers if to_io[i][h] > to_s[i][h]]
     suppressors = [(i, h) for i, h in writers if to_s[i][h] > max(to_io[i][h], 0.3)]
     others = [(i, h) for i, h in writers if (i, h) not in movers + suppressors]
     negative = _heads(dla, lambda v: v < -0.5)
