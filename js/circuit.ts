@@ -610,8 +610,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   model.on("change:acdc_signed", onSigned);
 
   buildGraph();
-  signedBox.checked = Boolean(model.get("acdc_signed"));
-  drawText();
+  onSigned(); // the box and the text
   drawCounts();
   drawFaith();
   drawDetail();
