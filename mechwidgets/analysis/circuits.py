@@ -270,6 +270,15 @@ def build_graph(n_layers: int, n_heads: int, *, has_mlp: bool, parallel_attn_mlp
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _shared_graph(n_layers: int, n_heads: int, has_mlp: bool,
+                  parallel_attn_mlp: bool) -> tuple[CircuitGraph, torch.Tensor, torch.Tensor]:
+    """:func:`build_graph`, its :meth:`~CircuitGraph.allowed` mask and its ``dest_layer`` as a
+    tensor, built once per model shape (a patcher for a prompt builds none; none is modified)."""
+    graph = build_graph(n_layers, n_heads, has_mlp=has_mlp, parallel_attn_mlp=parallel_attn_mlp)
+    return graph, graph.allowed(), torch.tensor(graph.dest_layer)
+
+
 # ============================================================================================ results
 @dataclass
 class Faithfulness:
@@ -487,12 +496,10 @@ class EdgePatcher:
             )
         self._metric_arg = metric
         cfg = handle.cfg
-        self.graph = build_graph(
-            handle.n_layers, handle.n_heads, has_mlp=not bool(getattr(cfg, "attn_only", False)),
-            parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        self.graph, self._allowed, self._dest_layer = _shared_graph(
+            handle.n_layers, handle.n_heads, not bool(getattr(cfg, "attn_only", False)),
+            bool(getattr(cfg, "parallel_attn_mlp", False)),
         )
-        self._allowed = self.graph.allowed()
-        self._dest_layer = torch.tensor(self.graph.dest_layer)
         self._ig_cache: dict[int, torch.Tensor] = {}
         self._tokenize(clean, corrupted, max_positions)
         answers = _answer_list(answer, self.batch, "answer")
