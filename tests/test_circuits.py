@@ -512,6 +512,20 @@ def test_other_metrics(model: Any, unchanged: Any) -> None:
     assert float(kl.eap_scores.abs().max()) == 0.0  # KL's gradient vanishes at the clean run
     full = torch.ones(kl.graph.n_edges, dtype=torch.bool)
     assert kl.faithfulness(~full).normalized == 0.0
+    # a metric without a gradient: EAP and EAP-IG say so (their scores would all be 0); ACDC's
+    # exact patching still takes it
+    top = model.to_single_token(" Mary")
+
+    def detached(logits: torch.Tensor) -> torch.Tensor:
+        return logits.detach().softmax(-1)[:, top]
+
+    flat = EdgePatcher(model, CLEAN, CORRUPTED, metric=detached)
+    assert flat.clean_metric == pytest.approx(pr.clean_metric, abs=1e-7)
+    for method, scores in (("EAP", flat.result), ("EAP-IG", flat.eap_ig_scores)):
+        with pytest.raises(MetricError, match=rf"detached.*without a gradient.*so {method} would score every edge 0"):
+            scores()
+    acdc = run_to_end(flat.acdc_steps(0.0))
+    assert acdc.circuit().all() and acdc.circuit_metric == pytest.approx(flat.clean_metric, abs=1e-6)
     # default answers: the clean and the corrupted runs' top tokens, as activation patching picks them
     default = EdgePatcher(model, CLEAN, CORRUPTED)
     assert any("answer defaulted to the clean run's top token" in n for n in default.notes)
@@ -531,6 +545,7 @@ BAD_INPUT = [
     (dict(metric=lambda logits: logits[:, 0].mean()), MetricError, "a single number for the whole batch"),
     (dict(metric=lambda logits: logits[:, 0] * float("nan")), MetricError, "NaN or infinite"),
     (dict(corrupted=CLEAN), MetricError, "they are equal"),
+    (dict(metric=lambda logits: logits.detach()[:, 0] - logits.detach()[:, 1]), MetricError, "without a gradient"),
     (dict(method="magic"), CircuitError, "unknown method 'magic'"),
     (dict(threshold=-1.0), CircuitError, "finite number >= 0"),
     (dict(max_edges=0), CircuitError, "max_edges must be a positive integer"),

@@ -454,7 +454,8 @@ class EdgePatcher:
             and averaged over the prompts: ``"logit_diff"`` (``logit[answer] -
             logit[wrong_answer]``, the default), ``"logprob"``, ``"prob"``, ``"kl"`` (KL from the
             clean run's distribution; its gradient vanishes at the clean run, so its EAP scores
-            are 0: use ACDC with it), or a callable ``[batch, d_vocab] -> [batch]``.
+            are 0: use ACDC with it), or a callable ``[batch, d_vocab] -> [batch]`` (differentiable
+            for EAP and EAP-IG; ACDC and faithfulness take any).
         answer: the answer token(s) (strings that are one token, or ids; one per prompt or one
             for all). Default: the clean run's top prediction for each prompt.
         wrong_answer: for ``logit_diff``: default the corrupted run's top prediction (its
@@ -462,7 +463,8 @@ class EdgePatcher:
         max_positions: refuse prompts longer than this (default 512).
 
     Raises:
-        MetricError: unknown metric, a non-finite metric, or equal clean and corrupted metrics.
+        MetricError: unknown metric, a non-finite metric, or equal clean and corrupted metrics
+            (and from :meth:`result` / :meth:`eap_ig_scores`: a metric without a gradient).
         PromptError: empty prompts, different numbers of prompts or of tokens in a pair.
         AnswerError: an answer that is not one token, the wrong number of answers, or an answer
             equal to the wrong answer.
@@ -895,8 +897,10 @@ class EdgePatcher:
             # clean run's metric and its gradient at hook_q/k/v, hook_mlp_in and the final residual
             metric = self._metric(final)
             self.clean_metric = self._finite(metric, "clean")
-            # KL's gradient is 0 at the clean run; a metric that detached its input scores 0 too
-            takes_grad = metric.requires_grad and self.metric_name != "kl"
+            # KL's gradient is 0 at the clean run (its EAP scores are 0); a metric without one at
+            # all (detached, piecewise constant) is refused by EAP and EAP-IG (_gradient_metric)
+            self.has_gradient = bool(metric.requires_grad)
+            takes_grad = self.has_gradient and self.metric_name != "kl"
             live = (both if fused else clean)["live"]
             grad_of = {name: g[:B] for name, g in
                        self._grads_at(metric if takes_grad else None, live_final, live).items()}
@@ -969,6 +973,7 @@ class EdgePatcher:
         Costs ``steps`` forward and backward passes (run as one batch for small models)."""
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise CircuitError(f"EAP-IG's steps must be an integer >= 1, got {steps!r}.")
+        self._gradient_metric("EAP-IG")
         if steps in self._ig_cache:
             return self._ig_cache[steps].clone()
         B = self.batch
@@ -1163,9 +1168,24 @@ class EdgePatcher:
                 inputs[port] = self.patched_metric(removed)
         return NodeEffect(g.nodes[idx].name, output, inputs, self.clean_metric, self.corrupted_metric)
 
+    def _gradient_metric(self, method: str) -> None:
+        """Raise :class:`MetricError` if the metric has no gradient for ``method`` to follow."""
+        if not self.has_gradient:
+            raise MetricError(
+                f"the metric {self.metric_name!r} returns a value without a gradient (it detaches "
+                f"the logits, goes through .item() or NumPy, or is piecewise constant like an "
+                f"accuracy), so {method} would score every edge 0. Write it with differentiable "
+                f"torch operations on the logits, or use method='acdc' (exact patching, no "
+                f"gradients)."
+            )
+
     def result(self, method: str = "eap", scores: torch.Tensor | None = None, *,
                threshold: float | None = None, circuit_metric: float | None = None,
                signed: bool = False) -> CircuitResult:
+        """A :class:`CircuitResult` of ``scores`` (EAP's own when None: the metric must have a
+        gradient)."""
+        if scores is None:
+            self._gradient_metric("EAP")
         return CircuitResult(
             method=method,
             graph=self.graph,
