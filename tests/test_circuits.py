@@ -685,6 +685,19 @@ def test_widget_requests(widget: CircuitWidget, unchanged: Any) -> None:
     unchanged()
 
 
+def test_widget_says_a_metric_without_gradient_cannot_run_eap(model: Any, unchanged: Any) -> None:
+    def detached(logits: torch.Tensor) -> torch.Tensor:
+        return logits.detach()[:, 3] - logits.detach()[:, 4]
+
+    w = show_circuit(model, CLEAN, CORRUPTED, metric=detached, method="acdc")
+    sent = capture(w)
+    for rid, ig in enumerate((False, True)):
+        request(w, rid, "eap", ig=ig)
+        assert "without a gradient" in sent[-1]["error"] and w.error == sent[-1]["error"]
+        assert w.method == "acdc"
+    unchanged()
+
+
 def test_widget_acdc_job_progress_and_cancel(small: Any) -> None:
     w = show_circuit(small, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
     sent = capture(w)
