@@ -244,6 +244,33 @@ def test_eap_equals_hand_computed_gradient_product(
     assert float(result.scores.abs().max()) > 1e-3  # not a trivially zero comparison
 
 
+@pytest.mark.parametrize("variant", ["LN", "RMSPre"])
+@pytest.mark.parametrize("path", ["a layer at a time", "closed form per layer", "autograd"])
+def test_eap_destination_gradients_by_every_path(
+    make_model: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, variant: str, path: str
+) -> None:
+    """The norm backward in chunks of layers, per layer, or through autograd (a norm without a
+    closed form): the same scores as the hand-computed gradient product."""
+    model = make_model(**VARIANTS[variant])
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # each layer's norm weights its own (a layer's taken for another's shows)
+        for block in model.blocks:
+            if hasattr(block.ln1, "w"):
+                block.ln1.w.copy_(0.5 + torch.rand(block.ln1.w.shape, generator=gen))
+    if path == "a layer at a time":
+        monkeypatch.setattr(EdgePatcher, "CHUNK_FLOATS", 1)
+    elif path == "closed form per layer":
+        monkeypatch.setattr(EdgePatcher, "_ln1_stack", lambda self: None)
+    else:
+        monkeypatch.setattr(EdgePatcher, "CLOSED_FORM_NORMS", ())
+    result = edge_attribution_patching(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    model.set_use_hook_mlp_in(True)
+    np.testing.assert_allclose(result.scores.numpy(), np.array(hand_eap(model, result.graph.edge_names())),
+                               rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("variant", ["LN", "attn-only", "parallel"])
 def test_eap_ig_equals_hand_computed_integrated_gradients(make_model: Callable[..., Any], variant: str) -> None:
     model = make_model(**VARIANTS[variant])

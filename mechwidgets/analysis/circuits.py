@@ -806,33 +806,64 @@ class EdgePatcher:
         )
         return {n: (torch.zeros_like(t) if g is None else g).detach() for n, t, g in zip(names, targets, grads, strict=True)}
 
+    #: The most float32 numbers :meth:`_dest_grads` works on at once (1 MiB: an L2 cache).
+    CHUNK_FLOATS: int = 1 << 18
+
+    #: Norms whose backward :meth:`_norm_vjp` computes in closed form.
+    CLOSED_FORM_NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
+
+    def _ln1_stack(self) -> tuple[str, float, torch.Tensor | None] | None:
+        """``(kind, eps, weights [layer, d] or None)`` when every layer's ``ln1`` is the same
+        closed-form norm with the same ``eps`` (its backward then runs for all layers at once);
+        None otherwise (:meth:`_ln_vjp` layer by layer)."""
+        lns = [block.ln1 for block in self.handle.model.blocks]
+        kinds = {type(ln).__name__ for ln in lns}
+        if len(kinds) != 1 or not all(hasattr(ln, "eps") for ln in lns):
+            return None
+        kind = kinds.pop()
+        if kind not in self.CLOSED_FORM_NORMS or len({float(ln.eps) for ln in lns}) != 1:
+            return None
+        if not all(hasattr(ln, "w") for ln in lns):
+            return (kind, float(lns[0].eps), None) if not any(hasattr(ln, "w") for ln in lns) else None
+        return kind, float(lns[0].eps), torch.stack([ln.w.detach().float() for ln in lns])
+
+    @staticmethod
+    def _norm_vjp(kind: str, eps: float, w: torch.Tensor | None, x: torch.Tensor,
+                  upstream: torch.Tensor) -> torch.Tensor:
+        """The backward of TransformerLens's ``LayerNorm`` / ``RMSNorm`` (``...Pre``: no
+        weights) in closed form: ``x`` ``[..., n, d]`` (the norm's inputs at ``n`` positions),
+        ``upstream`` ``[..., k, n, d]`` (``k`` rows of gradients of its output, for the same
+        inputs; overwritten: the caller's own scratch tensor, returned itself when float32),
+        ``w`` ``[..., d]``; the statistics of ``x`` are computed once for all ``k`` rows."""
+        # in place where it can be: a fresh [k, n, d] tensor per step costs about as much as the
+        # arithmetic on it
+        x = x.float()
+        if kind.startswith("LayerNorm"):
+            x = x - x.mean(-1, keepdim=True)
+        inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)[..., None, :, :]  # [..., 1, n, 1]
+        normed = x[..., None, :, :] * inv  # [..., 1, n, d]
+        g = upstream.float()
+        if w is not None:
+            g.mul_(w[..., None, None, :])
+        along = (g * normed).mean(-1, keepdim=True)  # [..., k, n, 1]
+        if kind.startswith("LayerNorm"):
+            g.sub_(g.mean(-1, keepdim=True))
+        return g.addcmul_(normed, along, value=-1).mul_(inv)
+
     def _ln_vjp(self, layer: int, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Gradients of each head's own ``ln1`` input from the gradients of its ``ln1`` output:
         ``x`` ``[n, d]`` (``resid_pre`` at ``n`` positions, the same for every head),
-        ``upstream`` ``[k, n, d]`` (one row of gradients per head and port; overwritten: the
-        caller's own scratch tensor).
+        ``upstream`` ``[k, n, d]`` (one row of gradients per head and port; overwritten).
 
-        TransformerLens's LayerNorm / RMSNorm (with or without weights) in closed form, with the
-        statistics of ``x`` computed once for all heads; any other module through autograd."""
+        TransformerLens's LayerNorm / RMSNorm in closed form (:meth:`_norm_vjp`); any other
+        module through autograd."""
         ln = self.handle.model.blocks[layer].ln1
         kind = type(ln).__name__
         if isinstance(ln, torch.nn.Identity):
             return upstream
-        if kind in ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre") and hasattr(ln, "eps"):
-            # in place: a fresh [k, n, d] tensor per step costs more (allocation, page faults)
-            # than the arithmetic on it; the per-position dot product as a batched matmul
-            x = x.float()
-            if kind.startswith("LayerNorm"):
-                x = x - x.mean(-1, keepdim=True)
-            inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + ln.eps)  # [n, 1]
-            normed = x * inv
-            g = upstream.float()
-            if hasattr(ln, "w"):
-                g.mul_(ln.w.detach().float())
-            along = torch.bmm(g.transpose(0, 1), normed[:, :, None]).div_(g.shape[-1]).transpose(0, 1)  # [k, n, 1]
-            if kind.startswith("LayerNorm"):
-                g.sub_(g.mean(-1, keepdim=True))
-            return g.addcmul_(normed, along, value=-1).mul_(inv)
+        if kind in self.CLOSED_FORM_NORMS and hasattr(ln, "eps"):
+            w = ln.w.detach().float() if hasattr(ln, "w") else None
+            return self._norm_vjp(kind, float(ln.eps), w, x, upstream)
         with torch.enable_grad():
             xs = x[None].expand_as(upstream).clone().requires_grad_(True)
             (g_in,) = torch.autograd.grad(ln(xs[:, :, None])[:, :, 0], xs, upstream)
@@ -921,44 +952,75 @@ class EdgePatcher:
                     f"can be told apart (faithfulness divides by their difference). Use a corrupted "
                     f"prompt that changes the behaviour, or another metric."
                 )
-            grad_dst = self._dest_grads(grad_of, clean["pre"], 1)  # blocks of [dst, bp * d]
+            grad_dst = self._dest_grads(grad_of, clean["pre"], 1)  # heads' and the rest's [dst, bp * d]
         # EAP: score[src, dst] = sum over batch, pos, d_model of (a^corr - a^clean)_src * grad_dst
         self.eap_dense, self.eap_scores = self._scores(grad_dst)
         self.fused = fused
 
-    def _dest_grads(self, grad_of: dict[str, torch.Tensor], pre: list[torch.Tensor], reps: int) -> list[torch.Tensor]:
-        """Destination gradients ``[dst, batch * pos * d_model]``, as consecutive blocks of
-        destinations (one per layer's heads, MLP, logits), from the gradients at
-        ``hook_q/k/v``, ``hook_mlp_in`` and the final residual (``grad_of``) of a run of
-        ``reps`` copies of the batch (whose ``resid_pre`` are ``pre``), summed over the copies.
+    def _dest_grads(self, grad_of: dict[str, torch.Tensor], pre: list[torch.Tensor],
+                    reps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Destination gradients (float32) from the gradients at ``hook_q/k/v``,
+        ``hook_mlp_in`` and the final residual (``grad_of``) of a run of ``reps`` copies of the
+        batch (whose ``resid_pre`` are ``pre``), summed over the copies: ``(heads [layer * 3 *
+        head, batch * pos * d_model], rest [mlp... logits, batch * pos * d_model])``, in the
+        order of :meth:`_dest_columns`.
 
         A head's ``hook_q/k/v`` gradient is mapped back through ``W`` and ``ln1`` to its own
-        input (exactly what a separate per-head input would receive)."""
-        bp = self.batch * self.clean_tokens.shape[1]
+        input (exactly what a separate per-head input would receive): several layers per
+        batched product and closed-form norm backward where the norms allow it (a small
+        model's cost here is the number of operations, not their size)."""
+        L, H = self.graph.n_layers, self.graph.n_heads
         d = self.handle.d_model
-        out = []
+        attns = [self._attn(layer) for layer in range(L)]
         with torch.no_grad():
-            for layer in range(self.graph.n_layers):
-                attn = self._attn(layer)
-                w_qkv = torch.cat([attn.W_Q, attn.W_K, attn.W_V]).detach()  # [3H, d_model, d_head]
-                g_qkv = torch.cat([grad_of[f"{port}{layer}"] for port in ("q", "k", "v")], dim=2)  # [b, p, 3H, e]
-                g_qkv = g_qkv.to(w_qkv.dtype).flatten(0, 1).transpose(0, 1)  # [3H, reps * bp, e]
-                upstream = torch.bmm(g_qkv, w_qkv.transpose(1, 2))  # [3H, reps * bp, d]: grad of ln1's output
-                out.append(self._ln_vjp(layer, pre[layer].flatten(0, 1), upstream).float())
-                if self.graph.has_mlp:
-                    out.append(grad_of[f"mlp{layer}"].float().reshape(1, -1, d))
-            out.append(grad_of["final"].float().reshape(1, -1, d))
-        if reps == 1:
-            return [g.reshape(g.shape[0], bp * d) for g in out]
-        return [g.reshape(g.shape[0], reps, bp * d).sum(1) for g in out]
+            w_qkv = torch.cat([w for a in attns for w in (a.W_Q, a.W_K, a.W_V)]).detach().float()  # [L*3H, d_model, d_head]
+            g_qkv = torch.cat([grad_of[f"{port}{layer}"] for layer in range(L) for port in ("q", "k", "v")], dim=2)
+            g_qkv = g_qkv.float().flatten(0, 1).transpose(0, 1)  # [L*3H, reps * bp, e]
+            n = g_qkv.shape[1]
+            # the gradients of each layer's ln1 output, per head and port, become those of its
+            # input in place, a few layers at a time: as many as fit in CHUNK_FLOATS (a larger
+            # block falls out of the cache between the passes over it)
+            heads = torch.empty(L, 3 * H, n, d, device=g_qkv.device)
+            stack = self._ln1_stack()
+            xs = torch.stack(pre).flatten(1, 2) if stack is not None else None
+            per = max(1, self.CHUNK_FLOATS // (3 * H * n * d))
+            for lo in range(0, L, per):
+                hi = min(L, lo + per)
+                block = heads[lo:hi]
+                rows = slice(3 * H * lo, 3 * H * hi)
+                torch.bmm(g_qkv[rows], w_qkv[rows].transpose(1, 2), out=block.view(-1, n, d))
+                if stack is not None and xs is not None:
+                    kind, eps, w = stack  # float32 in place: the result is ``block`` itself
+                    self._norm_vjp(kind, eps, None if w is None else w[lo:hi], xs[lo:hi], block)
+                else:
+                    for layer in range(lo, hi):
+                        view = heads[layer]
+                        done = self._ln_vjp(layer, pre[layer].flatten(0, 1), view)
+                        if done is not view:
+                            view.copy_(done)
+            mlps = [grad_of[f"mlp{layer}"] for layer in range(L)] if self.graph.has_mlp else []
+            rest = torch.stack([g.float().reshape(-1, d) for g in [*mlps, grad_of["final"]]])
+        out = heads.reshape(L * 3 * H, reps, -1), rest.reshape(rest.shape[0], reps, -1)
+        return (out[0][:, 0], out[1][:, 0]) if reps == 1 else (out[0].sum(1), out[1].sum(1))
 
-    def _scores(self, grad_dst: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    @functools.cached_property
+    def _dest_columns(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The destination indices of :meth:`_dest_grads`'s two blocks: every layer's q, k, v
+        inputs of its heads, then every MLP and the logits."""
+        heads, mlps, logits = self._dest_slices()
+        head_cols = [i for layer in heads for port in ("q", "k", "v") for i in range(*layer[port])]
+        rest_cols = [m for m in mlps if m >= 0] + [logits]
+        return torch.tensor(head_cols), torch.tensor(rest_cols)
+
+    def _scores(self, grad_dst: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(dense [src, dst], per-edge [edge])`` scores: (corrupted - clean) source outputs,
         summed over batch, positions and d_model against the destination gradients."""
         with torch.no_grad():
             delta = self._sources(self._corr_rec, self._clean_rec).float()  # [src, bp, d]
             flat = delta.reshape(delta.shape[0], -1)
-            dense = torch.cat([flat @ block.T for block in grad_dst], dim=1).cpu()
+            dense = torch.zeros(self.graph.n_sources, self.graph.n_dests)
+            for cols, grads in zip(self._dest_columns, grad_dst, strict=True):
+                dense[:, cols] = (flat @ grads.T).cpu()
         dense = torch.where(self._allowed, dense, torch.zeros_like(dense))
         return dense, dense[self.graph.edge_src, self.graph.edge_dst].contiguous()
 
@@ -980,7 +1042,7 @@ class EdgePatcher:
         clean0, corr0 = self._clean_resid_pre[0], self._corr_resid_pre[0]  # [b, p, d]
         per_run = max(1, min(steps, int(self.FUSE_BELOW // max(self._work(), 1))))
         alphas = torch.arange(1, steps + 1, dtype=torch.float64) / steps
-        grad_dst: list[torch.Tensor] | None = None
+        grad_dst: tuple[torch.Tensor, torch.Tensor] | None = None
         for start in range(0, steps, per_run):
             chunk = alphas[start:start + per_run]
             m = len(chunk)
@@ -999,7 +1061,7 @@ class EdgePatcher:
             pre = rec["pre"]
             del rec, final, metric  # the autograd graph goes with them
             part = self._dest_grads(grad_of, pre, m)
-            grad_dst = part if grad_dst is None else [a.add_(b) for a, b in zip(grad_dst, part, strict=True)]
+            grad_dst = part if grad_dst is None else (grad_dst[0].add_(part[0]), grad_dst[1].add_(part[1]))
         assert grad_dst is not None
         _, scores = self._scores(grad_dst)
         self._ig_cache[steps] = scores
