@@ -245,19 +245,27 @@ def test_eap_equals_hand_computed_gradient_product(
 
 
 @pytest.mark.parametrize("variant", ["LN", "RMSPre"])
-@pytest.mark.parametrize("path", ["a layer at a time", "closed form per layer", "autograd"])
+@pytest.mark.parametrize("path", ["all layers at once", "two layers then one", "a layer at a time",
+                                  "closed form per layer", "autograd"])
 def test_eap_destination_gradients_by_every_path(
     make_model: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, variant: str, path: str
 ) -> None:
-    """The norm backward in chunks of layers, per layer, or through autograd (a norm without a
-    closed form): the same scores as the hand-computed gradient product."""
-    model = make_model(**VARIANTS[variant])
+    """The norm backward in chunks of layers (the last one shorter), per layer, or through
+    autograd (a norm without a closed form): the same scores as the hand-computed gradient
+    product, on 3 layers."""
+    model = make_model(n_layers=3, **VARIANTS[variant])
+    cfg = model.cfg
+    per_layer = 3 * cfg.n_heads * model.to_tokens(CLEAN).shape[1] * cfg.d_model  # floats of one layer
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # each layer's norm weights its own (a layer's taken for another's shows)
         for block in model.blocks:
             if hasattr(block.ln1, "w"):
                 block.ln1.w.copy_(0.5 + torch.rand(block.ln1.w.shape, generator=gen))
-    if path == "a layer at a time":
+    if path == "all layers at once":
+        monkeypatch.setattr(EdgePatcher, "CHUNK_FLOATS", 3 * per_layer)
+    elif path == "two layers then one":
+        monkeypatch.setattr(EdgePatcher, "CHUNK_FLOATS", 2 * per_layer)
+    elif path == "a layer at a time":
         monkeypatch.setattr(EdgePatcher, "CHUNK_FLOATS", 1)
     elif path == "closed form per layer":
         monkeypatch.setattr(EdgePatcher, "_ln1_stack", lambda self: None)

@@ -274,7 +274,8 @@ def build_graph(n_layers: int, n_heads: int, *, has_mlp: bool, parallel_attn_mlp
 def _shared_graph(n_layers: int, n_heads: int, has_mlp: bool,
                   parallel_attn_mlp: bool) -> tuple[CircuitGraph, torch.Tensor, torch.Tensor]:
     """:func:`build_graph`, its :meth:`~CircuitGraph.allowed` mask and its ``dest_layer`` as a
-    tensor, built once per model shape (a patcher for a prompt builds none; none is modified)."""
+    tensor, built once per model shape: every patcher (and its results' ``graph``) of that shape
+    shares them, so nothing here modifies them."""
     graph = build_graph(n_layers, n_heads, has_mlp=has_mlp, parallel_attn_mlp=parallel_attn_mlp)
     return graph, graph.allowed(), torch.tensor(graph.dest_layer)
 
@@ -812,17 +813,22 @@ class EdgePatcher:
     #: Norms whose backward :meth:`_norm_vjp` computes in closed form.
     CLOSED_FORM_NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
 
+    def _closed_form(self, ln: Any) -> bool:
+        """Whether ``ln`` is one of TransformerLens's own norms that :meth:`_norm_vjp` covers
+        (weights ``w``, if any, and ``eps``): a ``torch.nn.LayerNorm`` goes through autograd."""
+        kind = type(ln)
+        return (kind.__name__ in self.CLOSED_FORM_NORMS and kind.__module__.startswith("transformer_lens")
+                and isinstance(getattr(ln, "eps", None), (int, float)))
+
     def _ln1_stack(self) -> tuple[str, float, torch.Tensor | None] | None:
         """``(kind, eps, weights [layer, d] or None)`` when every layer's ``ln1`` is the same
-        closed-form norm with the same ``eps`` (its backward then runs for all layers at once);
-        None otherwise (:meth:`_ln_vjp` layer by layer)."""
+        closed-form norm with the same ``eps`` (its backward then runs for several layers at
+        once); None otherwise (:meth:`_ln_vjp` layer by layer)."""
         lns = [block.ln1 for block in self.handle.model.blocks]
-        kinds = {type(ln).__name__ for ln in lns}
-        if len(kinds) != 1 or not all(hasattr(ln, "eps") for ln in lns):
+        kinds = {type(ln) for ln in lns}
+        if len(kinds) != 1 or not all(self._closed_form(ln) for ln in lns) or len({float(ln.eps) for ln in lns}) != 1:
             return None
-        kind = kinds.pop()
-        if kind not in self.CLOSED_FORM_NORMS or len({float(ln.eps) for ln in lns}) != 1:
-            return None
+        kind = kinds.pop().__name__
         if not all(hasattr(ln, "w") for ln in lns):
             return (kind, float(lns[0].eps), None) if not any(hasattr(ln, "w") for ln in lns) else None
         return kind, float(lns[0].eps), torch.stack([ln.w.detach().float() for ln in lns])
@@ -861,7 +867,7 @@ class EdgePatcher:
         kind = type(ln).__name__
         if isinstance(ln, torch.nn.Identity):
             return upstream
-        if kind in self.CLOSED_FORM_NORMS and hasattr(ln, "eps"):
+        if self._closed_form(ln):
             w = ln.w.detach().float() if hasattr(ln, "w") else None
             return self._norm_vjp(kind, float(ln.eps), w, x, upstream)
         with torch.enable_grad():
@@ -972,23 +978,23 @@ class EdgePatcher:
         L, H = self.graph.n_layers, self.graph.n_heads
         d = self.handle.d_model
         attns = [self._attn(layer) for layer in range(L)]
+        first = grad_of["q0"]  # [reps * batch, pos, head, d_head]
+        n = first.shape[0] * first.shape[1]
         with torch.no_grad():
-            w_qkv = torch.cat([w for a in attns for w in (a.W_Q, a.W_K, a.W_V)]).detach().float()  # [L*3H, d_model, d_head]
-            g_qkv = torch.cat([grad_of[f"{port}{layer}"] for layer in range(L) for port in ("q", "k", "v")], dim=2)
-            g_qkv = g_qkv.float().flatten(0, 1).transpose(0, 1)  # [L*3H, reps * bp, e]
-            n = g_qkv.shape[1]
             # the gradients of each layer's ln1 output, per head and port, become those of its
-            # input in place, a few layers at a time: as many as fit in CHUNK_FLOATS (a larger
-            # block falls out of the cache between the passes over it)
-            heads = torch.empty(L, 3 * H, n, d, device=g_qkv.device)
+            # input in place, a few layers at a time: about as many as fit in CHUNK_FLOATS (a
+            # larger block falls out of the cache between the passes over it), at least one
+            heads = torch.empty(L, 3 * H, n, d, dtype=torch.float32, device=first.device)
             stack = self._ln1_stack()
             xs = torch.stack(pre).flatten(1, 2) if stack is not None else None
             per = max(1, self.CHUNK_FLOATS // (3 * H * n * d))
             for lo in range(0, L, per):
                 hi = min(L, lo + per)
+                w_qkv = torch.cat([w for a in attns[lo:hi] for w in (a.W_Q, a.W_K, a.W_V)]).detach().float()
+                g_qkv = torch.cat([grad_of[f"{port}{layer}"] for layer in range(lo, hi) for port in ("q", "k", "v")],
+                                  dim=2).float().flatten(0, 1).transpose(0, 1)  # [layers * 3H, n, d_head]
                 block = heads[lo:hi]
-                rows = slice(3 * H * lo, 3 * H * hi)
-                torch.bmm(g_qkv[rows], w_qkv[rows].transpose(1, 2), out=block.view(-1, n, d))
+                torch.bmm(g_qkv, w_qkv.transpose(1, 2), out=block.view(-1, n, d))
                 if stack is not None and xs is not None:
                     kind, eps, w = stack  # float32 in place: the result is ``block`` itself
                     self._norm_vjp(kind, eps, None if w is None else w[lo:hi], xs[lo:hi], block)
@@ -1018,7 +1024,7 @@ class EdgePatcher:
         with torch.no_grad():
             delta = self._sources(self._corr_rec, self._clean_rec).float()  # [src, bp, d]
             flat = delta.reshape(delta.shape[0], -1)
-            dense = torch.zeros(self.graph.n_sources, self.graph.n_dests)
+            dense = torch.zeros(self.graph.n_sources, self.graph.n_dests, dtype=torch.float32)
             for cols, grads in zip(self._dest_columns, grad_dst, strict=True):
                 dense[:, cols] = (flat @ grads.T).cpu()
         dense = torch.where(self._allowed, dense, torch.zeros_like(dense))
@@ -1235,10 +1241,10 @@ class EdgePatcher:
         if not self.has_gradient:
             raise MetricError(
                 f"the metric {self.metric_name!r} returns a value without a gradient (it detaches "
-                f"the logits, goes through .item() or NumPy, or is piecewise constant like an "
-                f"accuracy), so {method} would score every edge 0. Write it with differentiable "
-                f"torch operations on the logits, or use method='acdc' (exact patching, no "
-                f"gradients)."
+                f"the logits, or goes through .item(), NumPy, argmax or a comparison), so {method} "
+                f"would score every edge 0. Write it with differentiable torch operations on the "
+                f"logits, or use ACDC (exact patching, no gradients: acdc(), or method='acdc' in "
+                f"show_circuit)."
             )
 
     def result(self, method: str = "eap", scores: torch.Tensor | None = None, *,
