@@ -934,8 +934,8 @@ class EdgePatcher:
             # clean run's metric and its gradient at hook_q/k/v, hook_mlp_in and the final residual
             metric = self._metric(final)
             self.clean_metric = self._finite(metric, "clean")
-            # KL's gradient is 0 at the clean run (its EAP scores are 0); a metric without one at
-            # all (detached, piecewise constant) is refused by EAP and EAP-IG (_gradient_metric)
+            # KL's gradient is 0 at the clean run (its EAP scores are 0); a metric with no
+            # gradient path at all (detached, argmax) is refused by EAP and EAP-IG (_gradient_metric)
             self.has_gradient = bool(metric.requires_grad)
             takes_grad = self.has_gradient and self.metric_name != "kl"
             live = (both if fused else clean)["live"]
