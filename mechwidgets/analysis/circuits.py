@@ -828,10 +828,8 @@ class EdgePatcher:
         kinds = {type(ln) for ln in lns}
         if len(kinds) != 1 or not all(self._closed_form(ln) for ln in lns) or len({float(ln.eps) for ln in lns}) != 1:
             return None
-        kind = kinds.pop().__name__
-        if not all(hasattr(ln, "w") for ln in lns):
-            return (kind, float(lns[0].eps), None) if not any(hasattr(ln, "w") for ln in lns) else None
-        return kind, float(lns[0].eps), torch.stack([ln.w.detach().float() for ln in lns])
+        w = torch.stack([ln.w.detach().float() for ln in lns]) if hasattr(lns[0], "w") else None  # one class
+        return kinds.pop().__name__, float(lns[0].eps), w
 
     @staticmethod
     def _norm_vjp(kind: str, eps: float, w: torch.Tensor | None, x: torch.Tensor,
