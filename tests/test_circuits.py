@@ -58,13 +58,19 @@ def fresh(make_model: Callable[..., Any]) -> Any:
     return make_model()
 
 
+def hand_hooks_on(model: Any) -> None:
+    """Per-head inputs, per-head results and (with MLPs) hook_mlp_in on, for hand-written hooks."""
+    model.set_use_split_qkv_input(True)
+    model.set_use_attn_result(True)
+    if not model.cfg.attn_only:
+        model.set_use_hook_mlp_in(True)
+
+
 @pytest.fixture
 def own_settings(fresh: Any) -> Iterator[Any]:
     """Per-head inputs, per-head results and hook_mlp_in on, for hand-written hooks."""
     before = settings(fresh)
-    fresh.set_use_split_qkv_input(True)
-    fresh.set_use_attn_result(True)
-    fresh.set_use_hook_mlp_in(True)
+    hand_hooks_on(fresh)
     try:
         yield fresh
     finally:
@@ -230,10 +236,7 @@ def test_eap_equals_hand_computed_gradient_product(
 ) -> None:
     monkeypatch.setattr(EdgePatcher, "FUSE_BELOW", math.inf if fuse else 0.0)
     model = make_model(**VARIANTS[variant])
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
-    if not model.cfg.attn_only:
-        model.set_use_hook_mlp_in(True)
+    hand_hooks_on(model)
     before = settings(model)
     result = edge_attribution_patching(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
     assert settings(model) == before  # its own settings (all on) untouched, too
@@ -272,9 +275,7 @@ def test_eap_destination_gradients_by_every_path(
     else:
         monkeypatch.setattr(EdgePatcher, "CLOSED_FORM_NORMS", ())
     result = edge_attribution_patching(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
-    model.set_use_hook_mlp_in(True)
+    hand_hooks_on(model)
     np.testing.assert_allclose(result.scores.numpy(), np.array(hand_eap(model, result.graph.edge_names())),
                                rtol=1e-4, atol=1e-6)
 
@@ -284,10 +285,7 @@ def test_eap_ig_equals_hand_computed_integrated_gradients(make_model: Callable[.
     model = make_model(**VARIANTS[variant])
     result = edge_attribution_patching(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John", ig_steps=4)
     assert result.method == "eap-ig"
-    model.set_use_split_qkv_input(True)
-    model.set_use_attn_result(True)
-    if not model.cfg.attn_only:
-        model.set_use_hook_mlp_in(True)
+    hand_hooks_on(model)
     names = result.graph.edge_names()
     hand = hand_eap(model, names, ig_steps=4)
     np.testing.assert_allclose(result.scores.numpy(), np.array(hand), rtol=1e-4, atol=1e-6)
