@@ -280,6 +280,105 @@ def test_eap_destination_gradients_by_every_path(
                                rtol=1e-4, atol=1e-6)
 
 
+DIRECT_VARIANTS = {
+    **{k: VARIANTS[k] for k in ("LN", "LNPre", "RMS", "RMSPre", "no-norm", "attn-only")},
+    "relu, no attention scale": {"act_fn": "relu", "use_attn_scale": False},
+    "gelu_new, 3 layers": {"act_fn": "gelu_new", "n_layers": 3},
+    "silu, RMS": {"act_fn": "silu", "normalization_type": "RMS"},
+}
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["with gradients", "without"])
+@pytest.mark.parametrize("variant", list(DIRECT_VARIANTS))
+def test_direct_runs_record_what_transformer_lens_hooks_record(
+    make_model: Callable[..., Any], variant: str, grad: bool
+) -> None:
+    """EAP's recording runs without hook points (analysis._direct) against TransformerLens's
+    hooked run: every recorded activation, the final residual, and the gradients of a random
+    function of it at every live hook_q/k/v / hook_mlp_in tensor, on two right-padded prompts
+    and weights whose biases and norm weights are all random (not TransformerLens's zeros/ones)."""
+    from mechwidgets.analysis import _direct
+
+    model = make_model(**DIRECT_VARIANTS[variant])
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.2 * torch.randn(param.shape, generator=gen))
+    assert _direct.unsupported(model) is None
+    p = EdgePatcher(model, [CLEAN, "When Mary and John went"], [CORRUPTED, "When A and B went"],
+                    answer=[" Mary", " John"], wrong_answer=[" John", " Mary"])
+    assert p.direct
+    tokens = torch.cat([p.clean_tokens, p.corrupted_tokens])
+    weights = torch.randn((*tokens.shape, model.cfg.d_model), generator=gen)
+    runs = {}
+    for direct in (True, False):
+        p.direct = direct
+        with p._edge_mode(grad=grad):
+            rec = p._record(tokens, grad=grad)
+            if grad:
+                names = ["final", *rec["live"]]
+                grads = torch.autograd.grad((rec["final"] * weights).sum(), [rec["final"], *rec["live"].values()])
+                rec["grads"] = dict(zip(names, grads, strict=True))
+        runs[direct] = rec
+    direct_rec, hooked = runs[True], runs[False]
+
+    def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:  # float32 rounding, relative to the largest
+        a, b = a.detach(), b.detach()
+        assert a.shape == b.shape and float((a - b).abs().max()) <= 2e-5 * float(b.abs().max()), what
+
+    assert set(direct_rec["live"]) == set(hooked["live"])
+    for key in ("pre", "z", "mid", "mlp"):
+        for layer, (a, b) in enumerate(zip(direct_rec[key], hooked[key], strict=True)):
+            if b is None:  # attention-only: no MLP
+                assert a is None
+                continue
+            close(a, b, f"{key} of layer {layer}")
+    close(direct_rec["final"], hooked["final"], "final")
+    if grad:
+        for name, g in hooked["grads"].items():
+            close(direct_rec["grads"][name], g, f"gradient at {name}")
+    else:
+        assert not direct_rec["final"].requires_grad
+
+
+def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -> None:
+    """Models the direct runs do not cover exactly go through TransformerLens, and so does a
+    model with a hook of the user's attached (which then sees EAP's runs)."""
+    from transformer_lens import HookedTransformer
+
+    from mechwidgets.analysis import _direct
+
+    for overrides, why in [
+        (VARIANTS["rotary"], "positional_embedding_type is 'rotary'"),
+        (VARIANTS["parallel"], "parallel_attn_mlp is True"),
+        ({"gated_mlp": True}, "gated_mlp is True"),
+        ({"act_fn": "solu_ln"}, "normalises inside the MLP"),
+        ({"attn_scores_soft_cap": 30.0}, "soft-capped"),
+    ]:
+        assert why in str(_direct.unsupported(make_model(**overrides))), overrides
+
+    class Custom(HookedTransformer):
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return super().forward(*args, **kwargs)
+
+    model = make_model()
+    custom = Custom(model.cfg, tokenizer=model.tokenizer)
+    assert _direct.unsupported(custom) == "not a plain HookedTransformer"
+    model.to(torch.float64)
+    assert _direct.unsupported(model) is None  # float64 is computed as is
+    model.to(torch.float32)
+
+    seen = []
+    handle = model.blocks[1].attn.hook_z.register_forward_hook(lambda *args: seen.append(1))
+    try:
+        assert _direct.unsupported(model) == "hooks attached to the model"
+        p = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+        assert not p.direct and seen  # the user's hook ran in EAP's runs
+    finally:
+        handle.remove()
+    assert EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John").direct
+
+
 @pytest.mark.parametrize("variant", ["LN", "attn-only", "parallel"])
 def test_eap_ig_equals_hand_computed_integrated_gradients(make_model: Callable[..., Any], variant: str) -> None:
     model = make_model(**VARIANTS[variant])

@@ -64,7 +64,10 @@ gradients at those hooks back through ``W`` and ``ln1`` (a vector-Jacobian produ
 ``resid_pre``), which is exactly the gradient a separate per-head input would receive. MLP inputs
 use TransformerLens's ``hook_mlp_in``: ``cfg.use_hook_mlp_in`` is switched on for the duration of
 one forward pass and the user's value restored in a ``finally``. Hooks never outlive one forward
-pass, so a long ACDC run leaves the model usable between its steps.
+pass, so a long ACDC run leaves the model usable between its steps. EAP's two recording runs
+skip the hook points where :mod:`._direct` computes a model's forward pass exactly (a plain
+pre-norm ``HookedTransformer`` with learned positions and no hooks of its own attached): on a
+small model TransformerLens's per-hook bookkeeping costs more than the arithmetic.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ from ..errors import (
     ModelError,
     PromptError,
 )
+from . import _direct
 from .metrics import METRICS, MetricFn, check_metric_output, kl_div, normalize
 from .patching import choose_metric, token_str
 
@@ -720,7 +724,12 @@ class EdgePatcher:
         """One forward pass (to the final residual, no unembedding) that records every source's
         output, each layer's ``resid_pre``/``resid_mid`` and, with ``grad``, the live tensors
         that destination gradients are read from: ``hook_q/k/v`` and ``hook_mlp_in``. Hooks in
-        ``first`` run before the recording ones (and may replace an activation)."""
+        ``first`` run before the recording ones (and may replace an activation).
+
+        Without ``first``, a model :mod:`._direct` covers (:attr:`direct`) is run by it, without
+        hook points: the same tensors, from the same arithmetic."""
+        if self.direct and not first:
+            return _direct.record(self.handle.model, tokens, grad=grad)
         L = self.graph.n_layers
         rec: dict[str, Any] = {"z": [None] * L, "mlp": [None] * L, "pre": [None] * L, "mid": [None] * L, "live": {}}
         hooks: list[tuple[str, Any]] = list(first)
@@ -877,6 +886,10 @@ class EdgePatcher:
         handle = self.handle
         B = self.batch
         fused = self._work() < self.FUSE_BELOW
+        #: Whether EAP's recording runs went through :mod:`._direct` (no hook points) rather
+        #: than TransformerLens's forward pass: checked for every set-up (a hook attached since
+        #: the last one turns it off).
+        self.direct = _direct.unsupported(handle.model) is None
         with self._edge_mode(grad=True):
             if fused:  # one forward pass, clean prompts first
                 both = self._record(torch.cat([self.clean_tokens, self.corrupted_tokens]), grad=True)

@@ -1,0 +1,153 @@
+"""EAP's two recording runs of a plain ``HookedTransformer``, without its hook points.
+
+TransformerLens's forward pass goes through about twenty hook points, einops rearrangements and
+weight reshapes per layer. On a small model that bookkeeping, not the arithmetic, is most of a
+forward pass (toy-lm: ~60% of it on one prompt), and EAP's set-up runs the model twice and
+back-propagates through it. :func:`record` computes the same arithmetic directly from the
+model's live weights (read afresh at every call: nothing is cached), for the configurations
+listed in :func:`unsupported`, and returns what ``EdgePatcher._record`` records from the hook
+points: every layer's ``resid_pre``, ``hook_z``, ``resid_mid`` and ``hook_mlp_out``, the final
+residual stream, and with ``grad`` the live ``hook_q/k/v`` and ``hook_mlp_in`` tensors that
+gradients are taken at (a separate ``hook_mlp_in``, as ``cfg.use_hook_mlp_in`` makes one, so
+that its gradient is the MLP's alone).
+
+Every other model, and any model with a hook attached to one of its modules (a user's hook
+must see the run), goes through TransformerLens. ``tests/test_circuits.py`` checks each
+recorded tensor and gradient against TransformerLens's own run on every configuration covered
+here, and that the ones not covered are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+#: Configuration fields that change the arithmetic, with the only values :func:`record` follows.
+_PLAIN_CONFIG: dict[str, tuple[Any, ...]] = {
+    "positional_embedding_type": ("standard",),
+    "normalization_type": (None, "LN", "LNPre", "RMS", "RMSPre"),
+    "attention_dir": ("causal",),
+    "attn_types": (None,),
+    "use_local_attn": (False,),
+    "gated_mlp": (False,),
+    "num_experts": (None,),
+    "parallel_attn_mlp": (False,),
+    "post_embedding_ln": (False,),
+    "use_normalization_before_and_after": (False,),
+    "use_qk_norm": (False,),
+    "clip_qkv": (None,),
+    "use_logn_attn": (False,),
+    "use_attention_sinks": (False,),
+    "n_devices": (1,),
+    # architectures whose TransformerLens code has no special case in the block or attention
+    "original_architecture": (None, "GPT2LMHeadModel"),
+}
+_NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
+
+
+def _has_hooks(module: torch.nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or getattr(module, "_backward_pre_hooks", None))
+
+
+def unsupported(model: Any) -> str | None:
+    """Why :func:`record` cannot stand in for ``model``'s own forward pass (None: it can)."""
+    try:
+        from transformer_lens import HookedTransformer
+        from transformer_lens.components import MLP, Attention, Embed, PosEmbed, TransformerBlock
+    except ImportError:  # TransformerLens 4.x: no such components
+        return "not a TransformerLens 3.x HookedTransformer"
+    if not isinstance(model, HookedTransformer) or type(model).forward is not HookedTransformer.forward:
+        return "not a plain HookedTransformer"
+    cfg = model.cfg
+    for name, allowed in _PLAIN_CONFIG.items():
+        if getattr(cfg, name, None) not in allowed:
+            return f"cfg.{name} is {getattr(cfg, name, None)!r}"
+    if getattr(cfg, "attn_scores_soft_cap", -1.0) > 0 or (cfg.n_key_value_heads or cfg.n_heads) != cfg.n_heads:
+        return "soft-capped or grouped-query attention"
+    if str(getattr(cfg, "act_fn", "")).endswith("_ln"):
+        return f"act_fn {cfg.act_fn!r} normalises inside the MLP"
+    if model.embed.W_E.dtype not in (torch.float32, torch.float64):
+        return f"weights in {model.embed.W_E.dtype} (TransformerLens computes parts of them in float32)"
+    if type(model.embed) is not Embed or type(model.pos_embed) is not PosEmbed:
+        return "custom embeddings"
+    norms = [model.ln_final] if hasattr(model, "ln_final") else []
+    for block in model.blocks:
+        if type(block) is not TransformerBlock or type(block.attn) is not Attention:
+            return "a custom block or attention module"
+        norms.append(block.ln1)
+        if not cfg.attn_only:
+            if type(block.mlp) is not MLP:
+                return "a custom MLP"
+            norms.append(block.ln2)
+    for ln in norms:
+        if not (isinstance(ln, torch.nn.Identity) or (
+                type(ln).__name__ in _NORMS and type(ln).__module__.startswith("transformer_lens"))):
+            return f"a {type(ln).__name__} norm"
+    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        return "global module hooks"
+    if any(_has_hooks(m) for m in model.modules()):
+        return "hooks attached to the model"
+    return None
+
+
+def _norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
+    """TransformerLens's ``LayerNorm`` / ``LayerNormPre`` / ``RMSNorm`` / ``RMSNormPre`` as one
+    fused operation each: the same formula (``(x - mean) / sqrt(mean((x - mean)²) + eps)``, then
+    the weights; RMS without the mean), without TransformerLens's six separate passes."""
+    if isinstance(ln, torch.nn.Identity):
+        return x
+    kind = type(ln).__name__
+    w = ln.w.detach() if kind in ("LayerNorm", "RMSNorm") else None
+    if kind.startswith("LayerNorm"):
+        return F.layer_norm(x, x.shape[-1:], w, ln.b.detach() if w is not None else None, float(ln.eps))
+    return F.rms_norm(x, x.shape[-1:], w, float(ln.eps))
+
+
+def record(model: Any, tokens: torch.Tensor, *, grad: bool) -> dict[str, Any]:
+    """One forward pass over ``tokens`` (``[batch, pos]``, no padding mask: prompts here are
+    right-padded) to the final residual stream, recorded as ``EdgePatcher._record`` records it.
+    With ``grad``, the live tensors carry autograd graphs from the embeddings on (the weights
+    enter detached: only activation gradients are taken)."""
+    cfg = model.cfg
+    H = cfg.n_heads
+    b, p = tokens.shape
+    L = len(model.blocks)
+    rec: dict[str, Any] = {"z": [None] * L, "mlp": [None] * L, "pre": [None] * L, "mid": [None] * L, "live": {}}
+    x = (model.embed.W_E[tokens] + model.pos_embed.W_pos[:p]).detach()
+    if grad:
+        x.requires_grad_(True)
+    with torch.set_grad_enabled(grad):
+        for layer, block in enumerate(model.blocks):
+            attn = block.attn
+            d = attn.W_Q.shape[1]
+            # q, k, v of every head from one product: [d_model, (q k v) (head d_head)]
+            w_qkv = torch.cat([attn.W_Q, attn.W_K, attn.W_V]).detach().transpose(0, 1).reshape(d, -1)
+            b_qkv = torch.cat([attn.b_Q, attn.b_K, attn.b_V]).detach().reshape(-1)
+            rec["pre"][layer] = x.detach()
+            h = _norm(block.ln1, x).reshape(b * p, d)
+            q, k, v = torch.addmm(b_qkv, h, w_qkv).view(b, p, 3, H, -1).unbind(2)  # [b, p, head, d_head]
+            if grad:
+                live = rec["live"]
+                live[f"q{layer}"], live[f"k{layer}"], live[f"v{layer}"] = q, k, v
+            z = F.scaled_dot_product_attention(  # softmax(q.k / attn_scale, causal) @ v
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                scale=1.0 / float(attn.attn_scale)).transpose(1, 2)  # [b, p, head, d_head]
+            rec["z"][layer] = z.detach()
+            w_o = attn.W_O.detach().reshape(-1, d)
+            x = x + torch.addmm(attn.b_O.detach(), z.reshape(b * p, -1), w_o).view(b, p, d)
+            if cfg.attn_only:
+                continue
+            rec["mid"][layer] = x.detach()
+            mlp_in = x.clone() if grad else x
+            if grad:
+                rec["live"][f"mlp{layer}"] = mlp_in
+            mlp = block.mlp
+            pre = torch.addmm(mlp.b_in.detach(), _norm(block.ln2, mlp_in).reshape(b * p, d), mlp.W_in.detach())
+            out = torch.addmm(mlp.b_out.detach(), mlp.act_fn(pre), mlp.W_out.detach()).view(b, p, d)
+            rec["mlp"][layer] = out.detach()
+            x = x + out
+    rec["final"] = x
+    return rec
