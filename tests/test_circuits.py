@@ -341,6 +341,25 @@ def test_direct_runs_record_what_transformer_lens_hooks_record(
         assert not direct_rec["final"].requires_grad
 
 
+@pytest.mark.parametrize("variant", ["RMS", "RMSPre"])
+def test_direct_runs_without_fused_rms_norm(make_model: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+                                            variant: str) -> None:
+    """torch < 2.4 has no ``rms_norm``: the direct runs then write the norm out, as TransformerLens does."""
+    model = make_model(**VARIANTS[variant])
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # norm weights that are not all ones
+        for block in model.blocks:
+            for ln in (block.ln1, block.ln2):
+                if hasattr(ln, "w"):
+                    ln.w.copy_(0.5 + torch.rand(ln.w.shape, generator=gen))
+    fused = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    monkeypatch.delattr(torch.nn.functional, "rms_norm")
+    plain = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    assert fused.direct and plain.direct
+    torch.testing.assert_close(plain.eap_scores, fused.eap_scores, rtol=1e-4, atol=1e-6)
+    assert float(fused.eap_scores.abs().max()) > 1e-3
+
+
 def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -> None:
     """Models the direct runs do not cover exactly go through TransformerLens, and so does a
     model with a hook of the user's attached (which then sees EAP's runs)."""

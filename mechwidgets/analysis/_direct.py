@@ -103,7 +103,10 @@ def _norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
     w = ln.w.detach() if kind in ("LayerNorm", "RMSNorm") else None
     if kind.startswith("LayerNorm"):
         return F.layer_norm(x, x.shape[-1:], w, ln.b.detach() if w is not None else None, float(ln.eps))
-    return F.rms_norm(x, x.shape[-1:], w, float(ln.eps))
+    if hasattr(F, "rms_norm"):  # torch >= 2.4
+        return F.rms_norm(x, x.shape[-1:], w, float(ln.eps))
+    x = x / (x.pow(2).mean(-1, keepdim=True) + float(ln.eps)).sqrt()
+    return x if w is None else x * w
 
 
 def record(model: Any, tokens: torch.Tensor, *, grad: bool) -> dict[str, Any]:
