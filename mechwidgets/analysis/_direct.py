@@ -1,15 +1,15 @@
-"""EAP's two recording runs of a plain ``HookedTransformer``, without its hook points.
+"""EAP's and EAP-IG's recording runs of a plain ``HookedTransformer``, without its hook points.
 
 TransformerLens's forward pass goes through about twenty hook points, einops rearrangements and
 weight reshapes per layer. On a small model that bookkeeping, not the arithmetic, is most of a
 forward pass (toy-lm: ~60% of it on one prompt), and EAP's set-up runs the model twice and
-back-propagates through it. :func:`record` computes the same arithmetic directly from the
-model's live weights (read afresh at every call: nothing is cached), for the configurations
-listed in :func:`unsupported`, and returns what ``EdgePatcher._record`` records from the hook
-points: every layer's ``resid_pre``, ``hook_z``, ``resid_mid`` and ``hook_mlp_out``, the final
-residual stream, and with ``grad`` the live ``hook_q/k/v`` and ``hook_mlp_in`` tensors that
-gradients are taken at (a separate ``hook_mlp_in``, as ``cfg.use_hook_mlp_in`` makes one, so
-that its gradient is the MLP's alone).
+back-propagates through it (EAP-IG once more per step). :func:`record` computes the same
+arithmetic directly from the model's live weights (read afresh at every call: nothing is
+cached), for the configurations listed in :func:`unsupported`, and returns what
+``EdgePatcher._record`` records from the hook points: every layer's ``resid_pre``, ``hook_z``,
+``resid_mid`` and ``hook_mlp_out``, the final residual stream, and with ``grad`` the live
+``hook_q/k/v`` and ``hook_mlp_in`` tensors that gradients are taken at (a separate
+``hook_mlp_in``, as ``cfg.use_hook_mlp_in`` makes one, so that its gradient is the MLP's alone).
 
 Every other model, and any model with a hook attached to one of its modules (a user's hook
 must see the run), goes through TransformerLens. ``tests/test_circuits.py`` checks each
@@ -109,17 +109,18 @@ def _norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
     return x if w is None else x * w
 
 
-def record(model: Any, tokens: torch.Tensor, *, grad: bool) -> dict[str, Any]:
+def record(model: Any, tokens: torch.Tensor, *, grad: bool, resid_pre0: torch.Tensor | None = None) -> dict[str, Any]:
     """One forward pass over ``tokens`` (``[batch, pos]``, no padding mask: prompts here are
-    right-padded) to the final residual stream, recorded as ``EdgePatcher._record`` records it.
-    With ``grad``, the live tensors carry autograd graphs from the embeddings on (the weights
-    enter detached: only activation gradients are taken)."""
+    right-padded) to the final residual stream, recorded as ``EdgePatcher._record`` records it;
+    ``resid_pre0`` (``[batch, pos, d_model]``) replaces the embeddings. With ``grad``, the live
+    tensors carry autograd graphs from the embeddings on (the weights enter detached: only
+    activation gradients are taken)."""
     cfg = model.cfg
     H = cfg.n_heads
     b, p = tokens.shape
     L = len(model.blocks)
     rec: dict[str, Any] = {"z": [None] * L, "mlp": [None] * L, "pre": [None] * L, "mid": [None] * L, "live": {}}
-    x = (model.embed.W_E[tokens] + model.pos_embed.W_pos[:p]).detach()
+    x = (model.embed.W_E[tokens] + model.pos_embed.W_pos[:p] if resid_pre0 is None else resid_pre0).detach()
     if grad:
         x.requires_grad_(True)
     with torch.set_grad_enabled(grad):

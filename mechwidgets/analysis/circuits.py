@@ -64,8 +64,8 @@ gradients at those hooks back through ``W`` and ``ln1`` (a vector-Jacobian produ
 ``resid_pre``), which is exactly the gradient a separate per-head input would receive. MLP inputs
 use TransformerLens's ``hook_mlp_in``: ``cfg.use_hook_mlp_in`` is switched on for the duration of
 one forward pass and the user's value restored in a ``finally``. Hooks never outlive one forward
-pass, so a long ACDC run leaves the model usable between its steps. EAP's two recording runs
-skip the hook points where :mod:`._direct` computes a model's forward pass exactly (a plain
+pass, so a long ACDC run leaves the model usable between its steps. EAP's and EAP-IG's recording
+runs skip the hook points where :mod:`._direct` computes a model's forward pass exactly (a plain
 pre-norm ``HookedTransformer`` with learned positions and no hooks of its own attached): on a
 small model TransformerLens's per-hook bookkeeping costs more than the arithmetic.
 """
@@ -719,20 +719,25 @@ class EdgePatcher:
         return out
 
     # ------------------------------------------------------------------ set-up (EAP)
-    def _record(self, tokens: torch.Tensor, *, grad: bool,
-                first: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    def _record(self, tokens: torch.Tensor, *, grad: bool, resid_pre0: torch.Tensor | None = None) -> dict[str, Any]:
         """One forward pass (to the final residual, no unembedding) that records every source's
         output, each layer's ``resid_pre``/``resid_mid`` and, with ``grad``, the live tensors
-        that destination gradients are read from: ``hook_q/k/v`` and ``hook_mlp_in``. Hooks in
-        ``first`` run before the recording ones (and may replace an activation).
+        that destination gradients are read from: ``hook_q/k/v`` and ``hook_mlp_in``.
+        ``resid_pre0`` (``[batch, pos, d_model]``) replaces the embeddings (EAP-IG's inputs).
 
-        Without ``first``, a model :mod:`._direct` covers (:attr:`direct`) is run by it, without
-        hook points: the same tensors, from the same arithmetic."""
-        if self.direct and not first:
-            return _direct.record(self.handle.model, tokens, grad=grad)
+        A model :mod:`._direct` covers (:attr:`direct`) is run by it, without hook points: the
+        same tensors, from the same arithmetic."""
+        if self.direct:
+            return _direct.record(self.handle.model, tokens, grad=grad, resid_pre0=resid_pre0)
         L = self.graph.n_layers
         rec: dict[str, Any] = {"z": [None] * L, "mlp": [None] * L, "pre": [None] * L, "mid": [None] * L, "live": {}}
-        hooks: list[tuple[str, Any]] = list(first)
+        hooks: list[tuple[str, Any]] = []
+        if resid_pre0 is not None:
+
+            def embed(x: torch.Tensor, hook: Any, inputs: torch.Tensor = resid_pre0) -> torch.Tensor:
+                return inputs.to(x.dtype)
+
+            hooks.append(("blocks.0.hook_resid_pre", embed))
         if grad:  # a model with frozen parameters still gets its gradients from the embeddings on
 
             def track(x: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -1065,13 +1070,8 @@ class EdgePatcher:
             m = len(chunk)
             a = chunk.to(clean0.dtype).repeat_interleave(B).to(clean0.device)[:, None, None]
             inputs = (corr0.repeat(m, 1, 1) + a * (clean0 - corr0).repeat(m, 1, 1)).requires_grad_(True)
-
-            def embed(x: torch.Tensor, hook: Any, inputs: torch.Tensor = inputs) -> torch.Tensor:
-                return inputs.to(x.dtype)
-
             with self._edge_mode(grad=True):
-                rec = self._record(self.clean_tokens.repeat(m, 1), grad=True,
-                                   first=[("blocks.0.hook_resid_pre", embed)])
+                rec = self._record(self.clean_tokens.repeat(m, 1), grad=True, resid_pre0=inputs)
                 final = rec["final"]
                 metric = torch.stack([self._metric(final[k * B:(k + 1) * B]) for k in range(m)]).sum() / steps
                 grad_of = self._grads_at(metric, final, rec["live"])
