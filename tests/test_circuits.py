@@ -285,21 +285,37 @@ DIRECT_VARIANTS = {
     "relu, no attention scale": {"act_fn": "relu", "use_attn_scale": False},
     "gelu_new, 3 layers": {"act_fn": "gelu_new", "n_layers": 3},
     "silu, RMS": {"act_fn": "silu", "normalization_type": "RMS"},
+    "attention scaled down by layer": {"scale_attn_by_inverse_layer_idx": True},
 }
 
 
+@pytest.fixture(params=["direct", "hooked"])
+def runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """EAP's recording runs through analysis._direct (where it covers the model) or, with it
+    switched off, through TransformerLens's hooked forward pass."""
+    if request.param == "hooked":
+        from mechwidgets.analysis import _direct
+
+        monkeypatch.setattr(_direct, "unsupported", lambda model: "switched off by the test")
+    return str(request.param)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("embeddings", ["of the tokens", "replaced"])
 @pytest.mark.parametrize("grad", [True, False], ids=["with gradients", "without"])
 @pytest.mark.parametrize("variant", list(DIRECT_VARIANTS))
 def test_direct_runs_record_what_transformer_lens_hooks_record(
-    make_model: Callable[..., Any], variant: str, grad: bool
+    make_model: Callable[..., Any], variant: str, grad: bool, embeddings: str, dtype: torch.dtype
 ) -> None:
     """EAP's recording runs without hook points (analysis._direct) against TransformerLens's
     hooked run: every recorded activation, the final residual, and the gradients of a random
     function of it at every live hook_q/k/v / hook_mlp_in tensor, on two right-padded prompts
-    and weights whose biases and norm weights are all random (not TransformerLens's zeros/ones)."""
+    and weights whose biases and norm weights are all random (not TransformerLens's zeros/ones);
+    also with the embeddings replaced (EAP-IG's interpolated inputs). In float64 the two agree to
+    1e-10 of the largest value (any other arithmetic shows), in float32 to its rounding."""
     from mechwidgets.analysis import _direct
 
-    model = make_model(**DIRECT_VARIANTS[variant])
+    model = make_model(**DIRECT_VARIANTS[variant], dtype=dtype)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for param in model.parameters():
@@ -309,12 +325,13 @@ def test_direct_runs_record_what_transformer_lens_hooks_record(
                     answer=[" Mary", " John"], wrong_answer=[" John", " Mary"])
     assert p.direct
     tokens = torch.cat([p.clean_tokens, p.corrupted_tokens])
-    weights = torch.randn((*tokens.shape, model.cfg.d_model), generator=gen)
+    weights = torch.randn((*tokens.shape, model.cfg.d_model), generator=gen, dtype=model.cfg.dtype)
+    resid_pre0 = torch.randn(weights.shape, generator=gen, dtype=weights.dtype) if embeddings == "replaced" else None
     runs = {}
     for direct in (True, False):
         p.direct = direct
         with p._edge_mode(grad=grad):
-            rec = p._record(tokens, grad=grad)
+            rec = p._record(tokens, grad=grad, resid_pre0=resid_pre0)
             if grad:
                 names = ["final", *rec["live"]]
                 grads = torch.autograd.grad((rec["final"] * weights).sum(), [rec["final"], *rec["live"].values()])
@@ -322,9 +339,10 @@ def test_direct_runs_record_what_transformer_lens_hooks_record(
         runs[direct] = rec
     direct_rec, hooked = runs[True], runs[False]
 
-    def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:  # float32 rounding, relative to the largest
+    def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:  # relative to the largest value
         a, b = a.detach(), b.detach()
-        assert a.shape == b.shape and float((a - b).abs().max()) <= 2e-5 * float(b.abs().max()), what
+        rtol = 1e-10 if dtype == torch.float64 else 1e-4
+        assert a.dtype == dtype and a.shape == b.shape and float((a - b).abs().max()) <= rtol * float(b.abs().max()), what
 
     assert set(direct_rec["live"]) == set(hooked["live"])
     for key in ("pre", "z", "mid", "mlp"):
@@ -334,6 +352,8 @@ def test_direct_runs_record_what_transformer_lens_hooks_record(
                 continue
             close(a, b, f"{key} of layer {layer}")
     close(direct_rec["final"], hooked["final"], "final")
+    if resid_pre0 is not None:
+        assert torch.equal(direct_rec["pre"][0], resid_pre0) and torch.equal(hooked["pre"][0], resid_pre0)
     if grad:
         for name, g in hooked["grads"].items():
             close(direct_rec["grads"][name], g, f"gradient at {name}")
@@ -383,9 +403,36 @@ def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -
     model = make_model()
     custom = Custom(model.cfg, tokenizer=model.tokenizer)
     assert _direct.unsupported(custom) == "not a plain HookedTransformer"
-    model.to(torch.float64)
-    assert _direct.unsupported(model) is None  # float64 is computed as is
+    model.double()  # torch's own: cfg.dtype still says float32, and TransformerLens rounds norms to it
+    assert "not all in cfg.dtype" in str(_direct.unsupported(model))
+    model.float()
+    model.to(torch.float64)  # TransformerLens's: cfg.dtype follows
+    assert _direct.unsupported(model) is None
     model.to(torch.float32)
+    assert "not all in cfg.dtype" in str(_direct.unsupported(make_model(dtype=torch.bfloat16)))
+    assert _direct.unsupported(make_model(attn_scores_soft_cap=None)) is None  # no cap, as in TransformerLens
+
+    # code of its own: a method replaced on an instance, or patched on a class
+    mlp = model.blocks[0].mlp
+    mlp.forward = lambda x, forward=mlp.forward: 0.5 * forward(x)
+    try:
+        assert "code of its own in MLP" in str(_direct.unsupported(model))
+    finally:
+        del mlp.forward
+    from transformer_lens.components import TransformerBlock
+
+    original = TransformerBlock.forward
+    TransformerBlock.forward = lambda self, *args, **kwargs: original(self, *args, **kwargs)  # type: ignore[method-assign]
+    try:
+        assert "code of its own in TransformerBlock" in str(_direct.unsupported(model))
+    finally:
+        TransformerBlock.forward = original  # type: ignore[method-assign]
+    model.blocks[1].attn._attention_dir_override = "bidirectional"
+    try:
+        assert _direct.unsupported(model) == "local or non-causal attention"
+    finally:
+        model.blocks[1].attn._attention_dir_override = None
+    assert _direct.unsupported(model) is None
 
     seen = []
     handle = model.blocks[1].attn.hook_z.register_forward_hook(lambda *args: seen.append(1))
@@ -395,7 +442,24 @@ def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -
         assert not p.direct and seen  # the user's hook ran in EAP's runs
     finally:
         handle.remove()
-    assert EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John").direct
+    p = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    assert p.direct
+    # a global backward hook would change TransformerLens's gradients
+    handle = torch.nn.modules.module.register_module_full_backward_hook(lambda *args: None)
+    try:
+        assert _direct.unsupported(model) == "global module hooks"
+    finally:
+        handle.remove()
+    # a hook attached after the set-up is seen by EAP-IG's runs
+    seen.clear()
+    handle = model.blocks[0].hook_resid_pre.register_forward_hook(lambda *args: seen.append(1))
+    try:
+        p.eap_ig_scores(2)
+        assert not p.direct and seen
+    finally:
+        handle.remove()
+    p.eap_ig_scores(3)
+    assert p.direct
 
 
 @pytest.mark.parametrize("variant", ["LN", "attn-only", "parallel"])
@@ -423,21 +487,24 @@ def test_eap_ig_with_one_step_is_eap_and_chunks_agree(patcher: EdgePatcher, monk
             patcher.eap_ig_scores(bad)  # type: ignore[arg-type]
 
 
-def test_eap_with_frozen_parameters(fresh: Any) -> None:
+def test_eap_with_frozen_parameters(fresh: Any, runs: str) -> None:
     """A model whose parameters do not require gradients (a common way to freeze one) gets the
     same scores; the flags stay as the user set them."""
     normal = EdgePatcher(fresh, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
     fresh.requires_grad_(False)
     frozen = EdgePatcher(fresh, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    assert frozen.direct == normal.direct == (runs == "direct")
     assert not any(p.requires_grad for p in fresh.parameters())
     assert float(frozen.eap_scores.abs().max()) > 1e-3
     torch.testing.assert_close(frozen.eap_scores, normal.eap_scores, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(frozen.eap_ig_scores(3), normal.eap_ig_scores(3), rtol=1e-5, atol=1e-6)
 
 
-def test_eap_is_the_same_whatever_the_users_settings(model: Any, own_settings: Any, patcher: EdgePatcher) -> None:
+def test_eap_is_the_same_whatever_the_users_settings(model: Any, own_settings: Any, patcher: EdgePatcher,
+                                                     runs: str) -> None:
     # the session model has every setting off, `own_settings` has them on; same weights (seed 0)
     other = EdgePatcher(own_settings, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    assert other.direct == (runs == "direct")
     np.testing.assert_allclose(other.eap_scores.numpy(), patcher.eap_scores.numpy(), rtol=1e-4, atol=1e-6)
     assert other.clean_metric == pytest.approx(patcher.clean_metric, abs=1e-5)
 
@@ -458,9 +525,10 @@ def test_batch_with_padding_is_the_mean_of_its_pairs(model: Any, unchanged: Any)
     unchanged()
 
 
-def test_left_padding_tokenizer_changes_nothing(model: Any, patcher: EdgePatcher) -> None:
+def test_left_padding_tokenizer_changes_nothing(model: Any, patcher: EdgePatcher, runs: str) -> None:
     prompts = ([CLEAN, "When John and Mary went"], [CORRUPTED, "When A and B went"])
     right = EdgePatcher(model, *prompts, answer=" Mary", wrong_answer=" John")
+    assert right.direct == (runs == "direct")
     removed = removed_mask(right, ["embed->a0.h1.q", "a0.h3->logits", "m0->a1.h2.k"])
     side = model.tokenizer.padding_side
     model.tokenizer.padding_side = "left"  # TransformerLens would mask leading BOS tokens

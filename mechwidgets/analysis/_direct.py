@@ -24,7 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-#: Configuration fields that change the arithmetic, with the only values :func:`record` follows.
+#: Configuration fields that change the arithmetic, with the only values :func:`record` follows
+#: (``dtype``, the attention modules' own settings and the code itself are checked in
+#: :func:`unsupported`).
 _PLAIN_CONFIG: dict[str, tuple[Any, ...]] = {
     "positional_embedding_type": ("standard",),
     "normalization_type": (None, "LN", "LNPre", "RMS", "RMSPre"),
@@ -41,15 +43,39 @@ _PLAIN_CONFIG: dict[str, tuple[Any, ...]] = {
     "use_logn_attn": (False,),
     "use_attention_sinks": (False,),
     "n_devices": (1,),
-    # architectures whose TransformerLens code has no special case in the block or attention
+    # an allow-list: architectures whose TransformerLens code has no special case in the block
+    # or the attention (others, e.g. post-norm ones, go through TransformerLens)
     "original_architecture": (None, "GPT2LMHeadModel"),
 }
 _NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
+#: The methods of TransformerLens's forward pass whose arithmetic :func:`record` repeats: where a
+#: class's method comes from anywhere but TransformerLens (patched, or a subclass), it is refused.
+_METHODS: dict[str, tuple[str, ...]] = {
+    "HookedTransformer": ("forward", "input_to_embed", "get_residual"),
+    "TransformerBlock": ("forward", "apply_mlp"),
+    "Attention": ("forward", "calculate_qkv_matrices", "calculate_attention_scores", "apply_causal_mask",
+                  "calculate_z_scores"),
+}
 
 
 def _has_hooks(module: torch.nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None))
+
+
+def _own_code(module: torch.nn.Module) -> bool:
+    """Whether ``module`` runs TransformerLens's own code: no method replaced on the instance,
+    and its class's forward-pass methods defined in TransformerLens (``torch.nn.Identity``, the
+    norm of a model without one, is torch's own)."""
+    cls = type(module)
+    if any(callable(v) and callable(getattr(cls, k, None)) for k, v in vars(module).items()):
+        return False
+    if cls is torch.nn.Identity:
+        return cls.forward is torch.nn.Identity.forward
+    if cls.forward is torch.nn.Module.forward:  # a container (the blocks' list): runs nothing itself
+        return True
+    names = _METHODS.get(cls.__name__, ("forward",))
+    return all(getattr(getattr(cls, n, None), "__module__", "").startswith("transformer_lens.") for n in names)
 
 
 def unsupported(model: Any) -> str | None:
@@ -59,24 +85,29 @@ def unsupported(model: Any) -> str | None:
         from transformer_lens.components import MLP, Attention, Embed, PosEmbed, TransformerBlock
     except ImportError:  # TransformerLens 4.x: no such components
         return "not a TransformerLens 3.x HookedTransformer"
-    if not isinstance(model, HookedTransformer) or type(model).forward is not HookedTransformer.forward:
+    if type(model) is not HookedTransformer:
         return "not a plain HookedTransformer"
     cfg = model.cfg
     for name, allowed in _PLAIN_CONFIG.items():
         if getattr(cfg, name, None) not in allowed:
             return f"cfg.{name} is {getattr(cfg, name, None)!r}"
-    if getattr(cfg, "attn_scores_soft_cap", -1.0) > 0 or (cfg.n_key_value_heads or cfg.n_heads) != cfg.n_heads:
+    if (getattr(cfg, "attn_scores_soft_cap", None) or -1.0) > 0 or (cfg.n_key_value_heads or cfg.n_heads) != cfg.n_heads:
         return "soft-capped or grouped-query attention"
     if str(getattr(cfg, "act_fn", "")).endswith("_ln"):
         return f"act_fn {cfg.act_fn!r} normalises inside the MLP"
-    if model.embed.W_E.dtype not in (torch.float32, torch.float64):
-        return f"weights in {model.embed.W_E.dtype} (TransformerLens computes parts of them in float32)"
+    # TransformerLens rounds norm outputs to cfg.dtype and computes attention in float32 below it
+    if cfg.dtype not in (torch.float32, torch.float64) or any(p.dtype != cfg.dtype for p in model.parameters()):
+        return f"weights not all in cfg.dtype {cfg.dtype} (float32 or float64)"
     if type(model.embed) is not Embed or type(model.pos_embed) is not PosEmbed:
         return "custom embeddings"
     norms = [model.ln_final] if hasattr(model, "ln_final") else []
     for block in model.blocks:
-        if type(block) is not TransformerBlock or type(block.attn) is not Attention:
+        attn = block.attn
+        if type(block) is not TransformerBlock or type(attn) is not Attention:
             return "a custom block or attention module"
+        if getattr(attn, "attn_type", "global") != "global" or getattr(attn, "_attention_dir_override", None) not in (
+                None, "causal"):
+            return "local or non-causal attention"
         norms.append(block.ln1)
         if not cfg.attn_only:
             if type(block.mlp) is not MLP:
@@ -86,10 +117,15 @@ def unsupported(model: Any) -> str | None:
         if not (isinstance(ln, torch.nn.Identity) or (
                 type(ln).__name__ in _NORMS and type(ln).__module__.startswith("transformer_lens"))):
             return f"a {type(ln).__name__} norm"
-    if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+    hooks = torch.nn.modules.module
+    if any(getattr(hooks, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                   "_global_backward_hooks", "_global_backward_pre_hooks")):
         return "global module hooks"
-    if any(_has_hooks(m) for m in model.modules()):
-        return "hooks attached to the model"
+    for module in model.modules():
+        if _has_hooks(module):
+            return "hooks attached to the model"
+        if not _own_code(module):
+            return f"code of its own in {type(module).__name__} (a replaced or patched method)"
     return None
 
 
@@ -110,21 +146,22 @@ def _norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def record(model: Any, tokens: torch.Tensor, *, grad: bool, resid_pre0: torch.Tensor | None = None) -> dict[str, Any]:
-    """One forward pass over ``tokens`` (``[batch, pos]``, no padding mask: prompts here are
-    right-padded) to the final residual stream, recorded as ``EdgePatcher._record`` records it;
+    """One forward pass over ``tokens`` (``[batch, pos]``, no padding mask: ``EdgePatcher``
+    right-pads its prompts, and passes TransformerLens an all-ones mask where the tokenizer pads
+    on the left) to the final residual stream, recorded as ``EdgePatcher._record`` records it;
     ``resid_pre0`` (``[batch, pos, d_model]``) replaces the embeddings. With ``grad``, the live
     tensors carry autograd graphs from the embeddings on (the weights enter detached: only
     activation gradients are taken)."""
     cfg = model.cfg
     H = cfg.n_heads
     b, p = tokens.shape
-    L = len(model.blocks)
+    L = cfg.n_layers
     rec: dict[str, Any] = {"z": [None] * L, "mlp": [None] * L, "pre": [None] * L, "mid": [None] * L, "live": {}}
     x = (model.embed.W_E[tokens] + model.pos_embed.W_pos[:p] if resid_pre0 is None else resid_pre0).detach()
     if grad:
         x.requires_grad_(True)
     with torch.set_grad_enabled(grad):
-        for layer, block in enumerate(model.blocks):
+        for layer, block in enumerate(model.blocks[:L]):
             attn = block.attn
             d = attn.W_Q.shape[1]
             # q, k, v of every head from one product: [d_model, (q k v) (head d_head)]

@@ -887,14 +887,17 @@ class EdgePatcher:
             (g_in,) = torch.autograd.grad(ln(xs[:, :, None])[:, :, 0], xs, upstream)
         return g_in.detach()
 
+    def _check_direct(self) -> None:
+        #: Whether the latest recording runs (EAP's set-up, or EAP-IG's) went through
+        #: :mod:`._direct` (no hook points) rather than TransformerLens's forward pass: checked
+        #: before each (a hook attached since the set-up turns it off for EAP-IG).
+        self.direct = _direct.unsupported(self.handle.model) is None
+
     def _setup(self, answers: list[Any], wrongs: list[Any]) -> None:
         handle = self.handle
         B = self.batch
         fused = self._work() < self.FUSE_BELOW
-        #: Whether EAP's recording runs went through :mod:`._direct` (no hook points) rather
-        #: than TransformerLens's forward pass: checked for every set-up (a hook attached since
-        #: the last one turns it off).
-        self.direct = _direct.unsupported(handle.model) is None
+        self._check_direct()
         with self._edge_mode(grad=True):
             if fused:  # one forward pass, clean prompts first
                 both = self._record(torch.cat([self.clean_tokens, self.corrupted_tokens]), grad=True)
@@ -1061,6 +1064,7 @@ class EdgePatcher:
         if steps in self._ig_cache:
             return self._ig_cache[steps].clone()
         B = self.batch
+        self._check_direct()
         clean0, corr0 = self._clean_resid_pre[0], self._corr_resid_pre[0]  # [b, p, d]
         per_run = max(1, min(steps, int(self.FUSE_BELOW // max(self._work(), 1))))
         alphas = torch.arange(1, steps + 1, dtype=torch.float64) / steps
