@@ -63,19 +63,16 @@ def _has_hooks(module: torch.nn.Module) -> bool:
                 or getattr(module, "_backward_pre_hooks", None))
 
 
-def _own_code(module: torch.nn.Module) -> bool:
-    """Whether ``module`` runs TransformerLens's own code: no method replaced on the instance,
-    and its class's forward-pass methods defined in TransformerLens (``torch.nn.Identity``, the
-    norm of a model without one, is torch's own)."""
-    cls = type(module)
-    if any(callable(v) and callable(getattr(cls, k, None)) for k, v in vars(module).items()):
-        return False
+def _own_code(cls: type[torch.nn.Module]) -> bool:
+    """Whether the forward-pass methods of ``cls`` are TransformerLens's own (``torch.nn.Identity``,
+    the norm of a model without one, is torch's; a container such as the blocks' list runs
+    nothing itself)."""
     if cls is torch.nn.Identity:
         return cls.forward is torch.nn.Identity.forward
-    if cls.forward is torch.nn.Module.forward:  # a container (the blocks' list): runs nothing itself
+    if cls.forward is torch.nn.Module.forward:
         return True
-    names = _METHODS.get(cls.__name__, ("forward",))
-    return all(getattr(getattr(cls, n, None), "__module__", "").startswith("transformer_lens.") for n in names)
+    return all(getattr(getattr(cls, n, None), "__module__", "").startswith("transformer_lens.")
+               for n in _METHODS.get(cls.__name__, ("forward",)))
 
 
 def unsupported(model: Any) -> str | None:
@@ -96,8 +93,9 @@ def unsupported(model: Any) -> str | None:
     if str(getattr(cfg, "act_fn", "")).endswith("_ln"):
         return f"act_fn {cfg.act_fn!r} normalises inside the MLP"
     # TransformerLens rounds norm outputs to cfg.dtype and computes attention in float32 below it
-    if cfg.dtype not in (torch.float32, torch.float64) or any(p.dtype != cfg.dtype for p in model.parameters()):
-        return f"weights not all in cfg.dtype {cfg.dtype} (float32 or float64)"
+    wrong_dtype = f"weights not all in cfg.dtype {cfg.dtype} (float32 or float64)"
+    if cfg.dtype not in (torch.float32, torch.float64):
+        return wrong_dtype
     if type(model.embed) is not Embed or type(model.pos_embed) is not PosEmbed:
         return "custom embeddings"
     norms = [model.ln_final] if hasattr(model, "ln_final") else []
@@ -121,11 +119,19 @@ def unsupported(model: Any) -> str | None:
     if any(getattr(hooks, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
                                                    "_global_backward_hooks", "_global_backward_pre_hooks")):
         return "global module hooks"
+    classes = set()
     for module in model.modules():
         if _has_hooks(module):
             return "hooks attached to the model"
-        if not _own_code(module):
-            return f"code of its own in {type(module).__name__} (a replaced or patched method)"
+        if any(p is not None and p.dtype != cfg.dtype for p in module._parameters.values()):
+            return wrong_dtype
+        cls = type(module)
+        if not vars(module).keys().isdisjoint(_METHODS.get(cls.__name__, ("forward",))):
+            return f"code of its own in {cls.__name__} (a method replaced on the instance)"
+        classes.add(cls)
+    for cls in classes:
+        if not _own_code(cls):
+            return f"code of its own in {cls.__name__} (a patched method or a subclass)"
     return None
 
 
