@@ -15,7 +15,7 @@ medians; CPU time alongside, which a busy machine disturbs less):
   ``torch.no_grad()``) on the same batch. Target: <= 3. Both models here are plain
   ``HookedTransformer`` models, so EAP's two recording runs go through ``analysis._direct`` (the same
   arithmetic without TransformerLens's hook points) while the plain forward is TransformerLens's
-  own: the ratio is what a user saves against running the model.
+  own: the ratio compares EAP with running the model as a user does.
 - **EAP-IG** (5 interpolation steps, on top of EAP's cached runs), for information.
 - **faithfulness** of the EAP circuit at 10% of the edges (one exact patched forward pass), and
   full **ACDC** runs (one patched forward per edge, each from the layer of the edge it tries;

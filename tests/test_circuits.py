@@ -327,7 +327,7 @@ def test_direct_runs_record_what_transformer_lens_hooks_record(
     tokens = torch.cat([p.clean_tokens, p.corrupted_tokens])
     weights = torch.randn((*tokens.shape, model.cfg.d_model), generator=gen, dtype=model.cfg.dtype)
     resid_pre0 = torch.randn(weights.shape, generator=gen, dtype=weights.dtype) if embeddings == "replaced" else None
-    runs = {}
+    recorded = {}
     for direct in (True, False):
         p.direct = direct
         with p._edge_mode(grad=grad):
@@ -336,8 +336,8 @@ def test_direct_runs_record_what_transformer_lens_hooks_record(
                 names = ["final", *rec["live"]]
                 grads = torch.autograd.grad((rec["final"] * weights).sum(), [rec["final"], *rec["live"].values()])
                 rec["grads"] = dict(zip(names, grads, strict=True))
-        runs[direct] = rec
-    direct_rec, hooked = runs[True], runs[False]
+        recorded[direct] = rec
+    direct_rec, hooked = recorded[True], recorded[False]
 
     def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:  # relative to the largest value
         a, b = a.detach(), b.detach()
@@ -381,8 +381,10 @@ def test_direct_runs_without_fused_rms_norm(make_model: Callable[..., Any], monk
 
 
 def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -> None:
-    """Models the direct runs do not cover exactly go through TransformerLens, and so does a
-    model with a hook of the user's attached (which then sees EAP's runs)."""
+    """Models the direct runs do not cover exactly go through TransformerLens: other
+    configurations, weights not in cfg.dtype, code of their own (a subclass, a method replaced or
+    patched), attention settings of a module; so does a model with a hook attached, which then
+    sees EAP's runs, and EAP-IG's when it was attached after the set-up."""
     from transformer_lens import HookedTransformer
 
     from mechwidgets.analysis import _direct

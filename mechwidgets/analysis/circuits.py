@@ -67,7 +67,7 @@ one forward pass and the user's value restored in a ``finally``. Hooks never out
 pass, so a long ACDC run leaves the model usable between its steps. EAP's and EAP-IG's recording
 runs skip the hook points where :mod:`._direct` computes a model's forward pass exactly (a plain
 pre-norm ``HookedTransformer`` with learned positions and no hooks of its own attached): on a
-small model TransformerLens's per-hook bookkeeping costs more than the arithmetic.
+small model TransformerLens's per-hook bookkeeping is a large share of a forward pass.
 """
 
 from __future__ import annotations
