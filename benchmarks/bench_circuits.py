@@ -15,7 +15,8 @@ medians; CPU time alongside, which a busy machine disturbs less):
   ``torch.no_grad()``) on the same batch. Target: <= 3. Both models here are plain
   ``HookedTransformer`` models, so EAP's two recording runs go through ``analysis._direct`` (the same
   arithmetic without TransformerLens's hook points) while the plain forward is TransformerLens's
-  own: the ratio compares EAP with running the model as a user does.
+  own: the ratio compares EAP with running the model as a user does. The peer, in the same
+  process: the same EAP with ``_direct`` switched off (its runs through TransformerLens's hooks).
 - **EAP-IG** (5 interpolation steps, on top of EAP's cached runs), for information.
 - **faithfulness** of the EAP circuit at 10% of the edges (one exact patched forward pass), and
   full **ACDC** runs (one patched forward per edge, each from the layer of the edge it tries;
@@ -132,9 +133,25 @@ def measure_model(name: str, model: Any, prompts: tuple[Any, Any], tokens: torch
     patcher = eap["out"]
     n_edges = patcher.graph.n_edges
     rows = [
-        f"| {name} | EAP, all {n_edges:,} edges | {1e3 * eap['call']:.1f} ms | {1e3 * eap['fwd']:.1f} ms | "
+        f"| {name} | EAP, all {n_edges:,} edges{'' if patcher.direct else ' (hooked runs)'} | "
+        f"{1e3 * eap['call']:.1f} ms | {1e3 * eap['fwd']:.1f} ms | "
         f"**{eap['call'] / eap['fwd']:.2f}** ({eap['call_cpu'] / eap['fwd_cpu']:.2f} CPU) | <= {EAP_TARGET:g} |"
     ]
+    if patcher.direct:  # the peer: the same EAP with its runs through TransformerLens's hooks
+        from mechwidgets.analysis import _direct
+
+        print(f"  {name}: EAP through TransformerLens's hooks", flush=True)
+        own = _direct.unsupported
+        _direct.unsupported = lambda model: "switched off by the benchmark"  # type: ignore[assignment]
+        try:
+            hooked = interleaved(forward, lambda: EdgePatcher(model, clean, corrupted, **kwargs), REPEATS)
+        finally:
+            _direct.unsupported = own
+        rows.append(
+            f"| {name} | EAP with its runs through TransformerLens's hooks (the peer) | {1e3 * hooked['call']:.1f} ms "
+            f"| {1e3 * hooked['fwd']:.1f} ms | {hooked['call'] / hooked['fwd']:.2f} "
+            f"({hooked['call_cpu'] / hooked['fwd_cpu']:.2f} CPU) | n/a |"
+        )
     print(f"  {name}: EAP-IG", flush=True)
 
     def run_ig() -> Any:
