@@ -371,7 +371,7 @@ class ModelHandle:
         restored. Parameters never receive gradients that outlive the session.
         """
         model = self.model
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]  # each module's own (they may differ)
         grad_was = torch.is_grad_enabled()
         params_grad = {n: p.grad for n, p in model.named_parameters()} if grad else None
         model.eval()
@@ -380,7 +380,8 @@ class ModelHandle:
             yield self
         finally:
             torch.set_grad_enabled(grad_was)
-            model.train(was_training)
+            for m, training in modes:
+                m.training = training
             if params_grad is not None:
                 for n, p in model.named_parameters():
                     p.grad = params_grad[n]

@@ -56,7 +56,7 @@ def snapshot(model: Any) -> dict[str, Any]:
 
     return {
         "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "training": model.training,
+        "training": [m.training for m in model.modules()],
         "grad": torch.is_grad_enabled(),
         "hooks": hook_count(model),
         "param_grads": [p.grad is None for p in model.parameters()],
