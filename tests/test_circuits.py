@@ -382,10 +382,11 @@ def test_direct_runs_without_fused_rms_norm(make_model: Callable[..., Any], monk
 
 def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -> None:
     """Models the direct runs do not cover exactly go through TransformerLens: other
-    configurations, weights not in cfg.dtype, code of their own (a subclass, a method replaced or
-    patched), attention settings of a module; so does a model with a hook attached, which then
-    sees EAP's runs, and EAP-IG's when it was attached after the set-up."""
-    from transformer_lens import HookedTransformer
+    configurations, weights not in cfg.dtype, code of their own (a subclass, a method replaced on
+    an instance or patched on a class, also with functools.wraps), a module's own attention
+    settings or cfg, autocast; so does a model with a hook attached, which then sees EAP's runs,
+    and EAP-IG's when it was attached after the set-up."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from mechwidgets.analysis import _direct
 
@@ -421,14 +422,37 @@ def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -
         assert "code of its own in MLP" in str(_direct.unsupported(model))
     finally:
         del mlp.forward
-    from transformer_lens.components import TransformerBlock
-
-    original = TransformerBlock.forward
-    TransformerBlock.forward = lambda self, *args, **kwargs: original(self, *args, **kwargs)  # type: ignore[method-assign]
+    attn = model.blocks[1].attn  # a method outside the obvious ones, which the forward pass calls
+    attn._make_causal_mask = lambda *args, **kwargs: None
     try:
-        assert "code of its own in TransformerBlock" in str(_direct.unsupported(model))
+        assert "code of its own in Attention" in str(_direct.unsupported(model))
     finally:
-        TransformerBlock.forward = original  # type: ignore[method-assign]
+        del attn._make_causal_mask
+    import functools
+
+    from transformer_lens.components import TransformerBlock
+    from transformer_lens.components.abstract_attention import AbstractAttention
+
+    for cls, name in [(TransformerBlock, "TransformerBlock"), (AbstractAttention, "Attention")]:
+        original = cls.forward
+
+        @functools.wraps(original)  # copies the name and module, not the code
+        def patched(self: Any, *args: Any, original: Any = original, **kwargs: Any) -> Any:
+            return original(self, *args, **kwargs)
+
+        cls.forward = patched  # type: ignore[method-assign]
+        try:
+            assert f"code of its own in {name}" in str(_direct.unsupported(model))
+        finally:
+            cls.forward = original  # type: ignore[method-assign]
+    block = model.blocks[0]
+    own_cfg = block.attn.cfg = HookedTransformerConfig(**{**model.cfg.to_dict(), "attention_dir": "bidirectional"})
+    try:
+        assert "Attention with a cfg of its own" in str(_direct.unsupported(model)) and own_cfg is block.attn.cfg
+    finally:
+        block.attn.cfg = model.cfg
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _direct.unsupported(model) == "autocast is on"
     model.blocks[1].attn._attention_dir_override = "bidirectional"
     try:
         assert _direct.unsupported(model) == "local or non-causal attention"

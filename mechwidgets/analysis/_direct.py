@@ -14,14 +14,21 @@ separate ``hook_mlp_in``, as ``cfg.use_hook_mlp_in`` makes one, so that its grad
 MLP's alone).
 
 Every other model goes through TransformerLens: any model with a hook attached to one of its
-modules (a user's hook must see the run), and any whose forward-pass code is not
-TransformerLens's own (a subclass, a patched or replaced method). ``tests/test_circuits.py``
+modules (a user's hook must see the run), and any whose code is not TransformerLens's own (a
+subclass, a method replaced on an instance or patched on a class: the methods' code must come
+from TransformerLens's files). The boundary: module-level functions that TransformerLens's
+methods call (its utilities, einops, torch) are not checked; patching those is not detected. ``tests/test_circuits.py``
 checks each recorded tensor and gradient against TransformerLens's own run on every
 configuration covered here (in float64 to 1e-10), and that the ones not covered are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import sys
+import types
 from typing import Any
 
 import torch
@@ -51,35 +58,66 @@ _PLAIN_CONFIG: dict[str, tuple[Any, ...]] = {
     "original_architecture": (None, "GPT2LMHeadModel"),
 }
 _NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
-#: The methods of TransformerLens's forward pass whose arithmetic :func:`record` repeats: where a
-#: class's method comes from anywhere but TransformerLens (patched, or a subclass), it is refused.
-_METHODS: dict[str, tuple[str, ...]] = {
-    "HookedTransformer": ("forward", "input_to_embed", "get_residual"),
-    "TransformerBlock": ("forward", "apply_mlp"),
-    "Attention": ("forward", "calculate_qkv_matrices", "calculate_attention_scores", "apply_causal_mask",
-                  "calculate_z_scores"),
-}
-
-
 def _has_hooks(module: torch.nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None))
 
 
-def _own_code(cls: type[torch.nn.Module]) -> bool:
-    """Whether the forward-pass methods of ``cls`` are TransformerLens's own (``torch.nn.Identity``,
-    the norm of a model without one, is torch's; a container such as the blocks' list runs
-    nothing itself)."""
-    if cls is torch.nn.Identity:
-        return cls.forward is torch.nn.Identity.forward
-    if cls.forward is torch.nn.Module.forward:
-        return True
-    return all(getattr(getattr(cls, n, None), "__module__", "").startswith("transformer_lens.")
-               for n in _METHODS.get(cls.__name__, ("forward",)))
+def _dir(module: Any) -> str:
+    return os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+
+
+def _tl_function(f: Any, tl_dir: str) -> bool:
+    """Whether ``f`` (a function, staticmethod or classmethod) is TransformerLens's own code: written
+    in its package and not a wrapper (``functools.wraps`` copies a wrapped function's name and
+    module, not its code), or one of its own decorated methods (torch's or the standard library's
+    wrapper around a function of its package)."""
+    f = getattr(f, "__func__", f)
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return False
+    if code.co_filename.startswith(tl_dir):
+        return not hasattr(f, "__wrapped__")
+    inner = getattr(f, "__wrapped__", None)
+    return inner is not None and code.co_filename.startswith((_dir(torch), _dir(contextlib))) and _tl_function(
+        inner, tl_dir)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))  # torch >= 2.4
+    except TypeError:
+        return bool(torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled())
+
+
+@functools.cache
+def _callable_names(cls: type) -> frozenset[str]:
+    """The names of ``cls``'s methods (and other callables), which an instance must not shadow."""
+    return frozenset(name for name in dir(cls) if callable(getattr(cls, name, None)))
+
+
+def _own_code(cls: type, tl_dir: str) -> bool:
+    """Whether every method ``cls`` and its TransformerLens base classes define is TransformerLens's
+    own (nothing patched onto the class; not a subclass from elsewhere), ``torch.nn.Identity``'s
+    forward torch's own (the norm of a model without one)."""
+    for base in cls.__mro__:
+        if base is torch.nn.Identity:
+            forward = vars(base)["forward"]
+            if forward.__code__.co_filename != torch.nn.modules.linear.__file__ or hasattr(forward, "__wrapped__"):
+                return False
+        elif base.__module__.startswith("transformer_lens"):
+            if not all(_tl_function(f, tl_dir) for f in vars(base).values()
+                       if isinstance(f, (types.FunctionType, staticmethod, classmethod))):
+                return False
+        elif not (base is object or base.__module__.startswith(("torch.nn.modules.", "typing", "abc"))):
+            return False
+    return True
 
 
 def unsupported(model: Any) -> str | None:
-    """Why :func:`record` cannot stand in for ``model``'s own forward pass (None: it can)."""
+    """Why :func:`record` cannot stand in for ``model``'s own forward pass (None: it can): a
+    configuration or weights it does not follow, a module's own attention settings or ``cfg``,
+    hooks (the model's or global ones), autocast, or code that is not TransformerLens's own."""
     try:
         from transformer_lens import HookedTransformer
         from transformer_lens.components import MLP, Attention, Embed, PosEmbed, TransformerBlock
@@ -122,18 +160,23 @@ def unsupported(model: Any) -> str | None:
     if any(getattr(hooks, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
                                                    "_global_backward_hooks", "_global_backward_pre_hooks")):
         return "global module hooks"
+    if _autocast_on(model.embed.W_E.device.type):
+        return "autocast is on"
     classes = set()
     for module in model.modules():
         if _has_hooks(module):
             return "hooks attached to the model"
         if any(p is not None and p.dtype != cfg.dtype for p in module._parameters.values()):
             return wrong_dtype
-        cls = type(module)
-        if not vars(module).keys().isdisjoint(_METHODS.get(cls.__name__, ("forward",))):
+        if getattr(module, "cfg", cfg) is not cfg:  # every module reads its own cfg
+            return f"a {type(module).__name__} with a cfg of its own"
+        cls: type = type(module)
+        if not vars(module).keys().isdisjoint(_callable_names(cls)):
             return f"code of its own in {cls.__name__} (a method replaced on the instance)"
         classes.add(cls)
+    tl_dir = _dir(sys.modules["transformer_lens"])
     for cls in classes:
-        if not _own_code(cls):
+        if not _own_code(cls, tl_dir):
             return f"code of its own in {cls.__name__} (a patched method or a subclass)"
     return None
 
