@@ -453,6 +453,12 @@ def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -
         block.attn.cfg = model.cfg
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _direct.unsupported(model) == "autocast is on"
+    ignore = attn.IGNORE.clone()
+    attn.IGNORE.fill_(-1.0)  # a masked score that softmax does not send to 0
+    try:
+        assert _direct.unsupported(model) == "masked attention scores set to -1.0"
+    finally:
+        attn.IGNORE.copy_(ignore)
     model.blocks[1].attn._attention_dir_override = "bidirectional"
     try:
         assert _direct.unsupported(model) == "local or non-causal attention"

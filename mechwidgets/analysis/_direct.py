@@ -147,6 +147,9 @@ def unsupported(model: Any) -> str | None:
         if getattr(attn, "attn_type", "global") != "global" or getattr(attn, "_attention_dir_override", None) not in (
                 None, "causal"):
             return "local or non-causal attention"
+        ignore = getattr(attn, "IGNORE", None)  # the masked scores' value: -inf (older files: -1e5)
+        if ignore is None or not float(ignore) <= -1e4:
+            return f"masked attention scores set to {None if ignore is None else float(ignore)}"
         norms.append(block.ln1)
         if not cfg.attn_only:
             if type(block.mlp) is not MLP:
