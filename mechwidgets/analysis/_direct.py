@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._model import tl_major_version
+
 #: Configuration fields that change the arithmetic, with the only values :func:`record` follows
 #: (``dtype``, the attention modules' own settings and the code itself are checked in
 #: :func:`unsupported`).
@@ -57,7 +59,17 @@ _PLAIN_CONFIG: dict[str, tuple[Any, ...]] = {
     # or the attention (others, e.g. post-norm ones, go through TransformerLens)
     "original_architecture": (None, "GPT2LMHeadModel"),
 }
-_NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
+#: TransformerLens's own norms (weights ``w``, if any, and a number ``eps``), whose formula
+#: :func:`_norm` repeats (and ``EdgePatcher`` differentiates in closed form).
+TL_NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
+
+
+def tl_norm(ln: Any, kinds: tuple[str, ...] = TL_NORMS) -> bool:
+    """Whether ``ln`` is one of TransformerLens's own norms named in ``kinds`` (a
+    ``torch.nn.LayerNorm`` is not: its weights are not ``w``)."""
+    kind = type(ln)
+    return (kind.__name__ in kinds and kind.__module__.startswith("transformer_lens")
+            and isinstance(getattr(ln, "eps", None), (int, float)))
 def _has_hooks(module: torch.nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or getattr(module, "_backward_pre_hooks", None))
@@ -65,6 +77,10 @@ def _has_hooks(module: torch.nn.Module) -> bool:
 
 def _dir(module: Any) -> str:
     return os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+
+
+#: Where the wrappers of TransformerLens's own decorated methods are written.
+_WRAPPER_DIRS = (_dir(torch), _dir(contextlib))
 
 
 def _tl_function(f: Any, tl_dir: str) -> bool:
@@ -79,8 +95,7 @@ def _tl_function(f: Any, tl_dir: str) -> bool:
     if code.co_filename.startswith(tl_dir):
         return not hasattr(f, "__wrapped__")
     inner = getattr(f, "__wrapped__", None)
-    return inner is not None and code.co_filename.startswith((_dir(torch), _dir(contextlib))) and _tl_function(
-        inner, tl_dir)
+    return inner is not None and code.co_filename.startswith(_WRAPPER_DIRS) and _tl_function(inner, tl_dir)
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -118,11 +133,11 @@ def unsupported(model: Any) -> str | None:
     """Why :func:`record` cannot stand in for ``model``'s own forward pass (None: it can): a
     configuration or weights it does not follow, a module's own attention settings or ``cfg``,
     hooks (the model's or global ones), autocast, or code that is not TransformerLens's own."""
-    try:
-        from transformer_lens import HookedTransformer
-        from transformer_lens.components import MLP, Attention, Embed, PosEmbed, TransformerBlock
-    except ImportError:  # TransformerLens 4.x: no such components
+    if tl_major_version() != 3:
         return "not a TransformerLens 3.x HookedTransformer"
+    from transformer_lens import HookedTransformer
+    from transformer_lens.components import MLP, Attention, Embed, PosEmbed, TransformerBlock
+
     if type(model) is not HookedTransformer:
         return "not a plain HookedTransformer"
     cfg = model.cfg
@@ -156,8 +171,7 @@ def unsupported(model: Any) -> str | None:
                 return "a custom MLP"
             norms.append(block.ln2)
     for ln in norms:
-        if not (isinstance(ln, torch.nn.Identity) or (
-                type(ln).__name__ in _NORMS and type(ln).__module__.startswith("transformer_lens"))):
+        if not (isinstance(ln, torch.nn.Identity) or tl_norm(ln)):
             return f"a {type(ln).__name__} norm"
     hooks = torch.nn.modules.module
     if any(getattr(hooks, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",

@@ -825,14 +825,12 @@ class EdgePatcher:
     CHUNK_FLOATS: int = 1 << 18
 
     #: Norms whose backward :meth:`_norm_vjp` computes in closed form.
-    CLOSED_FORM_NORMS = ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre")
+    CLOSED_FORM_NORMS = _direct.TL_NORMS
 
     def _closed_form(self, ln: Any) -> bool:
         """Whether ``ln`` is one of TransformerLens's own norms that :meth:`_norm_vjp` covers
         (weights ``w``, if any, and ``eps``): a ``torch.nn.LayerNorm`` goes through autograd."""
-        kind = type(ln)
-        return (kind.__name__ in self.CLOSED_FORM_NORMS and kind.__module__.startswith("transformer_lens")
-                and isinstance(getattr(ln, "eps", None), (int, float)))
+        return _direct.tl_norm(ln, self.CLOSED_FORM_NORMS)
 
     def _ln1_stack(self) -> tuple[str, float, torch.Tensor | None] | None:
         """``(kind, eps, weights [layer, d] or None)`` when every layer's ``ln1`` is the same
