@@ -185,7 +185,7 @@ def unsupported(model: Any) -> str | None:
             return "hooks attached to the model"
         if any(p is not None and p.dtype != cfg.dtype for p in module._parameters.values()):
             return wrong_dtype
-        if getattr(module, "cfg", cfg) is not cfg:  # every module reads its own cfg
+        if vars(module).get("cfg", cfg) is not cfg:  # every module reads its own cfg (a plain attribute)
             return f"a {type(module).__name__} with a cfg of its own"
         cls: type = type(module)
         if not vars(module).keys().isdisjoint(_callable_names(cls)):
