@@ -78,6 +78,17 @@ def own_settings(fresh: Any) -> Iterator[Any]:
             setattr(fresh.cfg, name, value)
 
 
+def random_norm_weights(model: Any, seed: int, names: tuple[str, ...]) -> None:
+    """Each block's norms ``names`` get weights drawn from [0.5, 1.5) (not TransformerLens's ones)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in model.blocks:
+            for name in names:
+                ln = getattr(block, name)
+                if hasattr(ln, "w"):
+                    ln.w.copy_(0.5 + torch.rand(ln.w.shape, generator=gen))
+
+
 # ------------------------------------------------------------------------------ hand computations
 def _outputs(model: Any, cache: Any) -> dict[str, torch.Tensor]:
     """Every source's output, from TransformerLens's own per-head results."""
@@ -259,11 +270,7 @@ def test_eap_destination_gradients_by_every_path(
     model = make_model(n_layers=3, **VARIANTS[variant])
     cfg = model.cfg
     per_layer = 3 * cfg.n_heads * model.to_tokens(CLEAN).shape[1] * cfg.d_model  # floats of one layer
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # each layer's norm weights its own (a layer's taken for another's shows)
-        for block in model.blocks:
-            if hasattr(block.ln1, "w"):
-                block.ln1.w.copy_(0.5 + torch.rand(block.ln1.w.shape, generator=gen))
+    random_norm_weights(model, 1, ("ln1",))  # each layer's its own (a layer's taken for another's shows)
     if path == "all layers at once":
         monkeypatch.setattr(EdgePatcher, "CHUNK_FLOATS", 3 * per_layer)
     elif path == "two layers then one":
@@ -366,12 +373,7 @@ def test_direct_runs_without_fused_rms_norm(make_model: Callable[..., Any], monk
                                             variant: str) -> None:
     """torch < 2.4 has no ``rms_norm``: the direct runs then write the norm out, as TransformerLens does."""
     model = make_model(**VARIANTS[variant])
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():  # norm weights that are not all ones
-        for block in model.blocks:
-            for ln in (block.ln1, block.ln2):
-                if hasattr(ln, "w"):
-                    ln.w.copy_(0.5 + torch.rand(ln.w.shape, generator=gen))
+    random_norm_weights(model, 4, ("ln1", "ln2"))
     fused = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
     monkeypatch.delattr(torch.nn.functional, "rms_norm")
     plain = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
