@@ -13,7 +13,7 @@ medians; CPU time alongside, which a busy machine disturbs less):
   forward, a clean forward with gradients, one backward pass and the scores of every edge) in
   forward-equivalents: its time over one plain forward (``model(tokens)``, full logits, under
   ``torch.no_grad()``) on the same batch. Target: <= 3. Both models here are plain
-  ``HookedTransformer`` models, so EAP's two recording runs go through ``analysis._direct`` (the same
+  ``HookedTransformer`` models, so EAP's two recording runs go through ``mechwidgets._fast`` (the same
   arithmetic without TransformerLens's hook points) while the plain forward is TransformerLens's
   own: the ratio compares EAP with running the model as a user does. The peer, in the same
   process: the same EAP with ``_direct`` switched off (its runs through TransformerLens's hooks).
@@ -138,11 +138,11 @@ def measure_model(name: str, model: Any, prompts: tuple[Any, Any], tokens: torch
         f"**{eap['call'] / eap['fwd']:.2f}** ({eap['call_cpu'] / eap['fwd_cpu']:.2f} CPU) | <= {EAP_TARGET:g} |"
     ]
     if patcher.direct:  # the peer: the same EAP with its runs through TransformerLens's hooks
-        from mechwidgets.analysis import _direct
+        from mechwidgets import _fast as _direct
 
         print(f"  {name}: EAP through TransformerLens's hooks", flush=True)
         own = _direct.unsupported
-        _direct.unsupported = lambda model: "switched off by the benchmark"  # type: ignore[assignment]
+        _direct.unsupported = lambda model, need="record": "switched off by the benchmark"  # type: ignore[assignment]
         try:
             hooked = interleaved(forward, lambda: EdgePatcher(model, clean, corrupted, **kwargs), REPEATS)
         finally:

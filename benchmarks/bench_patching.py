@@ -22,7 +22,9 @@ position, TransformerLens under ``torch.no_grad()`` (its progress bars off); and
 ``attribution_patch`` against one plain forward pass (``model(tokens)``, full logits).
 TransformerLens runs one full forward per cell whatever the prompts, so it is timed once, on the
 names-swapped pair, and both cases are compared with that time. Targets: resid_pre >= 20x, heads
->= 15x, attribution <= 2.5 forward passes. ``max |diff|`` is the largest difference between our
+>= 15x, attribution <= 2.5 forward passes. With a user's hook attached (an identity on
+``blocks.0.hook_resid_pre``) every patched run goes through TransformerLens's hooks: its own row,
+no target. ``max |diff|`` is the largest difference between our
 grid and TransformerLens's (``normalize=False``, names-swapped pair).
 
 Environment: ``BENCH_REPEATS`` (default 3) repeats of each of our runs and of TransformerLens on
@@ -162,6 +164,22 @@ def bench_model(
                     diff,
                 ]
             )
+        # a user's hook attached (an identity here, as a spliced SAE or a steering vector would
+        # be attached): every run goes through TransformerLens's hooks, which must see it
+        model.add_hook("blocks.0.hook_resid_pre", identity, is_permanent=True)
+        try:
+            hooked_wall, hooked_cpu, hooked = timed(lambda component=component: activation_patch(
+                model, clean, swapped, component=component, answer=A, wrong_answer=B, normalize=False), repeats)
+        finally:
+            model.reset_hooks(including_permanent=True)
+        ratio = tl_wall / hooked_wall
+        print(f"    with a user hook: ours {hooked_wall:.3f} s ({ratio:.1f}x)", flush=True)
+        rows.append([
+            label, f"`{component}` grid, a user hook attached (hooks path)", "names swapped (pos 2, 4, 13)",
+            f"{tl_wall:.2f} ({tl_repeats})", f"{hooked_wall:.3f} ({repeats})",
+            f"**{ratio:.1f}x** ({tl_cpu / hooked_cpu:.1f}x)", "(its own row)", "",
+            f"{(hooked.values - tl_grid.cpu()).abs().max().item():.1e}",
+        ])
     for component in ("resid_pre", "head_out"):
 
         def attribution(component: str = component) -> Any:
@@ -186,6 +204,10 @@ def bench_model(
             ]
         )
     return rows
+
+
+def identity(act: torch.Tensor, hook: Any) -> torch.Tensor:
+    return act
 
 
 def met(wall: bool, cpu: bool) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import _fast
 from .errors import AnswerError, ComponentError, ModelError, PromptError
 
 HookFn = Callable[..., Any]
@@ -467,148 +468,31 @@ class ModelHandle:
         handle.n_kv_heads = int(kv) if kv else handle.n_heads
         return handle
 
-    def supports_partial_blocks(self) -> bool:
-        """Whether :meth:`block_runner`, :meth:`run_layers`, :meth:`attn_out_from_z` and
-        :meth:`last_logits` work: a TransformerLens 3.x ``HookedTransformer`` on one device with
-        pre-norm blocks, causal global attention (standard or rotary positions, grouped-query
-        allowed; no ALiBi, soft-capping, QK norm, sinks), a plain MLP, and no left padding."""
+    def fast_path_blocker(self, need: _fast.Need = "blocks") -> str | None:
+        """Why the execution core's exact arithmetic (:mod:`mechwidgets._fast`) cannot stand in
+        for the model's own forward pass *now* (None: it can). Asked afresh before every run: a
+        hook attached, a weight cast, a method patched since the last call all send the run
+        through TransformerLens's own hooks."""
         if self.kind != "hooked":
-            return False
-        cfg, model = self.cfg, self.model
-        off = ("use_qk_norm", "use_split_qkv_input", "use_attn_in", "load_in_4bit",
-               "use_normalization_before_and_after", "use_attention_sinks", "use_logn_attn")
-        cap = getattr(cfg, "attn_scores_soft_cap", None)
-        blocks = getattr(model, "blocks", [])
-        return bool(
-            getattr(cfg, "positional_embedding_type", "standard") in ("standard", "rotary")
-            and getattr(cfg, "attention_dir", "causal") == "causal"
-            and not any(getattr(cfg, name, False) for name in off)
-            and getattr(cfg, "clip_qkv", None) is None
-            and (cap is None or cap <= 0)
-            and getattr(cfg, "n_devices", 1) == 1
-            and "Olmo" not in str(getattr(cfg, "original_architecture", "") or "")
-            and getattr(getattr(model, "tokenizer", None), "padding_side", "right") != "left"
-            and hasattr(model, "unembed")
-            and all(getattr(b.attn, "attn_type", "global") == "global" for b in blocks)
-            and (cfg.attn_only or all(type(b.mlp).__name__ == "MLP" for b in blocks))
-            and getattr(cfg, "act_fn", None) != "solu_ln"
-        )
+            return "not a TransformerLens 3.x HookedTransformer"
+        return _fast.unsupported(self.model, need)
+
+    def supports_partial_blocks(self) -> bool:
+        """Whether :meth:`block_runner` may run this model now (see :meth:`fast_path_blocker`):
+        a plain TransformerLens 3.x ``HookedTransformer`` with pre-norm blocks, causal global
+        attention (standard or rotary positions, grouped-query allowed), a plain MLP, float32 or
+        float64 weights, no left padding, and no hook of any kind attached."""
+        return self.fast_path_blocker("blocks") is None
 
     def block_runner(self) -> Callable[..., torch.Tensor]:
-        """A function running one block on the last ``m`` positions of a prompt, with the weights
-        arranged once (TransformerLens re-arranges W_Q/W_K/W_V/W_O on every call, which dominates
-        small batches). Make one per analysis: it keeps the weights of the moment. Needs
-        :meth:`supports_partial_blocks`.
-
-        ``run(layer, resid, past_k, past_v, *, last_only=False)``: ``resid`` (``[batch, m,
-        d_model]``) enters block ``layer`` at positions ``p..p+m-1``; ``past_k``/``past_v``
-        (``[1 or batch, p, kv_heads, d_head]``, as at ``hook_k``/``hook_v``) are the keys and
-        values of positions ``0..p-1``. Returns the residual after the block, ``[batch, m,
-        d_model]``; with ``last_only`` keys and values are computed at every position but
-        queries, attention output and MLP only at the last (``[batch, 1, d_model]``).
-        ``run(layer, resid_mid, mid=True)``: the rest of a sequential block from ``resid_mid``.
-        """
-        import torch.nn.functional as F
-
-        model, cfg = self.model, self.cfg
-        n_heads, d_head, d_model = self.n_heads, self.d_head, self.d_model
-        act_name = str(getattr(cfg, "act_fn", ""))
-        tanh_gelu = act_name in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")  # one fused kernel
-        fast_act = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}.get(act_name)
-        prepared: dict[int, tuple[Any, ...]] = {}
-
-        def weights(layer: int) -> tuple[Any, ...]:
-            if layer not in prepared:
-                attn = model.blocks[layer].attn
-                ungrouped = getattr(cfg, "ungroup_grouped_query_attention", False)
-                grouped = hasattr(attn, "_W_K") and not ungrouped  # K/V per key-value head
-                w_k, w_v = (attn._W_K, attn._W_V) if grouped else (attn.W_K, attn.W_V)
-                b_k, b_v = (attn._b_K, attn._b_V) if grouped else (attn.b_K, attn.b_V)
-                w_qkv = torch.cat(
-                    [w.permute(1, 0, 2).reshape(d_model, -1) for w in (attn.W_Q, w_k, w_v)], 1
-                )
-                b_qkv = torch.cat([b.reshape(-1) for b in (attn.b_Q, b_k, b_v)])
-                n_q = n_heads * d_head  # also split, for a last-position-only query
-                prepared[layer] = (
-                    w_qkv, b_qkv, w_qkv[:, :n_q].contiguous(), b_qkv[:n_q],
-                    w_qkv[:, n_q:].contiguous(), b_qkv[n_q:], int(w_k.shape[0]),
-                    attn.W_O.reshape(-1, d_model), attn.b_O,
-                )
-            return prepared[layer]
-
-        def norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
-            if type(ln).__name__ == "LayerNorm" and hasattr(ln, "w"):
-                return F.layer_norm(x, (d_model,), ln.w, ln.b, ln.eps)
-            return ln(x)  # LNPre, RMS, RMSPre, Identity
-
-        def mlp(layer: int, x: torch.Tensor) -> torch.Tensor:
-            block = model.blocks[layer]
-            module = block.mlp
-            x = norm(block.ln2, x)
-            pre = torch.addmm(module.b_in, x.reshape(-1, d_model), module.W_in)
-            if tanh_gelu:
-                post = F.gelu(pre, approximate="tanh")
-            else:
-                post = fast_act(pre) if fast_act is not None else module.act_fn(pre)  # type: ignore[operator]
-            return torch.addmm(module.b_out, post, module.W_out).view(x.shape)
-
-        def run(
-            layer: int,
-            resid: torch.Tensor,
-            past_k: torch.Tensor | None = None,
-            past_v: torch.Tensor | None = None,
-            *,
-            last_only: bool = False,
-            mid: bool = False,
-        ) -> torch.Tensor:
-            if mid:
-                return resid + mlp(layer, resid)
-            assert past_k is not None and past_v is not None
-            block = model.blocks[layer]
-            attn = block.attn
-            w_qkv, b_qkv, w_q, b_q, w_kv, b_kv, n_kv, w_o, b_o = weights(layer)
-            batch, m, _ = resid.shape
-            past = past_k.shape[1]
-            normed = norm(block.ln1, resid)
-            first = past + m - 1 if last_only else past  # position of the first query
-            if last_only:
-                q = torch.addmm(b_q, normed[:, -1], w_q)
-                kv = torch.addmm(b_kv, normed.reshape(-1, d_model), w_kv).view(batch, m, -1)
-                k, v = kv.split(n_kv * d_head, -1)
-                resid = resid[:, -1:]
-            else:
-                qkv = torch.addmm(b_qkv, normed.reshape(-1, d_model), w_qkv).view(batch, m, -1)
-                q, k, v = qkv.split([n_heads * d_head, n_kv * d_head, n_kv * d_head], -1)
-            q = q.reshape(batch, -1, n_heads, d_head)
-            k, v = k.reshape(batch, m, n_kv, d_head), v.reshape(batch, m, n_kv, d_head)
-            keys = torch.cat([past_k.expand(batch, -1, -1, -1), k], 1)
-            values = torch.cat([past_v.expand(batch, -1, -1, -1), v], 1)
-            if cfg.positional_embedding_type == "rotary":
-                q, keys = attn.apply_rotary(q, first), attn.apply_rotary(keys, 0)
-            if n_kv != n_heads:
-                keys = keys.repeat_interleave(n_heads // n_kv, 2)
-                values = values.repeat_interleave(n_heads // n_kv, 2)
-            scores = torch.einsum("bqhd,bkhd->bhqk", q, keys) / attn.attn_scale
-            q_pos = torch.arange(first, first + q.shape[1], device=resid.device)
-            k_pos = torch.arange(past + m, device=resid.device)
-            scores = scores.masked_fill(k_pos[None, :] > q_pos[:, None], float("-inf"))
-            z = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), values)
-            attn_out = (z.reshape(-1, n_heads * d_head) @ w_o + b_o).view(resid.shape)
-            if cfg.attn_only:
-                return resid + attn_out
-            if cfg.parallel_attn_mlp:
-                return resid + attn_out + mlp(layer, resid)
-            resid_mid = resid + attn_out
-            return resid_mid + mlp(layer, resid_mid)
-
-        return run
+        """:func:`mechwidgets._fast.block_runner` of this model (needs
+        :meth:`supports_partial_blocks`, checked by the caller for the same call)."""
+        return _fast.block_runner(self.model)
 
     def attn_out_from_z(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """The attention output (``hook_attn_out``) of head outputs ``z``
         (``[batch, pos, n_heads, d_head]``, as at ``hook_z``): ``sum_h z_h W_O[h] + b_O``."""
-        attn = self.model.blocks[layer].attn
-        w_o = attn.W_O
-        return z.reshape(*z.shape[:-2], -1) @ w_o.reshape(-1, w_o.shape[-1]) + attn.b_O
+        return _fast.attn_out_from_z(self.model.blocks[layer].attn, z)
 
     def run_layers(
         self, resid: torch.Tensor, start: int, stop: int, *, fwd_hooks: Hooks = ()
@@ -619,24 +503,12 @@ class ModelHandle:
             return self.model(resid, start_at_layer=start, stop_at_layer=stop)
 
     def last_logits(
-        self, resid_last: torch.Tensor, columns: Sequence[int] | None = None
+        self, resid_last: torch.Tensor, columns: Sequence[int] | torch.Tensor | None = None
     ) -> torch.Tensor:
         """Final norm and unembedding of last-position residuals (``[batch, d_model]``, after the
-        last block): ``[batch, d_vocab]`` logits, or only ``columns`` of them (a logit
-        difference needs two columns of ``W_U``, not all ``d_vocab``)."""
-        model, cfg = self.model, self.cfg
-        x = resid_last[:, None]
-        if getattr(cfg, "normalization_type", None) is not None and hasattr(model, "ln_final"):
-            x = model.ln_final(x)
-        w_u, b_u = model.unembed.W_U, model.unembed.b_U
-        if columns is not None:
-            cols = torch.as_tensor(list(columns), device=w_u.device)
-            w_u, b_u = w_u[:, cols], b_u[cols]
-        logits = x[:, 0] @ w_u + b_u
-        cap = getattr(cfg, "output_logits_soft_cap", None)
-        if cap is not None and cap > 0:
-            logits = cap * torch.tanh(logits / cap)
-        return logits
+        last block): ``[batch, d_vocab]`` logits, or only ``columns`` of them (``[k]``, or
+        ``[batch, k]`` per row; see :func:`mechwidgets._fast.last_logits`)."""
+        return _fast.last_logits(self.model, resid_last, columns)
 
     def run_last_logits(
         self,
@@ -648,9 +520,10 @@ class ModelHandle:
         detach: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward pass caching ``names``; returns the last position's logits (``[batch, d_vocab]``,
-        or ``columns`` of them) and the cache. A ``HookedTransformer`` stops after the last block
-        and unembeds the last position only."""
-        if self.kind == "hooked":
+        or ``columns`` of them) and the cache. Where the execution core's arithmetic may stand in
+        for the model (no hooks attached, see :meth:`fast_path_blocker`) a ``HookedTransformer``
+        stops after the last block and unembeds the last position only."""
+        if self.supports_partial_blocks():
             final, cache = self.run_with_cache(
                 tokens, names, fwd_hooks=fwd_hooks, detach=detach, stop_at_layer=self.n_layers
             )
@@ -670,11 +543,18 @@ class ModelHandle:
     ) -> torch.Tensor:
         """Last-position logits of ``resid.shape[0]`` runs of ``tokens`` (``[1, pos]``) whose
         hooks act only at block ``start`` or later; ``resid`` (``[batch, pos, d_model]``) is the
-        unhooked residual entering block ``start``. Where the model can start at a layer the
-        earlier blocks are skipped; otherwise this is a full forward of the repeated tokens."""
-        if self.supports_partial_blocks():
+        residual entering block ``start`` (with the user's own hooks applied). A model the
+        execution core covers skips the earlier blocks: by its own arithmetic, or where only
+        hooks are in the way, through TransformerLens's own forward from ``start`` (hooks and
+        unembedding included); other models run a full forward of the repeated tokens."""
+        why = self.fast_path_blocker("blocks")
+        if why is None:
             final = self.run_layers(resid, start, self.n_layers, fwd_hooks=fwd_hooks)
             return self.last_logits(final[:, -1], columns)
+        if why == _fast.HOOKED:  # an architecture TransformerLens can start at a layer
+            with self.model.hooks(fwd_hooks=list(fwd_hooks)):
+                logits = self.model(resid, start_at_layer=start)[:, -1]
+            return logits if columns is None else logits[:, list(columns)]
         batch_tokens = tokens.expand(resid.shape[0], -1)
         logits = self.run(batch_tokens, fwd_hooks=fwd_hooks)[:, -1]
         return logits if columns is None else logits[:, list(columns)]

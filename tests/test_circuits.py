@@ -301,9 +301,9 @@ def runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     """EAP's recording runs through analysis._direct (where it covers the model) or, with it
     switched off, through TransformerLens's hooked forward pass."""
     if request.param == "hooked":
-        from mechwidgets.analysis import _direct
+        from mechwidgets import _fast as _direct
 
-        monkeypatch.setattr(_direct, "unsupported", lambda model: "switched off by the test")
+        monkeypatch.setattr(_direct, "unsupported", lambda model, need="record": "switched off by the test")
     return str(request.param)
 
 
@@ -320,7 +320,7 @@ def test_direct_runs_record_what_transformer_lens_hooks_record(
     and weights whose biases and norm weights are all random (not TransformerLens's zeros/ones);
     also with the embeddings replaced (EAP-IG's interpolated inputs). In float64 the two agree to
     1e-10 of the largest value (any other arithmetic shows), in float32 to its rounding."""
-    from mechwidgets.analysis import _direct
+    from mechwidgets import _fast as _direct
 
     model = make_model(**DIRECT_VARIANTS[variant], dtype=dtype)
     gen = torch.Generator().manual_seed(3)
@@ -390,7 +390,7 @@ def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -
     and EAP-IG's when it was attached after the set-up."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from mechwidgets.analysis import _direct
+    from mechwidgets import _fast as _direct
 
     for overrides, why in [
         (VARIANTS["rotary"], "positional_embedding_type is 'rotary'"),

@@ -65,7 +65,7 @@ gradients at those hooks back through ``W`` and ``ln1`` (a vector-Jacobian produ
 use TransformerLens's ``hook_mlp_in``: ``cfg.use_hook_mlp_in`` is switched on for the duration of
 one forward pass and the user's value restored in a ``finally``. Hooks never outlive one forward
 pass, so a long ACDC run leaves the model usable between its steps. EAP's and EAP-IG's recording
-runs skip the hook points where :mod:`._direct` computes a model's forward pass exactly (a plain
+runs skip the hook points where :mod:`mechwidgets._fast` computes a model's forward pass exactly (a plain
 pre-norm ``HookedTransformer`` with learned positions and no hooks of its own attached): on a
 small model TransformerLens's per-hook bookkeeping is a large share of a forward pass.
 """
@@ -83,6 +83,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
+from .. import _fast
 from .._model import ModelHandle
 from .._steps import run_to_end
 from ..errors import (
@@ -93,7 +94,6 @@ from ..errors import (
     ModelError,
     PromptError,
 )
-from . import _direct
 from .metrics import METRICS, MetricFn, check_metric_output, kl_div, normalize
 from .patching import choose_metric, token_str
 
@@ -675,23 +675,8 @@ class EdgePatcher:
     def _last_logits(self, final: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at each prompt's last position: ``[batch, d_vocab]``, or ``[batch, k]`` for
         the columns ``ids`` (``[batch, k]``) only (no full unembedding)."""
-        model = self.handle.model
-        x = final[torch.arange(self.batch, device=final.device), self.last][:, None]  # [b, 1, d]
-        if getattr(self.handle.cfg, "normalization_type", None) is not None and hasattr(model, "ln_final"):
-            x = model.ln_final(x)
-        x = x[:, 0]
-        if ids is None:
-            logits = model.unembed(x[:, None])[:, 0]
-        else:
-            w_u = model.unembed.W_U  # [d_model, d_vocab]
-            logits = torch.einsum("bd,dbk->bk", x, w_u[:, ids])
-            b_u = getattr(model.unembed, "b_U", None)
-            if b_u is not None:
-                logits = logits + b_u[ids]
-        cap = float(getattr(self.handle.cfg, "output_logits_soft_cap", -1.0) or -1.0)
-        if cap > 0:
-            logits = cap * torch.tanh(logits / cap)
-        return logits
+        x = final[torch.arange(self.batch, device=final.device), self.last]  # [b, d]
+        return self.handle.last_logits(x, ids)
 
     def _metric_values(self, final: torch.Tensor) -> torch.Tensor:
         """``[batch]``: the metric of each prompt, from the final residual stream."""
@@ -725,10 +710,10 @@ class EdgePatcher:
         that destination gradients are read from: ``hook_q/k/v`` and ``hook_mlp_in``.
         ``resid_pre0`` (``[batch, pos, d_model]``) replaces the embeddings (EAP-IG's inputs).
 
-        A model :mod:`._direct` covers (:attr:`direct`) is run by it, without hook points: the
+        A model :mod:`mechwidgets._fast` covers (:attr:`direct`) is run by it, without hook points: the
         same tensors, from the same arithmetic."""
         if self.direct:
-            return _direct.record(self.handle.model, tokens, grad=grad, resid_pre0=resid_pre0)
+            return _fast.record(self.handle.model, tokens, grad=grad, resid_pre0=resid_pre0)
         L = self.graph.n_layers
         rec: dict[str, Any] = {"z": [None] * L, "mlp": [None] * L, "pre": [None] * L, "mid": [None] * L, "live": {}}
         hooks: list[tuple[str, Any]] = []
@@ -825,12 +810,12 @@ class EdgePatcher:
     CHUNK_FLOATS: int = 1 << 18
 
     #: Norms whose backward :meth:`_norm_vjp` computes in closed form.
-    CLOSED_FORM_NORMS = _direct.TL_NORMS
+    CLOSED_FORM_NORMS = _fast.TL_NORMS
 
     def _closed_form(self, ln: Any) -> bool:
         """Whether ``ln`` is one of TransformerLens's own norms that :meth:`_norm_vjp` covers
         (weights ``w``, if any, and ``eps``): a ``torch.nn.LayerNorm`` goes through autograd."""
-        return _direct.tl_norm(ln, self.CLOSED_FORM_NORMS)
+        return _fast.tl_norm(ln, self.CLOSED_FORM_NORMS)
 
     def _ln1_stack(self) -> tuple[str, float, torch.Tensor | None] | None:
         """``(kind, eps, weights [layer, d] or None)`` when every layer's ``ln1`` is the same
@@ -887,9 +872,9 @@ class EdgePatcher:
 
     def _check_direct(self) -> None:
         #: Whether the latest recording runs (EAP's set-up, or EAP-IG's) went through
-        #: :mod:`._direct` (no hook points) rather than TransformerLens's forward pass: checked
+        #: :mod:`mechwidgets._fast` (no hook points) rather than TransformerLens's forward pass: checked
         #: before each (a hook attached since the set-up turns it off for EAP-IG).
-        self.direct = _direct.unsupported(self.handle.model) is None
+        self.direct = _fast.unsupported(self.handle.model, "record") is None
 
     def _setup(self, answers: list[Any], wrongs: list[Any]) -> None:
         handle = self.handle

@@ -119,6 +119,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from .. import _fast
 from .._model import ModelHandle
 from .._steps import run_to_end
 from ..errors import HypothesisError, MetricError, PromptError
@@ -695,18 +696,8 @@ class Scrubber:
         names += [h.hook_name("resid_post", L - 1)]
         if not self.attn_only:
             names += [h.hook_name("mlp_out", layer) for layer in range(L)]
-        with torch.no_grad():
-            weights = {n: getattr(model, n).detach().float().to(self.device)
-                       for n in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")}
-        self.W_Q, self.W_K, self.W_V, self.W_O = (weights[n] for n in ("W_Q", "W_K", "W_V", "W_O"))
-        self.b_Q, self.b_K, self.b_V, self.b_O = (weights[n] for n in ("b_Q", "b_K", "b_V", "b_O"))
-        self.attn_scale = []
-        for layer in range(L):
-            scale = float(getattr(model.blocks[layer].attn, "attn_scale", 0.0) or 0.0)
-            if scale <= 0:
-                scale = math.sqrt(h.d_head) if getattr(h.cfg, "use_attn_scale", True) else 1.0
-            self.attn_scale.append(scale)
-
+        self._check_unhooked()
+        self._points = {}  # their biases are the weights' of this preparation
         P = self.length
         NP = self.n_inputs * P
         cache: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -732,7 +723,8 @@ class Scrubber:
             ("pos_embed",): full["hook_pos_embed"],
         }
         for layer, z_name in enumerate(z_names):
-            out = torch.einsum("nhe,hed->hnd", full[z_name], self.W_O[layer])
+            w_o = model.blocks[layer].attn.W_O.detach().float()
+            out = torch.einsum("nhe,hed->hnd", full[z_name], w_o)
             for head in range(H):
                 self.comp[("head", layer, head)] = out[head].contiguous()
             if not self.attn_only:
@@ -766,27 +758,33 @@ class Scrubber:
                 comps += [("head", layer, head) for head in range(H)]
                 if not self.attn_only and layer < mlps_upto:
                     comps.append(("mlp", layer))
-            bias = self.b_O[:heads_upto].sum(0) if heads_upto else torch.zeros_like(self.b_O[0])
+            blocks = self.handle.model.blocks
+            bias = torch.zeros(self.handle.d_model, device=self.device)
+            for layer in range(heads_upto):
+                bias = bias + blocks[layer].attn.b_O.detach().float()
             self._points[point] = (comps, bias)
         return self._points[point]
 
     # ------------------------------------------------------------------ the model's maths
-    @staticmethod
-    def _apply(module: Any, x: torch.Tensor) -> torch.Tensor:
-        """Run a position-wise module (a norm, an MLP) on ``[..., d_model]`` rows."""
-        out = module(x.reshape(1, -1, x.shape[-1]))
-        return out.reshape(*x.shape[:-1], out.shape[-1]).float()
+    # (the execution core's arithmetic, mechwidgets._fast, on the live weights, in float32)
+    def _check_unhooked(self) -> None:
+        """Refuse a model with hooks attached: scrubbing rebuilds every node from its inputs with
+        the model's own arithmetic, which a hook (an SAE spliced in, a steering vector) would
+        change without it knowing."""
+        hooked = _fast.hooked_modules(self.handle.model)
+        if hooked:
+            raise HypothesisError(
+                f"causal scrubbing rebuilds every node from its inputs, so it cannot honour hooks "
+                f"attached to the model ({', '.join(hooked[:3])}{', ...' if len(hooked) > 3 else ''}). "
+                f"Remove them (e.g. `model.reset_hooks(including_permanent=True)`) or fold what "
+                f"they do into the weights, then scrub again."
+            )
 
-    def _norm(self, module: Any, x: torch.Tensor) -> torch.Tensor:
-        """A LayerNorm module on rows; TransformerLens's LayerNorm and LayerNormPre go through
-        the fused kernel (the same maths, one pass), anything else through the module itself."""
-        name = type(module).__name__
-        eps = getattr(module, "eps", None)
-        if name == "LayerNorm" and isinstance(eps, float) and hasattr(module, "w"):
-            return F.layer_norm(x, x.shape[-1:], module.w.float(), module.b.float(), eps)
-        if name == "LayerNormPre" and isinstance(eps, float):
-            return F.layer_norm(x, x.shape[-1:], None, None, eps)
-        return self._apply(module, x)
+    def _attn_scale(self, attn: Any) -> float:
+        scale = float(getattr(attn, "attn_scale", 0.0) or 0.0)
+        if scale <= 0:
+            scale = math.sqrt(self.handle.d_head) if getattr(self.handle.cfg, "use_attn_scale", True) else 1.0
+        return scale
 
     def _attend(
         self, layer: int, head: int, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
@@ -799,27 +797,23 @@ class Scrubber:
         each query reads at each key position, and ``valid [m, width]`` which positions are keys
         of its prefix.
         """
-        ln1 = self.handle.model.blocks[layer].ln1
-        kv = head if self.W_K.shape[1] == self.handle.n_heads else self.handle.kv_head(head)
-        q = self._norm(ln1, q_in) @ self.W_Q[layer, head] + self.b_Q[layer, head]
-        k = self._norm(ln1, k_in) @ self.W_K[layer, kv] + self.b_K[layer, kv]
-        v = self._norm(ln1, v_in) @ self.W_V[layer, kv] + self.b_V[layer, kv]
+        block = self.handle.model.blocks[layer]
+        attn = block.attn
+        ln1 = block.ln1
+        # per-head weights (TransformerLens repeats grouped keys and values to every head)
+        q = _fast.norm(ln1, q_in) @ attn.W_Q[head].detach().float() + attn.b_Q[head].detach().float()
+        k = _fast.norm(ln1, k_in) @ attn.W_K[head].detach().float() + attn.b_K[head].detach().float()
+        v = _fast.norm(ln1, v_in) @ attn.W_V[head].detach().float() + attn.b_V[head].detach().float()
         k_pad, v_pad = k[key_index], v[key_index]  # [m, width, d_head]
-        scores = torch.bmm(k_pad, q[:, :, None])[:, :, 0] / self.attn_scale[layer]
-        pattern = scores.masked_fill(~valid, float("-inf")).softmax(-1)
-        z = torch.bmm(pattern[:, None, :], v_pad)[:, 0]
-        return z @ self.W_O[layer, head]
+        z = _fast.attend(q[:, None, None, :], k_pad[:, None], v_pad[:, None], self._attn_scale(attn),
+                         mask=valid[:, None, None, :])[:, 0, 0]
+        return z @ attn.W_O[head].detach().float()
 
     def _mlp(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        block = self.handle.model.blocks[layer]
-        return self._apply(block.mlp, self._norm(block.ln2, resid))
+        return _fast.mlp(self.handle.model.blocks[layer], resid).float()
 
     def _unembed(self, resid: torch.Tensor) -> torch.Tensor:
-        model = self.handle.model
-        if hasattr(model, "ln_final"):
-            resid = self._norm(model.ln_final, resid)
-        out = model.unembed(resid.reshape(1, -1, resid.shape[-1]))
-        return out.reshape(resid.shape[0], -1).float()
+        return _fast.unembed(self.handle.model, resid).float()
 
     def _metric_values(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.metric is None:
@@ -1174,6 +1168,7 @@ class Scrubber:
         """:meth:`evaluate` as a generator of progress ``{done, total, message}`` (the widget runs
         it one step at a time, so a newer request or a cancel gets in between)."""
         t0 = time.perf_counter()
+        self._check_unhooked()
         n_seeds = self.n_seeds if n_seeds is None else _positive_int(n_seeds, "n_seeds")
         seed = self.seed if seed is None else int(seed)
         plan = self.compile(hypothesis)
