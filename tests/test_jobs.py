@@ -316,3 +316,18 @@ def test_python_job_interrupted_clears_progress_and_unhooks(toy_lm: Any) -> None
     with pytest.raises(CancelledError, match="inputs changed"):
         w._call("slow", tag="b", steps=10)
     assert w.progress == {} and w.cleaned == ["a", "b"] and "inputs changed" in w.error and hook_count(toy_lm) == 0
+
+
+def test_frontend_job_interrupted_clears_progress_and_unhooks(toy_lm: Any) -> None:
+    w = Hooked(toy_lm)
+    page = Page(w)
+
+    def interrupt(change: dict[str, Any]) -> None:
+        if change["new"].get("done") == 2:
+            raise KeyboardInterrupt
+
+    w.observe(interrupt, "progress")
+    with pytest.raises(KeyboardInterrupt):
+        page.request("slow", tag="a", steps=10)  # no loop running: the job runs at once
+    assert w.progress == {} and w._jobs == {} and w.cleaned == ["a"] and hook_count(toy_lm) == 0
+    assert page.reply("v1:1")["cancelled"] is True and "interrupted" in page.reply("v1:1")["error"]

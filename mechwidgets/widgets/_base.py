@@ -220,19 +220,27 @@ class MechWidget(anywidget.AnyWidget):
             return False
         try:
             progress = next(job.gen)
+            job.steps += 1
+            self._set_progress(job.kind, job.id, progress)
         except StopIteration as stop:
-            self._jobs.pop(job.kind, None)
-            self.progress = {}
+            self._end(job)
             self._reply(job.id, job.kind, stop.value)
             return False
         except Exception as exc:
-            self._jobs.pop(job.kind, None)
-            self.progress = {}
+            self._end(job)
             self._reply_error(job.id, job.kind, exc)
             return False
-        job.steps += 1
-        self._set_progress(job.kind, job.id, progress)
+        except BaseException:  # KeyboardInterrupt: the job is over, and no cancel button stays
+            self._stop(job, "interrupted")
+            raise
         return True
+
+    def _end(self, job: _Job) -> None:
+        """A job has finished or failed: forget it, close its generator, clear the progress."""
+        if self._jobs.get(job.kind) is job:
+            del self._jobs[job.kind]
+        job.gen.close()  # a no-op once it has returned or raised
+        self.progress = {}
 
     def _cancel_job(self, kind: str, reason: str = "superseded by a newer request") -> None:
         """Cancel the running job of ``kind``, if any."""
