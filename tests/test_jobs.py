@@ -294,14 +294,20 @@ def test_a_job_of_an_old_generation_never_steps(toy_lm: Any) -> None:
     assert w._jobs == {} and w.finished == [] and w.cleaned == ["a"] and hook_count(toy_lm) == 0
 
 
-def test_python_job_interrupted_clears_progress_and_unhooks(toy_lm: Any) -> None:
-    w = Hooked(toy_lm)
+def interrupt_at(widget: MechWidget, done: int) -> Callable[[dict[str, Any]], None]:
+    """Press Ctrl-C (as Jupyter's interrupt does) when the widget's job reports step ``done``."""
 
     def interrupt(change: dict[str, Any]) -> None:
-        if change["new"].get("done") == 2:
+        if change["new"].get("done") == done:
             raise KeyboardInterrupt
 
-    w.observe(interrupt, "progress")
+    widget.observe(interrupt, "progress")
+    return interrupt
+
+
+def test_python_job_interrupted_clears_progress_and_unhooks(toy_lm: Any) -> None:
+    w = Hooked(toy_lm)
+    interrupt = interrupt_at(w, 2)
     with pytest.raises(KeyboardInterrupt):
         w._call("slow", tag="a", steps=10)
     assert w.progress == {} and w.cleaned == ["a"] and w.finished == [] and hook_count(toy_lm) == 0
@@ -321,12 +327,7 @@ def test_python_job_interrupted_clears_progress_and_unhooks(toy_lm: Any) -> None
 def test_frontend_job_interrupted_clears_progress_and_unhooks(toy_lm: Any) -> None:
     w = Hooked(toy_lm)
     page = Page(w)
-
-    def interrupt(change: dict[str, Any]) -> None:
-        if change["new"].get("done") == 2:
-            raise KeyboardInterrupt
-
-    w.observe(interrupt, "progress")
+    interrupt_at(w, 2)
     with pytest.raises(KeyboardInterrupt):
         page.request("slow", tag="a", steps=10)  # no loop running: the job runs at once
     assert w.progress == {} and w._jobs == {} and w.cleaned == ["a"] and hook_count(toy_lm) == 0
