@@ -332,3 +332,23 @@ def test_frontend_job_interrupted_clears_progress_and_unhooks(toy_lm: Any) -> No
         page.request("slow", tag="a", steps=10)  # no loop running: the job runs at once
     assert w.progress == {} and w._jobs == {} and w.cleaned == ["a"] and hook_count(toy_lm) == 0
     assert page.reply("v1:1")["cancelled"] is True and "interrupted" in page.reply("v1:1")["error"]
+
+
+class SelfInvalidating(Slow):
+    """A job whose second step changes its own inputs (as a recompute after a model edit may)."""
+
+    def _req_slow(self, tag: str, steps: int = 5) -> Generator[dict[str, Any], None, Any]:
+        for i in range(steps):
+            if i == 2:
+                self._invalidate_jobs("the model changed")
+            yield {"done": i, "total": steps, "message": tag}
+        self.finished.append(tag)
+        return {"tag": tag}
+
+
+def test_a_job_that_changes_its_own_inputs_stops_cleanly() -> None:
+    w = SelfInvalidating()
+    page = Page(w)
+    page.request("slow", tag="a", steps=10)  # no loop running: the job runs at once
+    assert page.reply("v1:1")["cancelled"] is True and "the model changed" in page.reply("v1:1")["error"]
+    assert w._jobs == {} and w.progress == {} and w.finished == [] and w.error == ""

@@ -220,6 +220,9 @@ class MechWidget(anywidget.AnyWidget):
             return False
         try:
             progress = next(job.gen)
+            if job.cancelled:  # it changed its own inputs: already answered as cancelled
+                job.gen.close()
+                return False
             job.steps += 1
             self._set_progress(job.kind, job.id, progress)
         except StopIteration as stop:
@@ -273,7 +276,8 @@ class MechWidget(anywidget.AnyWidget):
         if job.cancelled:
             return
         job.cancelled = True
-        job.gen.close()
+        if not job.gen.gi_running:  # a job that invalidates itself is closed when its step returns
+            job.gen.close()
         if self.progress.get("id") == job.id:
             self.progress = {}
         self._send_message({"type": "reply", "id": job.id, "kind": job.kind, "cancelled": True,
