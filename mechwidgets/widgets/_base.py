@@ -276,7 +276,7 @@ class MechWidget(anywidget.AnyWidget):
         if job.cancelled:
             return
         job.cancelled = True
-        if not job.gen.gi_running:  # a job that invalidates itself is closed when its step returns
+        if inspect.getgeneratorstate(job.gen) != "GEN_RUNNING":  # else closed when its step returns
             job.gen.close()
         if self.progress.get("id") == job.id:
             self.progress = {}
