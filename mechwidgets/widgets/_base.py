@@ -139,7 +139,7 @@ class MechWidget(anywidget.AnyWidget):
                 steps, generation = out, self._generation
                 while True:
                     if self._generation != generation:
-                        raise CancelledError(f"{kind}: stopped, its inputs changed while it ran.")
+                        raise CancelledError(f"{kind}: stopped, its inputs changed while it ran; run it again.")
                     try:
                         step = next(steps)
                     except StopIteration as stop:
