@@ -42,7 +42,7 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
   const client = new RequestClient(model);
   const root = h("div", { class: "mw-root mw-attention" });
   el.append(root);
-  const status = mountStatus(model, root, (kind) => client.cancel(kind));
+  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
   const live = (): boolean => model.get("live") !== false;
 
   // ------------------------------------------------------------------ state

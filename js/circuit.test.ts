@@ -253,7 +253,7 @@ describe("circuit frontend", () => {
     const cancel = el.querySelector(".mw-progress button") as HTMLButtonElement;
     expect(el.querySelector(".mw-progress")!.textContent).toContain("2/5");
     cancel.click();
-    expect(model.sent.some((m) => m.type === "cancel" && m.kind === "acdc")).toBe(true);
+    expect(model.sent.filter((m) => m.type === "cancel")).toEqual([{ type: "cancel", kind: "acdc", id: 1 }]);
     // the job ends: new scores arrive
     model.change("progress", {});
     model.change("method", "acdc");

@@ -161,7 +161,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   const client = new RequestClient(model);
   const root = h("div", { class: "mw-root mw-circuit" });
   el.append(root);
-  const status = mountStatus(model, root, (kind) => client.cancel(kind));
+  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
 
   // ------------------------------------------------------------------ state
   let edges: EdgeData | null = null;

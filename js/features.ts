@@ -109,7 +109,7 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
   const client = new RequestClient(model);
   const root = h("div", { class: "mw-root mw-features" });
   el.append(root);
-  const status = mountStatus(model, root, (kind) => client.cancel(kind));
+  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
 
   // ------------------------------------------------------------------ state
   const tokens = (): string[] => model.get("tokens") ?? [];

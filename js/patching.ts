@@ -100,7 +100,7 @@ export function render({ model, el }: { model: PatchingModel; el: HTMLElement })
   const client = new RequestClient(model);
   const root = h("div", { class: "mw-root mw-patching" });
   el.append(root);
-  const status = mountStatus(model, root, (kind) => client.cancel(kind));
+  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
   const fail = (e: unknown): void => {
     if (e instanceof StaleReplyError) return;
     if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));

@@ -210,7 +210,27 @@ describe("scrubbing frontend", () => {
     model.change("progress", { kind: "evaluate", id: 3, done: 1, total: 5, message: "scrubbing: seed 2 of 5" });
     expect(el.querySelector(".mw-progress")!.textContent).toContain("scrubbing: seed 2 of 5 1/5");
     (el.querySelector(".mw-progress button") as HTMLButtonElement).click();
-    expect(last(model.sent)).toEqual({ type: "cancel", kind: "evaluate" });
+    expect(last(model.sent)).toEqual({ type: "cancel", kind: "evaluate", id: 3 });
+  });
+
+  it("a cancelled evaluation (the user's cancel, a restore) shows no error banner", async () => {
+    const model = makeModel();
+    const el = mount(model);
+    click(toggle(el, "output/L1H2/k/L0H2"));
+    const req = model.requests("evaluate")[0];
+    expect(el.querySelector('[data-testid="pending"]')!.textContent).toBe("re-running…");
+    model.reply({ type: "reply", id: req.id, kind: "evaluate", cancelled: true, error: "evaluate: history step 2 was restored" });
+    await Promise.resolve();
+    await Promise.resolve();
+    expect(el.querySelector('[data-testid="pending"]')!.textContent).toBe("");
+    expect((el.querySelector(".mw-error") as HTMLElement).style.display).toBe("none");
+    // an error reply that is no cancel is shown (when the kernel did not set the trait)
+    click(toggle(el, "output/L1H2/k/L0H2"));
+    const again = model.requests("evaluate")[1];
+    model.reply({ type: "reply", id: again.id, kind: "evaluate", error: "evaluate: the kernel died" });
+    await Promise.resolve();
+    await Promise.resolve();
+    expect((el.querySelector(".mw-error") as HTMLElement).textContent).toBe("evaluate: the kernel died");
   });
 
   it("a static view (no kernel) draws everything but sends nothing", () => {

@@ -157,7 +157,7 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
   const client = new RequestClient(model);
   const root = h("div", { class: "mw-root mw-scrubbing" });
   el.append(root);
-  const status = mountStatus(model, root, (kind) => client.cancel(kind));
+  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
   const live = (): boolean => model.get("live") !== false;
   const tree = (): TreeRow[] => model.get("tree") ?? [];
   const features = (): FeatureInfo[] => model.get("features") ?? [];
@@ -192,8 +192,7 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
   const fail = (e: unknown): void => {
     pending = false;
     drawResult();
-    if (e instanceof StaleReplyError) return;
-    if (e instanceof Error && /^\w+: cancelled/.test(e.message)) return; // the user cancelled it
+    if (e instanceof StaleReplyError) return; // superseded, or cancelled (by the user or a restore)
     // the kernel also writes the message into the `error` trait; this covers a dead kernel
     if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
   };

@@ -3,7 +3,7 @@ import { clear, h } from "./dom";
 
 export interface BannerModel {
   get(name: "error"): string;
-  get(name: "progress"): { kind?: string; done?: number; total?: number; message?: string };
+  get(name: "progress"): { kind?: string; id?: unknown; done?: number; total?: number; message?: string };
   on(event: string, cb: () => void): void;
   off(event: string, cb?: () => void): void;
 }
@@ -14,8 +14,9 @@ export interface Status {
   dispose(): void;
 }
 
-/** A banner bound to the `error` trait, plus a progress bar (with cancel) bound to `progress`. */
-export function mountStatus(model: BannerModel, el: HTMLElement, onCancel?: (kind: string) => void): Status {
+/** A banner bound to the `error` trait, plus a progress bar (with cancel) bound to `progress`;
+ * the cancel button names the running request (its kind and id). */
+export function mountStatus(model: BannerModel, el: HTMLElement, onCancel?: (kind: string, id: unknown) => void): Status {
   const banner = h("div", { class: "mw-error", role: "alert" });
   const progress = h("div", { class: "mw-progress" });
   el.append(banner, progress);
@@ -34,8 +35,8 @@ export function mountStatus(model: BannerModel, el: HTMLElement, onCancel?: (kin
         h("span", { class: "mw-progress-text" }, `${p.message || p.kind} ${p.done}/${p.total}`),
       );
       if (onCancel) {
-        const kind = p.kind;
-        progress.append(h("button", { class: "mw-button", onclick: () => onCancel(kind) }, "cancel"));
+        const { kind, id } = p;
+        progress.append(h("button", { class: "mw-button", onclick: () => onCancel(kind, id) }, "cancel"));
       }
       progress.style.display = "flex";
     } else {

@@ -6,10 +6,18 @@
 - **Live work** against the model goes through one request protocol. The frontend sends
   ``{"type": "request", "id", "kind", "args"}``; the widget answers
   ``{"type": "reply", "id", "kind", "result"}`` or ``{..., "error": message}``, and usually also
-  writes the result into traits. A newer request of a kind supersedes older ones: the frontend
-  drops stale replies, and a long job of that kind still running here is cancelled. Long work
-  is a generator that yields progress; it runs one step at a time on the kernel's event loop, so
-  a ``{"type": "cancel"}`` message (or a newer request) gets in between two steps.
+  writes the result into traits. Each view of the widget (the same output shown twice, a second
+  tab) prefixes its request ids with an id of its own and takes only the replies to its own ids.
+- **Long work** is a generator that yields progress; it runs one step at a time on the kernel's
+  event loop, so a message gets in between two steps. A job is tied to the inputs it started
+  from: a newer request of its kind supersedes it; a request that changes its inputs (or the
+  view it would write into) calls :meth:`MechWidget._invalidate_jobs`, which bumps the widget's
+  *generation* and cancels it; before each step the runner checks that the job's generation is
+  still the widget's, so a stale job never writes a trait or a reply. A ``{"type": "cancel",
+  "kind", "id"}`` message cancels that request's job if it is still the one running; closing
+  the widget cancels every job. A cancelled job's generator is closed (its ``finally`` blocks
+  run: nothing stays hooked) and its request gets ``{..., "cancelled": true, "error": reason}``,
+  which the frontend shows as no error.
 - **Errors** are drawn as a banner from the ``error`` trait. A call made from Python raises the
   same :class:`~mechwidgets.errors.MechWidgetsError`; an unexpected exception is reported, never
   allowed to kill the kernel or vanish silently in a message handler.
@@ -84,6 +92,8 @@ class _Job:
     gen: Generator[Any, None, Any]
     cancelled: bool = False
     steps: int = field(default=0)
+    #: the widget's generation when the job started; the job runs only while it is current
+    generation: int = 0
 
 
 class MechWidget(anywidget.AnyWidget):
@@ -102,6 +112,8 @@ class MechWidget(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self._latest: dict[str, Any] = {}
         self._jobs: dict[str, _Job] = {}
+        #: bumped by every change of what running jobs compute (see _invalidate_jobs)
+        self._generation = 0
         self._python_ids = itertools.count(1)
         self.on_msg(self._on_frontend_message)
 
@@ -114,24 +126,33 @@ class MechWidget(anywidget.AnyWidget):
 
     # ------------------------------------------------------------ from Python
     def _call(self, kind: str, **args: Any) -> Any:
-        """Run a request from Python: same handler, same error banner, and the error is raised."""
+        """Run a request from Python: same handler, same error banner, and the error is raised.
+
+        A long job runs to its end here; whatever stops it (an error, a KeyboardInterrupt, a
+        change of its inputs) closes its generator and clears ``progress``."""
         self._cancel_job(kind)
-        self._latest[kind] = f"py{next(self._python_ids)}"
+        req_id = self._latest[kind] = f"py{next(self._python_ids)}"
+        out: Any = None
         try:
             out = self._handler(kind)(**args)
             if inspect.isgenerator(out):
+                steps, generation = out, self._generation
                 while True:
+                    if self._generation != generation:
+                        raise CancelledError(f"{kind}: stopped, its inputs changed while it ran; run it again.")
                     try:
-                        step = next(out)
+                        step = next(steps)
                     except StopIteration as stop:
                         out = stop.value
                         break
-                    self._set_progress(kind, self._latest[kind], step)
+                    self._set_progress(kind, req_id, step)
         except Exception as exc:
-            self.progress = {}
             self._record_error(exc)
             raise
-        self.progress = {}
+        finally:
+            if inspect.isgenerator(out):
+                out.close()  # its finally blocks run now (no-op once it has finished)
+            self.progress = {}
         self.error = ""
         return out
 
@@ -146,7 +167,7 @@ class MechWidget(anywidget.AnyWidget):
             if mtype == "request":
                 self._dispatch(content.get("id"), str(content.get("kind")), content.get("args") or {})
             elif mtype == "cancel":
-                self._cancel_job(str(content.get("kind")), reason="cancelled by the user")
+                self._cancel_request(str(content.get("kind")), content)
         except Exception as exc:  # pragma: no cover - defensive
             log.exception("mechwidgets: failed to handle a frontend message")
             self._record_error(exc)
@@ -162,7 +183,7 @@ class MechWidget(anywidget.AnyWidget):
             self._reply_error(req_id, kind, exc)
             return
         if inspect.isgenerator(out):
-            job = _Job(req_id, kind, out)  # type: ignore[arg-type]
+            job = _Job(req_id, kind, out, generation=self._generation)  # type: ignore[arg-type]
             self._jobs[kind] = job
             self._schedule(job)
         else:
@@ -185,34 +206,87 @@ class MechWidget(anywidget.AnyWidget):
             asyncio.get_running_loop().call_soon(self._step_and_reschedule, job)
 
     def _step(self, job: _Job) -> bool:
-        """Advance a job by one step; False once it has finished, failed or been cancelled."""
+        """Advance a job by one step; False once it has finished, failed or been cancelled.
+
+        Nothing runs (so nothing is written) unless the job is still its kind's running job and
+        of the widget's current generation."""
         if job.cancelled:
+            return False
+        if self._jobs.get(job.kind) is not job:
+            self._stop(job, "superseded by a newer request")
+            return False
+        if job.generation != self._generation:
+            self._stop(job, "its inputs changed")
             return False
         try:
             progress = next(job.gen)
+            if job.cancelled:  # it changed its own inputs: already answered as cancelled
+                job.gen.close()
+                return False
+            job.steps += 1
+            self._set_progress(job.kind, job.id, progress)
         except StopIteration as stop:
-            self._jobs.pop(job.kind, None)
-            self.progress = {}
+            self._end(job)
             self._reply(job.id, job.kind, stop.value)
             return False
         except Exception as exc:
-            self._jobs.pop(job.kind, None)
-            self.progress = {}
+            self._end(job)
             self._reply_error(job.id, job.kind, exc)
             return False
-        job.steps += 1
-        self._set_progress(job.kind, job.id, progress)
+        except BaseException:  # KeyboardInterrupt: the job is over, and no cancel button stays
+            self._stop(job, "interrupted")
+            raise
         return True
 
-    def _cancel_job(self, kind: str, reason: str = "cancelled") -> None:
-        job = self._jobs.pop(kind, None)
-        if job is None:
+    def _end(self, job: _Job) -> None:
+        """A job has finished or failed: forget it, close its generator, clear the progress."""
+        if self._jobs.get(job.kind) is job:
+            del self._jobs[job.kind]
+        job.gen.close()  # a no-op once it has returned or raised
+        self.progress = {}
+
+    def _cancel_job(self, kind: str, reason: str = "superseded by a newer request") -> None:
+        """Cancel the running job of ``kind``, if any."""
+        job = self._jobs.get(kind)
+        if job is not None:
+            self._stop(job, reason)
+
+    def _cancel_request(self, kind: str, content: dict[str, Any]) -> None:
+        """A cancel message from a view: ``{kind, id}`` cancels that request's job if it is still
+        the one running (another view's newer job of the kind runs on). Without an ``id`` (the
+        form Python code may send) it cancels the running job of the kind."""
+        job = self._jobs.get(kind)
+        if job is not None and ("id" not in content or content["id"] == job.id):
+            self._stop(job, "cancelled by the user")
+
+    def _invalidate_jobs(self, reason: str) -> None:
+        """What running jobs compute (or the view they would write into) has changed: a new
+        prompt, new answers, a view the user asked for. Bump the generation and cancel them all,
+        so that none writes an old result back. Widgets call it right after such a change is
+        accepted (after its checks: a refused request changes nothing)."""
+        self._generation = getattr(self, "_generation", 0) + 1
+        for job in list(getattr(self, "_jobs", {}).values()):
+            self._stop(job, reason)
+
+    def _stop(self, job: _Job, reason: str) -> None:
+        """Cancel a job: close its generator (its finally blocks run: hooks come off), clear the
+        progress and tell its request it was cancelled (not an error: no banner)."""
+        if self._jobs.get(job.kind) is job:
+            del self._jobs[job.kind]
+        if job.cancelled:
             return
         job.cancelled = True
-        job.gen.close()  # runs the generator's finally blocks: hooks come off
-        self.progress = {}
-        self._send_message({"type": "reply", "id": job.id, "kind": kind, "cancelled": True,
-                    "error": f"{kind}: {reason}"})
+        if inspect.getgeneratorstate(job.gen) != "GEN_RUNNING":  # else closed when its step returns
+            job.gen.close()
+        if self.progress.get("id") == job.id:
+            self.progress = {}
+        self._send_message({"type": "reply", "id": job.id, "kind": job.kind, "cancelled": True,
+                            "error": f"{job.kind}: {reason}"})
+
+    def close(self) -> None:
+        """Close the widget (as re-running its cell does): its running jobs are cancelled first."""
+        self._invalidate_jobs("the widget was closed")
+        super().close()
 
     def _set_progress(self, kind: str, req_id: Any, step: Any) -> None:
         step = step if isinstance(step, dict) else {}

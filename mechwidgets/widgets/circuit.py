@@ -9,7 +9,7 @@ threshold on its own, instantly. Requests:
 - ``select_node {node}`` → the ``selected`` and ``node_detail`` traits (the node's exact patching
   effects and its strongest edges);
 - ``acdc {threshold}`` → a long job (progress, cancel) that replaces the scores by ACDC's;
-- ``eap {}`` → back to the EAP scores.
+- ``eap {}`` → back to the EAP scores (a running ACDC is cancelled: it would overwrite them).
 """
 
 from __future__ import annotations
@@ -304,7 +304,9 @@ class CircuitWidget(MechWidget):
         if not isinstance(ig, bool):
             raise CircuitError(f"ig must be true or false, got {ig!r}.")
         method = "eap-ig" if ig else "eap"
-        self._show(self._eap_result(method), None)
+        result = self._eap_result(method)  # may raise: nothing changed yet
+        self._invalidate_jobs(f"{method.upper()} was asked for")  # a running ACDC would overwrite it
+        self._show(result, None)
         return {"method": method}
 
     # ------------------------------------------------------------ Python API

@@ -8,7 +8,8 @@ saved notebook shows them all. Requests from the frontend:
 - ``propose {pos}`` → the ``candidates`` trait: single-token replacements for a clean token
   (nearest by embedding similarity: symmetric token replacement);
 - ``corrupt {pos, token}`` / ``set_corrupted {text}`` → a new corrupted prompt (same length);
-- ``set_answers {answer, wrong_answer}``;
+- ``set_answers {answer, wrong_answer}``; these three clear the grids and cancel a running
+  ``view`` job (its grid is of the old prompt or answers);
 - ``view {component, direction, metric}`` → a long job: the attribution grid at once, then the
   exact grid layer by layer (progress, cancel; a newer ``view`` supersedes it);
 - ``cell {row, col}`` → the ``detail`` trait: a head's clean and corrupted patterns, or the
@@ -150,6 +151,7 @@ class PatchingWidget(MechWidget):
         if torch.equal(tokens, clean):
             raise PromptError("the corrupted prompt is identical to the clean one: change at least one token.")
         answers = self._resolve_answers(tokens, self._user_answers)  # may raise: nothing changed yet
+        self._invalidate_jobs("the corrupted prompt changed")  # a running grid is of the old one
         self._corrupted = tokens
         self.results = {}
         self.grids = {}
@@ -198,6 +200,7 @@ class PatchingWidget(MechWidget):
     def _req_set_answers(self, answer: str | int | None, wrong_answer: str | int | None) -> dict[str, Any]:
         answers = (answer or None, wrong_answer or None)
         resolved = self._resolve_answers(self._need_corrupted(), answers)  # may raise
+        self._invalidate_jobs("the answers changed")  # a running grid measures the old ones
         self._user_answers = answers
         self.results = {}
         self.grids = {}

@@ -9,7 +9,8 @@ successive hypotheses). Requests:
 - ``evaluate {nodes: {path: {kept, feature}}, label}`` → a long job (progress per seed, cancel)
   that re-scrubs the hypothesis with those node states and writes ``tree``, ``result`` and a new
   ``history`` entry;
-- ``restore {step}`` → the hypothesis and result of an earlier history step, without re-running.
+- ``restore {step}`` → the hypothesis and result of an earlier history step, without re-running
+  (a running evaluation is cancelled: it would overwrite them).
 """
 
 from __future__ import annotations
@@ -255,6 +256,7 @@ class ScrubbingWidget(MechWidget):
     def _req_restore(self, step: int) -> dict[str, Any]:
         if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= len(self.results):
             raise HypothesisError(f"there is no history step {step!r}: steps are 1..{len(self.results)}.")
+        self._invalidate_jobs(f"history step {step} was restored")  # a running evaluation would overwrite it
         self._show(self.results[step - 1], "", new_step=False, step=step)
         return {"step": step}
 
