@@ -58,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "export":
+        if args.max_state_mb is not None and not args.max_state_mb > 0:
+            parser.error(f"--max-state-mb must be a positive number of MiB, not {args.max_state_mb}")
         from ._export import MAX_STATE_BYTES, export_notebook
         from .errors import MechWidgetsError
 

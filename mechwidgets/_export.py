@@ -834,10 +834,16 @@ def export_notebook(
     nbformat, _ = _export_modules()
     src = Path(notebook)
     _check_trust(trust, sanitize_html)
+    if not src.is_file():
+        raise FileNotFoundError(f"no notebook file {src}")
     try:
         nb = nbformat.read(src, as_version=4)
-    except (ValueError, UnicodeDecodeError) as exc:  # nbformat's NotJSONError is a ValueError
-        raise ExportError(f"{src} is not a readable notebook (.ipynb JSON): {str(exc)[:300]}") from exc
+        nbformat.validate(nb)
+    except Exception as exc:  # not JSON, not a notebook, or one nbformat's schema refuses
+        raise ExportError(
+            f"{src} is not a valid notebook (nbformat could not read it: {type(exc).__name__}: "
+            f"{str(exc)[:300]}). Open and save it in Jupyter, or fix the file."
+        ) from exc
     if execute:
         try:
             from nbclient import NotebookClient
