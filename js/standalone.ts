@@ -3,9 +3,10 @@
 // It reads the page's payload (<script type="application/json" id="mw-export-data">):
 //   {version, modules: {hash: esm text}, styles: {hash: css text},
 //    models: {model_id: {module, style, state, buffers: [{path, data, encoding}]}}}
-// and, for every element <div data-mw-model-id="..."> on the page, builds a StaticModel over the
-// saved state, imports the widget's ES module from a Blob URL (nothing is fetched from the
-// network) and calls its render({model, el}). The element's fallback picture (a child with class
+// and, for every element <div class="mw-export-widget" data-mw-model-id="..."> on the page, builds
+// a StaticModel over the saved state, imports the widget's ES module from a Blob URL (nothing is
+// fetched from the network) and calls its render({model, el}). Which modules are in the payload
+// is the exporter's decision (its trust rules): this runtime runs what the payload holds. The element's fallback picture (a child with class
 // mw-export-fallback) is removed once the widget has drawn, and kept if anything fails.
 //
 // Progress is visible to tests: every host gets data-mw-status="rendered" | "failed", the <html>
@@ -36,8 +37,13 @@ const experimental = {
   invoke: (): Promise<never> => Promise.reject(new Error("no kernel: this is a static export")),
 };
 
+// The payload is the LAST <script type="application/json" id="mw-export-data"> (the exporter
+// writes it after all of the notebook's cells). Never getElementById: a notebook's sanitized
+// HTML may keep an element with that id (e.g. a <div>) placed before it, and a payload read from
+// it would choose the code to run.
 function readPayload(): Payload | null {
-  const node = document.getElementById("mw-export-data");
+  const nodes = document.querySelectorAll<HTMLScriptElement>('script[type="application/json"]#mw-export-data');
+  const node = nodes[nodes.length - 1];
   if (!node || !node.textContent) return null;
   return JSON.parse(node.textContent) as Payload;
 }
@@ -63,7 +69,7 @@ async function importText(code: string): Promise<unknown> {
 function loadModule(payload: Payload, hash: string): Promise<unknown> {
   let p = moduleCache.get(hash);
   if (!p) {
-    const code = payload.modules[hash];
+    const code = Object.prototype.hasOwnProperty.call(payload.modules, hash) ? payload.modules[hash] : undefined;
     p = code === undefined ? Promise.reject(new Error(`module ${hash} missing from the export`)) : importText(code);
     moduleCache.set(hash, p);
   }
@@ -100,7 +106,7 @@ const models = new Map<string, StaticModel>();
 
 async function renderHost(payload: Payload, host: HTMLElement): Promise<void> {
   const id = host.dataset.mwModelId ?? "";
-  const saved = payload.models[id];
+  const saved = Object.prototype.hasOwnProperty.call(payload.models, id) ? payload.models[id] : undefined;
   if (!saved) {
     host.dataset.mwStatus = "failed";
     return;
@@ -131,7 +137,7 @@ async function renderHost(payload: Payload, host: HTMLElement): Promise<void> {
 async function main(): Promise<void> {
   const payload = readPayload();
   if (!payload) return;
-  const hosts = Array.from(document.querySelectorAll<HTMLElement>("[data-mw-model-id]"));
+  const hosts = Array.from(document.querySelectorAll<HTMLElement>(".mw-export-widget[data-mw-model-id]"));
   await Promise.all(hosts.map((host) => renderHost(payload, host)));
 }
 

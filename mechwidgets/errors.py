@@ -52,13 +52,23 @@ class CancelledError(MechWidgetsError):
     """Long work was cancelled by the user or superseded by a newer request."""
 
 
+class ExportError(MechWidgetsError, ValueError):
+    """A notebook or widget cannot be exported as HTML (bad or oversized saved state, bad options)."""
+
+
+class MissingDependencyError(MechWidgetsError, ImportError):
+    """An optional feature needs a package that is not installed; the message names the extra."""
+
+
 __all__ = [
     "AnswerError",
     "CancelledError",
     "ComponentError",
+    "ExportError",
     "HypothesisError",
     "MechWidgetsError",
     "MetricError",
+    "MissingDependencyError",
     "ModelError",
     "PromptError",
     "SAEError",

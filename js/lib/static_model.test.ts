@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { decodeArray } from "./array";
-import { StaticModel, decodeBase64, decodeHex, putSavedBuffers } from "./static_model";
+import { StaticModel, decodeBase64, decodeHex, isSafePath, putSavedBuffers } from "./static_model";
 
 function b64(bytes: Uint8Array): string {
   let s = "";
@@ -65,5 +65,40 @@ describe("StaticModel", () => {
       console.error = err;
     }
     expect(called).toBe(true);
+  });
+});
+
+describe("untrusted buffer paths", () => {
+  it("never reach Object.prototype or a constructor", () => {
+    const state: Record<string, unknown> = { a: {} };
+    putSavedBuffers(state, [
+      { path: ["__proto__", "polluted"], data: "AQ==", encoding: "base64" },
+      { path: ["a", "__proto__", "polluted2"], data: "AQ==", encoding: "base64" },
+      { path: ["constructor", "prototype", "polluted3"], data: "AQ==", encoding: "base64" },
+      { path: ["a", "constructor", "prototype", "polluted4"], data: "AQ==", encoding: "base64" },
+      { path: ["toString", "x"], data: "AQ==", encoding: "base64" },
+      { path: [-1], data: "AQ==", encoding: "base64" },
+      { path: [1.5], data: "AQ==", encoding: "base64" },
+      { path: [], data: "AQ==", encoding: "base64" },
+      { path: "a" as unknown as (string | number)[], data: "AQ==", encoding: "base64" },
+    ]);
+    const probe: Record<string, unknown> = {};
+    for (const k of ["polluted", "polluted2", "polluted3", "polluted4"]) {
+      expect(probe[k]).toBeUndefined();
+      expect((Object.prototype as Record<string, unknown>)[k]).toBeUndefined();
+    }
+    expect(typeof Object.prototype.toString).toBe("function");
+    // an inherited name is not followed: the state gets its own plain container instead
+    expect(Object.prototype.hasOwnProperty.call(state, "toString")).toBe(true);
+    expect((state.toString as any).x).toBeInstanceOf(DataView);
+    expect(Object.keys(state).sort()).toEqual(["a", "toString"]);
+    expect(Object.keys(state.a as object)).toEqual([]);
+  });
+
+  it("isSafePath accepts keys and indices only", () => {
+    expect(isSafePath(["a", 0, "buffer"])).toBe(true);
+    for (const bad of [[], ["__proto__"], ["a", "prototype"], [-1], [0.5], [null], "a", [{}]]) {
+      expect(isSafePath(bad)).toBe(false);
+    }
   });
 });

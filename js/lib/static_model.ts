@@ -38,17 +38,39 @@ export function decodeSavedBuffer(b: SavedBuffer): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** Put each saved buffer back into `state` at its path (creating missing containers). */
+/** Keys a buffer path may never hold: they reach an object's prototype (prototype pollution). */
+const UNSAFE_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+
+/** A path of plain string keys and non-negative integer indices, none of them UNSAFE_KEYS. */
+export function isSafePath(path: unknown): path is Path {
+  if (!Array.isArray(path) || path.length === 0) return false;
+  return path.every((key) =>
+    typeof key === "number" ? Number.isInteger(key) && key >= 0 : typeof key === "string" && !UNSAFE_KEYS.has(key),
+  );
+}
+
+function own(obj: object, key: string | number): unknown {
+  return Object.prototype.hasOwnProperty.call(obj, key) ? (obj as Record<string | number, unknown>)[key] : undefined;
+}
+
+/**
+ * Put each saved buffer back into `state` at its path (creating missing containers).
+ *
+ * Saved state is untrusted: a buffer whose path is not safe (isSafePath) is skipped, and only
+ * the state's own properties are followed, so no path reaches Object.prototype.
+ */
 export function putSavedBuffers(state: Record<string, unknown>, buffers: readonly SavedBuffer[] = []): Record<string, unknown> {
   for (const b of buffers) {
-    if (!Array.isArray(b.path) || b.path.length === 0) continue;
-    let obj: any = state;
+    if (!b || !isSafePath(b.path) || typeof b.data !== "string") continue;
+    let obj: Record<string | number, unknown> = state;
     for (let i = 0; i < b.path.length - 1; i++) {
       const key = b.path[i];
-      if (obj[key] === undefined || obj[key] === null || typeof obj[key] !== "object") {
-        obj[key] = typeof b.path[i + 1] === "number" ? [] : {};
+      let next = own(obj, key);
+      if (next === undefined || next === null || typeof next !== "object") {
+        next = typeof b.path[i + 1] === "number" ? [] : {};
+        obj[key] = next;
       }
-      obj = obj[key];
+      obj = next as Record<string | number, unknown>;
     }
     obj[b.path[b.path.length - 1]] = decodeSavedBuffer(b);
   }

@@ -6,6 +6,12 @@ tests assert that none was made. They check that each widget drew its saved view
 thumbnails, the head selected before saving, the ablation table), that hostile tokens stay text
 and run no script, and save screenshots to ``test-artifacts/``.
 
+Trust: a notebook whose saved state holds hostile code (a third-party anywidget's ``_esm``, and
+a mechwidgets widget's own ``_esm`` replaced) leaves the page's title alone and makes no request,
+with and without ``--sanitize-html``, while the mechwidgets widget still draws (from the installed
+bundle); with ``--trust`` a benign third-party anywidget draws; a Markdown image outside the
+notebook's folder stays a link.
+
 The marimo test runs ``marimo run`` on a small notebook and checks ``mo.ui.anywidget(widget)``
 draws the widget and that a click reaches the kernel and comes back (binary buffers included).
 """
@@ -262,6 +268,76 @@ def test_hostile_tokens_stay_text(offline: OfflineContext, tmp_path: Path, widge
     assert widget_harness.page.evaluate("() => window.__xss") is None
     assert mounted.js_errors() == []
     assert offline.requests == [] and offline.errors == []
+
+
+# ------------------------------------------------------------------------------------ trust
+def host_status(page: Any, model_id: str) -> str | None:
+    return page.locator(f'.mw-export-widget[data-mw-model-id="{model_id}"]').get_attribute("data-mw-status")
+
+
+@pytest.mark.parametrize("sanitize", [False, True], ids=["plain", "sanitize-html"])
+def test_hostile_saved_code_never_runs(offline: OfflineContext, tmp_path: Path, sanitize: bool) -> None:
+    src, w = test_export.hostile_notebook(tmp_path)
+    out = tmp_path / "hostile.html"
+    summary = _export.export_notebook(src, out, sanitize_html=sanitize)
+    assert (summary.interactive, summary.untrusted) == (1, 1)
+    page = offline.open(out)
+    wait_rendered(page)
+    # the mechwidgets widget is drawn, by the installed bundle, from its saved data
+    assert host_status(page, w.model_id) == "rendered"
+    host = page.locator(f'.mw-export-widget[data-mw-model-id="{w.model_id}"]')
+    assert host.locator("[data-testid=token-strip] .mw-token").all_text_contents() == [show_token(t) for t in w.tokens]
+    # the other package's widget shows its saved text; no saved code ran, nothing was requested
+    expect(page.get_by_text("fallback of thirdparty1")).to_be_visible()
+    time.sleep(0.3)  # a late fetch or title change would land here
+    assert page.title() == "hostile"
+    assert page.evaluate("() => window.__pwned") is None
+    expect(page.get_by_text("HOSTILE CODE RAN")).to_have_count(0)
+    page.screenshot(path=str(artifact_path(f"export-hostile-esm-{'sanitized' if sanitize else 'plain'}.png")), full_page=True)
+    assert offline.requests == [], f"the export made network requests: {offline.requests}"
+    assert offline.errors == []
+
+
+def test_trusted_third_party_anywidget_renders(offline: OfflineContext, tmp_path: Path) -> None:
+    src = test_export.benign_notebook(tmp_path)
+    trusted = _export.export_notebook(src, tmp_path / "trusted.html", trust=True)
+    assert trusted.path is not None and trusted.interactive == 1
+    page = offline.open(trusted.path)
+    assert wait_rendered(page) == ["rendered"]
+    expect(page.get_by_text("benign third-party widget: 7")).to_be_visible()
+    expect(page.get_by_text("fallback of benign1")).to_have_count(0)  # replaced by the live view
+    # the same notebook without --trust: its saved text, and its code not run
+    default = _export.export_notebook(src, tmp_path / "default.html")
+    assert default.path is not None and default.untrusted == 1
+    page = offline.open(default.path)
+    page.wait_for_load_state("load")
+    assert page.locator("[data-mw-model-id], script#mw-export-data").count() == 0  # no runtime at all
+    expect(page.get_by_text("fallback of benign1")).to_be_visible()
+    expect(page.get_by_text("benign third-party widget")).to_have_count(0)
+    assert offline.requests == [] and offline.errors == []
+
+
+def test_markdown_image_outside_the_folder_is_not_embedded(offline: OfflineContext, tmp_path: Path) -> None:
+    src, _ = test_export.image_layout(tmp_path)
+    summary = _export.export_notebook(src, src.with_suffix(".html"))  # beside the notebook
+    assert summary.path is not None
+    page = offline.open(summary.path)
+    page.wait_for_load_state("load")
+
+    def image(alt: str) -> tuple[str, int]:
+        img = page.locator(f'img[alt="{alt}"]')
+        return str(img.get_attribute("src")), int(img.evaluate("i => i.naturalWidth"))
+
+    src_ok, width_ok = image("ok")
+    assert src_ok.startswith("data:image/png;base64,") and width_ok == 1  # inside the folder: drawn
+    assert image("att")[0].startswith("data:image/png;base64,") and image("att")[1] == 1
+    for alt in ("up", "rawup", "link", "fake", "key", "abs"):
+        link, width = image(alt)
+        assert not link.startswith("data:") and width == 0, (alt, link)  # a link the guard refused
+    outside = (tmp_path / "secret.png").resolve().as_uri()
+    assert outside in offline.requests, offline.requests  # the page only links to it
+    assert all(u.startswith("file://") for u in offline.requests), offline.requests
+    page.screenshot(path=str(artifact_path("export-markdown-images.png")), full_page=True)
 
 
 # ------------------------------------------------------------------------------------ static SVG
