@@ -68,6 +68,13 @@ pass, so a long ACDC run leaves the model usable between its steps. EAP's and EA
 runs skip the hook points where :mod:`._direct` computes a model's forward pass exactly (a plain
 pre-norm ``HookedTransformer`` with learned positions and no hooks of its own attached): on a
 small model TransformerLens's per-hook bookkeeping is a large share of a forward pass.
+
+On a TransformerLens 4.x ``TransformerBridge`` everything goes through TransformerLens 4's own
+hook points, which carry 3.x's names and (after their ``hook_conversion``) shapes; its
+``hook_mlp_in`` is switched on the same way. Each patched forward runs from the tokens (a
+bridge's ``start_at_layer`` runs the earlier blocks anyway), and the final residual is read at
+the last block's ``hook_resid_post``. The scores, ACDC's circuits and faithfulness equal those of
+a ``HookedTransformer`` with the same weights (tests/test_circuits_tl4.py).
 """
 
 from __future__ import annotations
@@ -450,7 +457,8 @@ class EdgePatcher:
     corrupted activations.
 
     Args:
-        model: a TransformerLens ``HookedTransformer`` (or a handle on one).
+        model: a TransformerLens 3.x ``HookedTransformer`` or 4.x ``TransformerBridge`` (or a
+            handle on one).
         clean: a prompt, a list of prompts, or ``[batch, pos]`` tokens. Prompts of different
             lengths are right-padded (the model is causal, so padding never changes the
             positions the metric reads).
