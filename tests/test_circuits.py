@@ -5,6 +5,7 @@ the two proofs on the zoo (the induction circuit of induction-2l, the IOI circui
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -32,11 +33,12 @@ from mechwidgets.widgets.circuit import CircuitWidget, show_circuit
 
 #: Tests that compare with TransformerLens's own per-head q/k/v inputs and results
 #: (``use_split_qkv_input``, ``use_attn_result``): a ``TransformerBridge.boot_native`` model
-#: (TransformerLens 4.x) supports neither. Under 4.x, test_circuits_tl4.py checks the bridge's
-#: numbers against these same analyses under 3.x on the same weights.
+#: (TransformerLens 4.x) supports neither. Under 4.x, test_circuits_tl4.py checks toy-lm's bridge
+#: against these same analyses under 3.x on the same weights, and a Hugging Face GPT-2 bridge
+#: (which has those hooks) against this file's hand-written EAP and patching.
 needs_split_hooks = pytest.mark.skipif(
     not TL3, reason="TransformerLens 4.x boot_native bridges have no use_split_qkv_input / use_attn_result "
-    "hooks to compare with (test_circuits_tl4.py compares with 3.x instead)")
+    "hooks to compare with (test_circuits_tl4.py compares with 3.x and on a Hugging Face bridge instead)")
 #: Tests of analysis._direct, which runs TransformerLens 3.x HookedTransformers only.
 needs_direct = pytest.mark.skipif(not TL3, reason="analysis._direct covers TransformerLens 3.x HookedTransformers only")
 
@@ -142,16 +144,21 @@ def hand_eap(model: Any, names: list[str], ig_steps: int | None = None) -> list[
     for alpha in alphas:
         kept: dict[str, torch.Tensor] = {}
 
-        def keep(x: torch.Tensor, hook: Any, kept: dict[str, torch.Tensor] = kept) -> None:
+        # keyed by the name asked for (a TransformerBridge's hook.name is its canonical name); a
+        # copy of its own that the model goes on with: the destination's input alone (a bridge's
+        # hook_mlp_in is resid_mid itself, which the residual sum reads too; 3.x's is a clone)
+        def keep(x: torch.Tensor, hook: Any, name: str, kept: dict[str, torch.Tensor] = kept) -> torch.Tensor:
+            x = x.clone()
             x.retain_grad()
-            kept[hook.name] = x
+            kept[name] = x
+            return x
 
         def embed(x: torch.Tensor, hook: Any, alpha: float = alpha) -> torch.Tensor:
             e_corr = corr_out["embed"]
             return (e_corr + alpha * (clean_out["embed"] - e_corr)).requires_grad_(True)
 
         with torch.enable_grad(), model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", embed)]
-                                                        + [(h, keep) for h in hook_names]):
+                                                        + [(h, functools.partial(keep, name=h)) for h in hook_names]):
             _logit_diff(model, model(clean)).backward()
         model.zero_grad(set_to_none=True)
         for h in hook_names:

@@ -5,11 +5,13 @@ The 3.x numbers are computed, not stored: the test starts the 3.x venv's Python 
 ``.venv-tl4``, both built by ``make test``; ``MECHWIDGETS_TL3_PYTHON`` names another) on this
 very file, which runs :func:`analyses` on toy-lm as a ``HookedTransformer`` there and writes
 JSON to a temporary folder, while the test runs the same analyses through ``show_circuit`` on
-the ``TransformerBridge`` here. A committed fixture would go stale with the weights or the code;
-a hand-written re-implementation on the bridge could not use TransformerLens's own per-head
-inputs (``boot_native`` bridges support neither ``use_split_qkv_input`` nor
-``use_attn_result``). The 3.x side is itself checked against TransformerLens's own split q/k/v
-inputs and per-head results by tests/test_circuits.py.
+the ``TransformerBridge`` here. A committed fixture would go stale with the weights or the code,
+and toy-lm's bridge (``boot_native``) supports neither ``use_split_qkv_input`` nor
+``use_attn_result``, so TransformerLens 4's own per-head hooks cannot check it directly. The 3.x
+side is checked against TransformerLens 3's split q/k/v inputs and per-head results by
+tests/test_circuits.py; and on a Hugging Face GPT-2 wrapped by ``boot_transformers`` (whose
+attention has them) the second test checks the bridge's numbers against TransformerLens 4's own
+per-head hooks, with test_circuits's hand-written EAP and patching.
 """
 
 from __future__ import annotations
@@ -130,6 +132,46 @@ def test_circuits_on_a_bridge_equal_those_under_tl3(tmp_path: Path) -> None:
     assert acdc.circuit_metric == pytest.approx(tl3["acdc_metric"], abs=1e-4)
     assert w.faithfulness["metric"] == pytest.approx(tl3["acdc_metric"], abs=1e-4)
     assert f.metric == pytest.approx(tl3["eap_top_faithfulness"], abs=1e-4)
+
+
+def test_eap_and_patching_on_a_hugging_face_bridge_equal_tl4s_own_per_head_hooks(tmp_path: Path) -> None:
+    """A random GPT-2 (2 layers, 4 heads, random biases and norm weights) wrapped by
+    ``TransformerBridge.boot_transformers``: EAP, EAP-IG and patched forwards equal the
+    hand-written computations of test_circuits on TransformerLens 4's own split q/k/v inputs
+    (``hook_q_input``...), per-head results (``hook_result``) and ``hook_mlp_in``; the model is
+    left as it was."""
+    import torch
+    from support import TL3, assert_unchanged, build_tokenizer, snapshot
+    from test_circuits import CLEAN, CORRUPTED, hand_eap, hand_hooks_on, hand_patch, removed_mask
+
+    if TL3:
+        pytest.skip("TransformerBridge is TransformerLens 4.x (make test-tl4)")
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mechwidgets.analysis.circuits import EdgePatcher
+
+    tok = build_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(tok), n_positions=32))
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=gen))
+    model = TransformerBridge.boot_transformers("gpt2", hf_model=hf.eval(), tokenizer=tok, device="cpu")
+    before = snapshot(model)
+    p = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    eap, ig = p.result("eap"), p.eap_ig_scores(3)
+    edges = ["embed->a0.h0.v", "a0.h0->logits", "m0->a1.h1.q", "a0.h2->a1.h3.k", "a1.h1->m1", "a0.h3->m0"]
+    patched = p.patched_metric(removed_mask(p, edges))
+    assert_unchanged(model, before)
+    hand_hooks_on(model)
+    names = eap.graph.edge_names()
+    np.testing.assert_allclose(eap.scores.numpy(), hand_eap(model, names), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ig.numpy(), hand_eap(model, names, 3), rtol=1e-4, atol=1e-5)
+    assert float(eap.scores.abs().max()) > 0.1 and not np.allclose(eap.scores.numpy(), ig.numpy(), atol=1e-3)
+    assert patched == pytest.approx(hand_patch(model, edges), abs=2e-5)
+    assert abs(patched - p.clean_metric) > 1e-2  # the patch does something
 
 
 if __name__ == "__main__":  # the 3.x side: python tests/test_circuits_tl4.py OUT.json
