@@ -5,6 +5,7 @@ the two proofs on the zoo (the induction circuit of induction-2l, the IOI circui
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -30,7 +31,16 @@ from mechwidgets.analysis.circuits import (
 from mechwidgets.errors import AnswerError, ComponentError, MetricError, PromptError
 from mechwidgets.widgets.circuit import CircuitWidget, show_circuit
 
-pytestmark = pytest.mark.skipif(not TL3, reason="circuit discovery needs a TransformerLens 3.x HookedTransformer")
+#: Tests that compare with TransformerLens's own per-head q/k/v inputs and results
+#: (``use_split_qkv_input``, ``use_attn_result``): a ``TransformerBridge.boot_native`` model
+#: (TransformerLens 4.x) supports neither. Under 4.x, test_circuits_tl4.py checks toy-lm's bridge
+#: against these same analyses under 3.x on the same weights, and a Hugging Face GPT-2 bridge
+#: (which has those hooks) against this file's hand-written EAP and patching.
+needs_split_hooks = pytest.mark.skipif(
+    not TL3, reason="TransformerLens 4.x boot_native bridges have no use_split_qkv_input / use_attn_result "
+    "hooks to compare with (test_circuits_tl4.py compares with 3.x and on a Hugging Face bridge instead)")
+#: Tests of analysis._direct, which runs TransformerLens 3.x HookedTransformers only.
+needs_direct = pytest.mark.skipif(not TL3, reason="analysis._direct covers TransformerLens 3.x HookedTransformers only")
 
 CLEAN = "When Mary and John went to the store , John gave a drink to"
 CORRUPTED = "When A and B went to the store , C gave a drink to"
@@ -134,16 +144,21 @@ def hand_eap(model: Any, names: list[str], ig_steps: int | None = None) -> list[
     for alpha in alphas:
         kept: dict[str, torch.Tensor] = {}
 
-        def keep(x: torch.Tensor, hook: Any, kept: dict[str, torch.Tensor] = kept) -> None:
+        # keyed by the name asked for (a TransformerBridge's hook.name is its canonical name); a
+        # copy of its own that the model goes on with: the destination's input alone (a bridge's
+        # hook_mlp_in is resid_mid itself, which the residual sum reads too; 3.x's is a clone)
+        def keep(x: torch.Tensor, hook: Any, name: str, kept: dict[str, torch.Tensor] = kept) -> torch.Tensor:
+            x = x.clone()
             x.retain_grad()
-            kept[hook.name] = x
+            kept[name] = x
+            return x
 
         def embed(x: torch.Tensor, hook: Any, alpha: float = alpha) -> torch.Tensor:
             e_corr = corr_out["embed"]
             return (e_corr + alpha * (clean_out["embed"] - e_corr)).requires_grad_(True)
 
         with torch.enable_grad(), model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", embed)]
-                                                        + [(h, keep) for h in hook_names]):
+                                                        + [(h, functools.partial(keep, name=h)) for h in hook_names]):
             _logit_diff(model, model(clean)).backward()
         model.zero_grad(set_to_none=True)
         for h in hook_names:
@@ -240,6 +255,7 @@ VARIANTS = {
 }
 
 
+@needs_split_hooks
 @pytest.mark.parametrize("fuse", [True, False], ids=["clean+corrupted in one batch", "separate runs"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_eap_equals_hand_computed_gradient_product(
@@ -258,6 +274,7 @@ def test_eap_equals_hand_computed_gradient_product(
     assert float(result.scores.abs().max()) > 1e-3  # not a trivially zero comparison
 
 
+@needs_split_hooks
 @pytest.mark.parametrize("variant", ["LN", "RMSPre"])
 @pytest.mark.parametrize("path", ["all layers at once", "two layers then one", "a layer at a time",
                                   "closed form per layer", "autograd"])
@@ -300,6 +317,8 @@ DIRECT_VARIANTS = {
 def runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """EAP's recording runs through analysis._direct (where it covers the model) or, with it
     switched off, through TransformerLens's hooked forward pass."""
+    if request.param == "direct" and not TL3:
+        pytest.skip("analysis._direct covers TransformerLens 3.x HookedTransformers only")
     if request.param == "hooked":
         from mechwidgets import _fast as _direct
 
@@ -307,6 +326,7 @@ def runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return str(request.param)
 
 
+@needs_direct
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("embeddings", ["of the tokens", "replaced"])
 @pytest.mark.parametrize("grad", [True, False], ids=["with gradients", "without"])
@@ -368,6 +388,7 @@ def test_direct_runs_record_what_transformer_lens_hooks_record(
         assert not direct_rec["final"].requires_grad
 
 
+@needs_direct
 @pytest.mark.parametrize("variant", ["RMS", "RMSPre"])
 def test_direct_runs_without_fused_rms_norm(make_model: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
                                             variant: str) -> None:
@@ -382,6 +403,7 @@ def test_direct_runs_without_fused_rms_norm(make_model: Callable[..., Any], monk
     assert float(fused.eap_scores.abs().max()) > 1e-3
 
 
+@needs_direct
 def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -> None:
     """Models the direct runs do not cover exactly go through TransformerLens: other
     configurations, weights not in cfg.dtype, code of their own (a subclass, a method replaced on
@@ -496,6 +518,7 @@ def test_direct_runs_only_where_they_are_exact(make_model: Callable[..., Any]) -
     assert p.direct
 
 
+@needs_split_hooks
 @pytest.mark.parametrize("variant", ["LN", "attn-only", "parallel"])
 def test_eap_ig_equals_hand_computed_integrated_gradients(make_model: Callable[..., Any], variant: str) -> None:
     model = make_model(**VARIANTS[variant])
@@ -534,6 +557,7 @@ def test_eap_with_frozen_parameters(fresh: Any, runs: str) -> None:
     torch.testing.assert_close(frozen.eap_ig_scores(3), normal.eap_ig_scores(3), rtol=1e-5, atol=1e-6)
 
 
+@needs_split_hooks
 def test_eap_is_the_same_whatever_the_users_settings(model: Any, own_settings: Any, patcher: EdgePatcher,
                                                      runs: str) -> None:
     # the session model has every setting off, `own_settings` has them on; same weights (seed 0)
@@ -590,6 +614,7 @@ def test_left_padding_tokenizer_changes_nothing(model: Any, patcher: EdgePatcher
     ],
     ids=["key", "mlp", "logits", "all-inputs", "propagation", "mixed"],
 )
+@needs_split_hooks
 def test_patched_forward_equals_hand_written_hooks(own_settings: Any, edges: list[str]) -> None:
     model = own_settings
     p = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
@@ -604,6 +629,7 @@ def test_patched_forward_equals_hand_written_hooks(own_settings: Any, edges: lis
     assert float(from_start) == pytest.approx(float(from_zero), abs=1e-5)
 
 
+@needs_split_hooks
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "LN"])
 def test_patched_forward_in_other_models(make_model: Callable[..., Any], variant: str) -> None:
     model = make_model(**VARIANTS[variant])
@@ -815,6 +841,7 @@ def test_bad_input_raises_clear_errors(model: Any, unchanged: Any, kwargs: dict[
     unchanged()
 
 
+@needs_split_hooks
 def test_bad_input_leaves_users_settings_on(own_settings: Any) -> None:
     model = own_settings
     before = {**settings(model), "hooks": hook_count(model)}
@@ -1088,6 +1115,8 @@ def test_induction_proof_previous_token_to_induction_key_edge(induction_model: A
     assert w.faithfulness["normalized"] >= 0.8
 
 
+@pytest.mark.skipif(not TL3, reason="two ACDC runs on 16 pairs cost half a minute through a TransformerBridge; "
+                    "test_circuits_tl4.py shows ACDC on toy-lm's bridge equals 3.x's, where this proof runs")
 def test_ioi_proof_small_circuit_recovers_the_logit_difference(toy_lm: Any) -> None:
     """Signed ACDC at 1.5% of the clean-corrupted gap, on 16 IOI pairs of the training templates
     (ABC-corrupted): a circuit of at most 10% of toy-lm's 479 edges that recovers at least 80% of

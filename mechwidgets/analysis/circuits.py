@@ -68,6 +68,13 @@ pass, so a long ACDC run leaves the model usable between its steps. EAP's and EA
 runs skip the hook points where :mod:`mechwidgets._fast` computes a model's forward pass exactly (a plain
 pre-norm ``HookedTransformer`` with learned positions and no hooks of its own attached): on a
 small model TransformerLens's per-hook bookkeeping is a large share of a forward pass.
+
+On a TransformerLens 4.x ``TransformerBridge`` everything goes through TransformerLens 4's own
+hook points, which carry 3.x's names and (after their ``hook_conversion``) shapes; its
+``hook_mlp_in`` is switched on the same way. Each patched forward runs from the tokens (a
+bridge's ``start_at_layer`` runs the earlier blocks anyway), and the final residual is read at
+the last block's ``hook_resid_post``. The scores, ACDC's circuits and faithfulness equal those of
+a ``HookedTransformer`` with the same weights (tests/test_circuits_tl4.py).
 """
 
 from __future__ import annotations
@@ -450,7 +457,8 @@ class EdgePatcher:
     corrupted activations.
 
     Args:
-        model: a TransformerLens ``HookedTransformer`` (or a handle on one).
+        model: a TransformerLens 3.x ``HookedTransformer`` or 4.x ``TransformerBridge`` (or a
+            handle on one).
         clean: a prompt, a list of prompts, or ``[batch, pos]`` tokens. Prompts of different
             lengths are right-padded (the model is causal, so padding never changes the
             positions the metric reads).
@@ -517,11 +525,19 @@ class EdgePatcher:
     def _check_model(self) -> None:
         handle, cfg = self.handle, self.handle.cfg
         model = handle.model
-        if handle.kind != "hooked" or not hasattr(model, "blocks"):
+        attn = getattr(model.blocks[0], "attn", None) if hasattr(model, "blocks") and len(model.blocks) else None
+        weights = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")
+        if attn is None or not all(hasattr(attn, w) for w in weights):
             raise ModelError(
-                "circuit discovery needs a TransformerLens HookedTransformer (TransformerLens "
-                "3.x); a 4.x TransformerBridge cannot yet run with per-head inputs here. Install "
-                "transformer_lens<4 (e.g. with sae-lens) to use show_circuit."
+                "circuit discovery needs a TransformerLens model with blocks whose attention "
+                "exposes per-head weights (W_Q, W_K, W_V, W_O and their biases): a "
+                "HookedTransformer (3.x) or a TransformerBridge (4.x) of a standard architecture."
+            )
+        missing = [name for name in self._hook_names() if name not in model.hook_dict]
+        if missing:
+            raise ModelError(
+                f"circuit discovery reads every layer's residual, q/k/v, z and MLP hook points; "
+                f"this model lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}."
             )
         if handle.n_kv_heads != handle.n_heads:
             raise ModelError(
@@ -540,6 +556,15 @@ class EdgePatcher:
                 "circuit discovery needs a pre-norm model whose attention output is the sum of its "
                 "heads' outputs; this model normalises the attention output after the heads."
             )
+
+    def _hook_names(self) -> list[str]:
+        """The TransformerLens hook points the analyses hook (the same names in 3.x and 4.x)."""
+        cfg = self.handle.cfg
+        ports = ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z"]
+        if not getattr(cfg, "attn_only", False):
+            ports += ["hook_mlp_in", "hook_mlp_out"]
+        last = self.handle.n_layers - 1
+        return [f"blocks.{layer}.{p}" for layer in range(last + 1) for p in ports] + [f"blocks.{last}.hook_resid_post"]
 
     def _tokenize(self, clean: Prompts, corrupted: Prompts, max_positions: int) -> None:
         handle = self.handle
@@ -629,14 +654,29 @@ class EdgePatcher:
     def _hooks(self, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
         """Forward hooks ``fn(activation, hook)`` on TransformerLens hook points, removed on exit
         by their own handles (hooks anyone else attached stay; TransformerLens's ``hooks()``
-        context would also walk every hook point of the model to clean up)."""
+        context would also walk every hook point of the model to clean up).
+
+        A TransformerBridge hook point may hold a ``hook_conversion`` (``hook_q``/``hook_z`` carry
+        ``[batch, pos, n_heads * d_head]``): ``fn`` sees the converted activation
+        (``[batch, pos, head, d_head]``, as in 3.x) and a value it returns is reverted, as
+        TransformerLens 4's own ``add_hook`` does."""
         hook_dict = self.handle.model.hook_dict
         handles = []
         try:
             for name, fn in hooks:
                 point = hook_dict[name]
-                handles.append(point.register_forward_hook(
-                    lambda module, _inputs, output, fn=fn: fn(output, module)))
+                conversion = getattr(point, "hook_conversion", None)
+                if conversion is None:
+                    handles.append(point.register_forward_hook(
+                        lambda module, _inputs, output, fn=fn: fn(output, module)))
+                    continue
+
+                def converted(module: Any, _inputs: Any, output: torch.Tensor, fn: Any = fn,
+                              conversion: Any = conversion) -> Any:
+                    out = fn(conversion.convert(output), module)
+                    return None if out is None else conversion.revert(out)
+
+                handles.append(point.register_forward_hook(converted))
             yield
         finally:
             for handle in handles:
@@ -741,24 +781,55 @@ class EdgePatcher:
             if grad:
                 for port in ("q", "k", "v"):
 
-                    def keep(x: torch.Tensor, hook: Any, key: str = f"{port}{layer}") -> None:
+                    # returned, so that the model goes on with this very tensor (on a
+                    # TransformerBridge it is a reshaped view: left unused, its gradient is 0)
+                    def keep(x: torch.Tensor, hook: Any, key: str = f"{port}{layer}") -> torch.Tensor:
                         rec["live"][key] = x
+                        return x
 
                     hooks.append((f"blocks.{layer}.attn.hook_{port}", keep))
             if self.graph.has_mlp:
 
-                def mid(x: torch.Tensor, hook: Any, layer: int = layer) -> None:
+                def mid(x: torch.Tensor, hook: Any, layer: int = layer) -> torch.Tensor:
                     rec["mid"][layer] = x.detach()
-                    if grad:
-                        rec["live"][f"mlp{layer}"] = x
+                    if not grad:
+                        return x
+                    # the MLP's input of its own: a TransformerBridge's hook_mlp_in is resid_mid
+                    # itself, which the residual sum reads too (3.x's is a clone already)
+                    live = rec["live"][f"mlp{layer}"] = x.clone()
+                    return live
 
                 def mlp_out(x: torch.Tensor, hook: Any, layer: int = layer) -> None:
                     rec["mlp"][layer] = x.detach()
 
                 hooks += [(f"blocks.{layer}.hook_mlp_in", mid), (f"blocks.{layer}.hook_mlp_out", mlp_out)]
-        with self._hooks(hooks):
-            rec["final"] = self.handle.model(tokens, stop_at_layer=L, **self._mask(tokens))
+        rec["final"] = self._final_resid(tokens, hooks)
         return rec
+
+    def _final_resid(self, tokens: torch.Tensor, hooks: Sequence[tuple[str, Any]], start: int = 0) -> torch.Tensor:
+        """The final residual stream (the last block's output, before ``ln_final``) of a forward
+        pass of ``tokens`` with ``hooks``; from layer ``start`` on, entering it with the clean
+        run's residual, where nothing before ``start`` is hooked.
+
+        A ``HookedTransformer`` runs from ``start`` and stops after the last block. A
+        TransformerBridge returns logits at ``stop_at_layer=n_layers`` and runs every block at
+        ``start_at_layer`` anyway: a whole forward pass of the tokens, whose last block's
+        ``hook_resid_post`` is read (the blocks before ``start`` compute the clean run)."""
+        model, L = self.handle.model, self.graph.n_layers
+        mask = self._mask(tokens)
+        if self.handle.kind == "hooked":
+            with self._hooks(hooks):
+                if start == 0:
+                    return model(tokens, stop_at_layer=L, **mask)
+                return model(self._clean_resid_pre[start], start_at_layer=start, stop_at_layer=L, **mask)
+        out: dict[str, torch.Tensor] = {}
+
+        def final(x: torch.Tensor, hook: Any) -> None:
+            out["final"] = x
+
+        with self._hooks([*hooks, (f"blocks.{L - 1}.hook_resid_post", final)]):
+            model(tokens, **mask)
+        return out["final"]
 
     def _sources(self, rec: dict[str, Any], other: dict[str, Any] | None = None) -> torch.Tensor:
         """``[source, batch * pos, d_model]`` source outputs of a recorded run (or, with
@@ -1176,12 +1247,8 @@ class EdgePatcher:
 
                     hooks.append((f"blocks.{layer}.hook_mlp_in", mlp_in))
         if start < L:
-            with self._edge_mode(), self._hooks(hooks):
-                if start == 0:
-                    final = handle.model(self.clean_tokens, stop_at_layer=L, **self._mask(self.clean_tokens))
-                else:
-                    final = handle.model(self._clean_resid_pre[start], start_at_layer=start, stop_at_layer=L,
-                                         **self._mask(self.clean_tokens))
+            with self._edge_mode():
+                final = self._final_resid(self.clean_tokens, hooks, start)
         else:
             final = self._clean_final
         column = rm[:, logits_dst]
