@@ -8,7 +8,8 @@ weights at every call (nothing is copied or kept between calls) and compute exac
 TransformerLens 3.x's ``HookedTransformer`` computes:
 
 - :func:`norm`: TransformerLens's ``LayerNorm`` / ``LayerNormPre`` / ``RMSNorm`` / ``RMSNormPre``
-  as one fused operation each (any other norm module is called as it is);
+  as one fused operation each (any other norm module is called as it is), and :func:`norm_vjp`,
+  its backward in closed form (EAP's gradients at each head's own input);
 - :func:`qkv_weights` and :func:`attend`: queries, keys and values from one product, and
   attention as ``softmax(q·k / attn_scale, causal) v`` (PyTorch's fused kernel);
 - :func:`mlp`, :func:`attn_out_from_z`, :func:`last_logits` (the final norm and the columns of
@@ -254,6 +255,29 @@ def norm(ln: Any, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, x.shape[-1:], w, float(ln.eps))
     x = x / (x.pow(2).mean(-1, keepdim=True) + float(ln.eps)).sqrt()
     return x if w is None else x * w
+
+
+def norm_vjp(kind: str, eps: float, w: torch.Tensor | None, x: torch.Tensor,
+              upstream: torch.Tensor) -> torch.Tensor:
+    """The backward of TransformerLens's ``LayerNorm`` / ``RMSNorm`` (``...Pre``: no
+    weights) in closed form: ``x`` ``[..., n, d]`` (the norm's inputs at ``n`` positions),
+    ``upstream`` ``[..., k, n, d]`` (``k`` rows of gradients of its output, for the same
+    inputs; overwritten: the caller's own scratch tensor, returned itself when float32),
+    ``w`` ``[..., d]``; the statistics of ``x`` are computed once for all ``k`` rows."""
+    # in place where it can be: a fresh [k, n, d] tensor per step costs about as much as the
+    # arithmetic on it
+    x = x.float()
+    if kind.startswith("LayerNorm"):
+        x = x - x.mean(-1, keepdim=True)
+    inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)[..., None, :, :]  # [..., 1, n, 1]
+    normed = x[..., None, :, :] * inv  # [..., 1, n, d]
+    g = upstream.float()
+    if w is not None:
+        g.mul_(w[..., None, None, :])
+    along = (g * normed).mean(-1, keepdim=True)  # [..., k, n, 1]
+    if kind.startswith("LayerNorm"):
+        g.sub_(g.mean(-1, keepdim=True))
+    return g.addcmul_(normed, along, value=-1).mul_(inv)
 
 
 def qkv_weights(attn: Any) -> tuple[torch.Tensor, torch.Tensor, int]:

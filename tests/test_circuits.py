@@ -39,8 +39,8 @@ from mechwidgets.widgets.circuit import CircuitWidget, show_circuit
 needs_split_hooks = pytest.mark.skipif(
     not TL3, reason="TransformerLens 4.x boot_native bridges have no use_split_qkv_input / use_attn_result "
     "hooks to compare with (test_circuits_tl4.py compares with 3.x and on a Hugging Face bridge instead)")
-#: Tests of analysis._direct, which runs TransformerLens 3.x HookedTransformers only.
-needs_direct = pytest.mark.skipif(not TL3, reason="analysis._direct covers TransformerLens 3.x HookedTransformers only")
+#: Tests of mechwidgets._fast, which runs TransformerLens 3.x HookedTransformers only.
+needs_direct = pytest.mark.skipif(not TL3, reason="mechwidgets._fast covers TransformerLens 3.x HookedTransformers only")
 
 CLEAN = "When Mary and John went to the store , John gave a drink to"
 CORRUPTED = "When A and B went to the store , C gave a drink to"
@@ -315,10 +315,10 @@ DIRECT_VARIANTS = {
 
 @pytest.fixture(params=["direct", "hooked"])
 def runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """EAP's recording runs through analysis._direct (where it covers the model) or, with it
+    """EAP's recording runs through mechwidgets._fast (where it covers the model) or, with it
     switched off, through TransformerLens's hooked forward pass."""
     if request.param == "direct" and not TL3:
-        pytest.skip("analysis._direct covers TransformerLens 3.x HookedTransformers only")
+        pytest.skip("mechwidgets._fast covers TransformerLens 3.x HookedTransformers only")
     if request.param == "hooked":
         from mechwidgets import _fast as _direct
 
@@ -334,7 +334,7 @@ def runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 def test_direct_runs_record_what_transformer_lens_hooks_record(
     make_model: Callable[..., Any], variant: str, grad: bool, embeddings: str, dtype: torch.dtype
 ) -> None:
-    """EAP's recording runs without hook points (analysis._direct) against TransformerLens's
+    """EAP's recording runs without hook points (mechwidgets._fast) against TransformerLens's
     hooked run: every recorded activation, the final residual, and the gradients of a random
     function of it at every live hook_q/k/v / hook_mlp_in tensor, on two right-padded prompts
     and weights whose biases and norm weights are all random (not TransformerLens's zeros/ones);

@@ -880,11 +880,11 @@ class EdgePatcher:
     #: The most float32 numbers :meth:`_dest_grads` works on at once (1 MiB: an L2 cache).
     CHUNK_FLOATS: int = 1 << 18
 
-    #: Norms whose backward :meth:`_norm_vjp` computes in closed form.
+    #: Norms whose backward :func:`mechwidgets._fast.norm_vjp` computes in closed form.
     CLOSED_FORM_NORMS = _fast.TL_NORMS
 
     def _closed_form(self, ln: Any) -> bool:
-        """Whether ``ln`` is one of TransformerLens's own norms that :meth:`_norm_vjp` covers
+        """Whether ``ln`` is one of TransformerLens's own norms that :func:`mechwidgets._fast.norm_vjp` covers
         (weights ``w``, if any, and ``eps``): a ``torch.nn.LayerNorm`` goes through autograd."""
         return _fast.tl_norm(ln, self.CLOSED_FORM_NORMS)
 
@@ -899,35 +899,12 @@ class EdgePatcher:
         w = torch.stack([ln.w.detach().float() for ln in lns]) if hasattr(lns[0], "w") else None  # one class
         return kinds.pop().__name__, float(lns[0].eps), w
 
-    @staticmethod
-    def _norm_vjp(kind: str, eps: float, w: torch.Tensor | None, x: torch.Tensor,
-                  upstream: torch.Tensor) -> torch.Tensor:
-        """The backward of TransformerLens's ``LayerNorm`` / ``RMSNorm`` (``...Pre``: no
-        weights) in closed form: ``x`` ``[..., n, d]`` (the norm's inputs at ``n`` positions),
-        ``upstream`` ``[..., k, n, d]`` (``k`` rows of gradients of its output, for the same
-        inputs; overwritten: the caller's own scratch tensor, returned itself when float32),
-        ``w`` ``[..., d]``; the statistics of ``x`` are computed once for all ``k`` rows."""
-        # in place where it can be: a fresh [k, n, d] tensor per step costs about as much as the
-        # arithmetic on it
-        x = x.float()
-        if kind.startswith("LayerNorm"):
-            x = x - x.mean(-1, keepdim=True)
-        inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)[..., None, :, :]  # [..., 1, n, 1]
-        normed = x[..., None, :, :] * inv  # [..., 1, n, d]
-        g = upstream.float()
-        if w is not None:
-            g.mul_(w[..., None, None, :])
-        along = (g * normed).mean(-1, keepdim=True)  # [..., k, n, 1]
-        if kind.startswith("LayerNorm"):
-            g.sub_(g.mean(-1, keepdim=True))
-        return g.addcmul_(normed, along, value=-1).mul_(inv)
-
     def _ln_vjp(self, layer: int, x: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
         """Gradients of each head's own ``ln1`` input from the gradients of its ``ln1`` output:
         ``x`` ``[n, d]`` (``resid_pre`` at ``n`` positions, the same for every head),
         ``upstream`` ``[k, n, d]`` (one row of gradients per head and port; overwritten).
 
-        TransformerLens's LayerNorm / RMSNorm in closed form (:meth:`_norm_vjp`); any other
+        TransformerLens's LayerNorm / RMSNorm in closed form (:func:`mechwidgets._fast.norm_vjp`); any other
         module through autograd."""
         ln = self.handle.model.blocks[layer].ln1
         kind = type(ln).__name__
@@ -935,7 +912,7 @@ class EdgePatcher:
             return upstream
         if self._closed_form(ln):
             w = ln.w.detach().float() if hasattr(ln, "w") else None
-            return self._norm_vjp(kind, float(ln.eps), w, x, upstream)
+            return _fast.norm_vjp(kind, float(ln.eps), w, x, upstream)
         with torch.enable_grad():
             xs = x[None].expand_as(upstream).clone().requires_grad_(True)
             (g_in,) = torch.autograd.grad(ln(xs[:, :, None])[:, :, 0], xs, upstream)
@@ -1070,7 +1047,7 @@ class EdgePatcher:
                 torch.bmm(g_qkv, w_qkv.transpose(1, 2), out=block.view(-1, n, d))
                 if stack is not None and xs is not None:
                     kind, eps, w = stack  # float32 in place: the result is ``block`` itself
-                    self._norm_vjp(kind, eps, None if w is None else w[lo:hi], xs[lo:hi], block)
+                    _fast.norm_vjp(kind, eps, None if w is None else w[lo:hi], xs[lo:hi], block)
                 else:
                     for layer in range(lo, hi):
                         view = heads[layer]
