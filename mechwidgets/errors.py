@@ -52,6 +52,11 @@ class CancelledError(MechWidgetsError):
     """Long work was cancelled by the user or superseded by a newer request."""
 
 
+class ModelChangedError(MechWidgetsError):
+    """The model (its weights, dtype, device or hooks) changed while long work ran on it; the
+    work stopped, and the next click or call recomputes on the model as it is now."""
+
+
 __all__ = [
     "AnswerError",
     "CancelledError",
@@ -59,6 +64,7 @@ __all__ = [
     "HypothesisError",
     "MechWidgetsError",
     "MetricError",
+    "ModelChangedError",
     "ModelError",
     "PromptError",
     "SAEError",
