@@ -83,6 +83,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
+from .._fingerprint import Stamp, check_unchanged
 from .._model import ModelHandle
 from .._steps import run_to_end
 from ..errors import (
@@ -512,6 +513,23 @@ class EdgePatcher:
         answers = _answer_list(answer, self.batch, "answer")
         wrongs = _answer_list(wrong_answer, self.batch, "wrong answer")
         self._setup(answers, wrongs)
+        self._given_answers = (answers, wrongs)
+        #: the model as the cached runs saw it (see :meth:`refresh`)
+        self._stamp = Stamp(handle.model)
+
+    # ------------------------------------------------------------------ the cache's model
+    def refresh(self) -> str | None:
+        """Recompute the cached runs (the clean and corrupted records, baselines, answers and
+        EAP scores) if the model changed since they were taken (its weights, dtype, device or
+        hooks: :func:`~mechwidgets._fingerprint.model_fingerprint`). Every public analysis calls
+        it first, so no result mixes the old model's runs with the new one's. Returns what
+        changed, or ``None`` when nothing did."""
+        change = self._stamp.stale()
+        if change is not None:
+            self._ig_cache.clear()
+            self._setup(*self._given_answers)
+            self._stamp.renew()
+        return change
 
     # ------------------------------------------------------------------ checks and inputs
     def _check_model(self) -> None:
@@ -1058,6 +1076,7 @@ class EdgePatcher:
         Costs ``steps`` forward and backward passes (run as one batch for small models)."""
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise CircuitError(f"EAP-IG's steps must be an integer >= 1, got {steps!r}.")
+        self.refresh()
         self._gradient_metric("EAP-IG")
         if steps in self._ig_cache:
             return self._ig_cache[steps].clone()
@@ -1214,6 +1233,7 @@ class EdgePatcher:
 
     def faithfulness(self, kept: Bool[torch.Tensor, " edge"], *, threshold: float | None = None) -> Faithfulness:
         """Exact faithfulness of the circuit ``kept`` (``[edge]`` bool): one patched forward."""
+        self.refresh()
         kept = torch.as_tensor(kept, dtype=torch.bool).cpu()
         if kept.shape != (self.graph.n_edges,):
             raise CircuitError(
@@ -1233,6 +1253,7 @@ class EdgePatcher:
 
     def node_effect(self, node: str) -> NodeEffect:
         """Exact metric with a node's output patched, and with each of its inputs patched."""
+        self.refresh()
         g = self.graph
         idx = g.node_index(node)
         output = None
@@ -1266,6 +1287,7 @@ class EdgePatcher:
         """A :class:`CircuitResult` of ``scores`` (EAP's own when None: the metric must have a
         gradient)."""
         if scores is None:
+            self.refresh()
             self._gradient_metric("EAP")
         return CircuitResult(
             method=method,
@@ -1309,6 +1331,8 @@ class EdgePatcher:
         score is then 0: they are not part of the circuit); it needs ``threshold > 0``.
 
         Closing the generator (cancel) stops between two forward passes; nothing stays hooked.
+        A model changed while it runs (weights, hooks: see :meth:`refresh`) stops it at its next
+        edge with :class:`~mechwidgets.errors.ModelChangedError`.
         """
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold >= 0 or not math.isfinite(threshold):
             raise CircuitError(f"the ACDC threshold must be a finite number >= 0, got {threshold!r}.")
@@ -1317,6 +1341,7 @@ class EdgePatcher:
         if signed and threshold == 0:
             raise CircuitError("signed ACDC needs a threshold > 0 (at 0 it would still remove every edge "
                                "whose removal helps the behaviour); use signed=False to keep the full graph.")
+        self.refresh()
         g = self.graph
         toward = 1.0 if self.clean_metric >= self.corrupted_metric else -1.0  # the clean behaviour's side
         removed = torch.zeros_like(self._allowed)
@@ -1328,6 +1353,7 @@ class EdgePatcher:
         for k, e in enumerate(order):
             s, d = int(g.edge_src[e]), int(g.edge_dst[e])
             removed[s, d] = True
+            check_unchanged(self._stamp, "ACDC")
             value = self.patched_metric(removed)
             change = value - current
             harm = -change * toward  # how far removing it moved the metric away from the clean run's

@@ -119,6 +119,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from .._fingerprint import Stamp, check_unchanged
 from .._model import ModelHandle
 from .._steps import run_to_end
 from ..errors import HypothesisError, MetricError, PromptError
@@ -580,6 +581,21 @@ class Scrubber:
         self._agreeing_ok: set[tuple[Any, bool]] = set()  # (feature fn, scored) checks passed
         self._constant: dict[tuple[_Key, int], bool] = {}  # see _constant_on_classes
         self._prepare()
+        #: the model as the clean run and the weight copies saw it (see :meth:`refresh`)
+        self._stamp = Stamp(handle.model)
+
+    def refresh(self) -> str | None:
+        """Redo the clean run (cached activations, weight copies, clean metric) if the model
+        changed since it was taken (weights, dtype, device or hooks: see
+        :func:`~mechwidgets._fingerprint.model_fingerprint`); :meth:`evaluate_steps` calls it
+        first. Returns what changed, or ``None`` when nothing did."""
+        change = self._stamp.stale()
+        if change is not None:
+            self._points.clear()
+            self._constant.clear()
+            self._prepare()
+            self._stamp.renew()
+        return change
 
     # ------------------------------------------------------------------ features
     def _register_extra(self, features: Any) -> None:
@@ -1159,6 +1175,7 @@ class Scrubber:
         chunk = max(1, min(self.max_rows // self._rows_factor(plan), (1 << 22) // self.handle.d_vocab))
         total = 0.0
         for start in range(0, len(refs), chunk):
+            check_unchanged(self._stamp, "scrubbing")
             r = refs[start:start + chunk]
             with torch.no_grad():
                 resid = self.resid_final[r] if plan.whole else self._assemble(("final",), plan, r, gen)
@@ -1172,8 +1189,11 @@ class Scrubber:
         self, hypothesis: Node, *, n_seeds: int | None = None, seed: int | None = None
     ) -> Generator[dict[str, Any], None, ScrubResult]:
         """:meth:`evaluate` as a generator of progress ``{done, total, message}`` (the widget runs
-        it one step at a time, so a newer request or a cancel gets in between)."""
+        it one step at a time, so a newer request or a cancel gets in between). A model changed
+        while it runs stops it at its next step with
+        :class:`~mechwidgets.errors.ModelChangedError`."""
         t0 = time.perf_counter()
+        self.refresh()
         n_seeds = self.n_seeds if n_seeds is None else _positive_int(n_seeds, "n_seeds")
         seed = self.seed if seed is None else int(seed)
         plan = self.compile(hypothesis)
