@@ -138,8 +138,12 @@ def model_fingerprint(model: Any, *others: Any) -> Fingerprint:
     roots = (model, *others)
     # depth first, children in registration order (as modules(), without its generators)
     stack = [r for r in reversed(roots) if isinstance(r, torch.nn.Module)]
+    seen: set[int] = set()  # a module reachable twice (a TransformerBridge's wrapped HF modules)
     while stack:
         mod = stack.pop()
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
         i = len(modules)
         modules.append(mod)
         d = mod.__dict__
