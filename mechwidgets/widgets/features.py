@@ -140,8 +140,6 @@ class FeaturesWidget(MechWidget):
         self._prompt_input = prompt
         self._max_positions = max_positions
         self._top_k = top_k
-        #: the model and SAEs as the trace, clean logits, labels and links saw them
-        self._stamp = Stamp(handle.model, *(b.sae for b in bound))
         t0 = time.perf_counter()
         self.trace: FeatureTrace = feature_activations(
             handle, bound, prompt, top_k=top_k, max_positions=max_positions
@@ -168,6 +166,9 @@ class FeaturesWidget(MechWidget):
         else:
             self._link_args = None  # given links are the caller's: kept as they are
         self._seconds = time.perf_counter() - t0  # a recompute's expected cost
+        #: the model and SAEs as the trace and links saw them (taken after the first runs: a
+        #: TransformerBridge wires hooks of its own on its first forward)
+        self._stamp = Stamp(handle.model, *(b.sae for b in bound))
         self.links: FeatureLinks | None = links
         self.last_intervention: InterventionResult | None = None
         self._clean_logits: torch.Tensor | None = None

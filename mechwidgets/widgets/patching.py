@@ -164,6 +164,7 @@ class PatchingWidget(MechWidget):
         self.corrupted_tokens = handle.str_tokens(tokens)
         self.differing = [int(i) for i in (tokens[0] != clean[0]).nonzero().flatten()]
         self._set_answers(*answers)
+        self._stamp.renew()  # every cache starts again from the model as it is now
 
     def _resolve_answers(
         self, corrupted: torch.Tensor, answers: tuple[str | int | None, str | int | None]
