@@ -3,8 +3,9 @@
 Every cached run (records, baselines, grids, traces, weight copies) is computed on the model as it
 was at that moment. :func:`model_fingerprint` captures that moment; two fingerprints compare with
 ``==``, and a cache whose fingerprint no longer equals the model's is recomputed rather than
-mixed with fresh numbers. A long job takes one when it starts and compares before each step
-(:func:`check_unchanged`), stopping with :class:`~mechwidgets.errors.ModelChangedError`.
+mixed with fresh numbers. A long job compares between its steps (:func:`check_unchanged`; at most
+:data:`JOB_BUDGET` of its time) and in full before it writes a result, stopping with
+:class:`~mechwidgets.errors.ModelChangedError`.
 
 What it covers (each measured in ``tests/test_stale.py``):
 
@@ -39,6 +40,7 @@ What it does not cover, on purpose or because no cheap check sees it:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,29 +187,47 @@ def _content(params: list[torch.Tensor]) -> bytes:
         return torch.stack(sums).cpu().numpy().tobytes()
 
 
+#: The share of a long job's time its checks between steps may take (see :meth:`Stamp.stale`).
+JOB_BUDGET = 0.05
+
+
 class Stamp:
     """The fingerprint of the model (and other modules) a cache was computed on.
 
     ``stamp.stale()`` is ``None`` while the model is as it was, else what changed (words);
-    ``stamp.renew()`` takes a new fingerprint (after recomputing).
+    ``stamp.renew()`` takes a new fingerprint (after recomputing). ``stamp.stale(budget=b)``
+    (a long job's check between two steps) skips the check when the last one was so recent that
+    checking again would take more than the share ``b`` of the time since: on a fast job the
+    change is then seen a few steps later (milliseconds), and a job checks once more in full
+    before it writes any result.
     """
 
     def __init__(self, model: Any, *others: Any) -> None:
         self._roots = (model, *others)
-        self.fingerprint = model_fingerprint(*self._roots)
-
-    def stale(self) -> str | None:
-        now = model_fingerprint(*self._roots)
-        return None if now == self.fingerprint else self.fingerprint.difference(now)
+        self.renew()
 
     def renew(self) -> None:
-        self.fingerprint = model_fingerprint(*self._roots)
+        self.fingerprint = self._take()
+
+    def _take(self) -> Fingerprint:
+        t0 = time.perf_counter()
+        fingerprint = model_fingerprint(*self._roots)
+        self._checked_at = time.perf_counter()
+        self._cost = self._checked_at - t0
+        return fingerprint
+
+    def stale(self, *, budget: float | None = None) -> str | None:
+        if budget is not None and time.perf_counter() - self._checked_at < self._cost / budget:
+            return None
+        now = self._take()
+        return None if now == self.fingerprint else self.fingerprint.difference(now)
 
 
-def check_unchanged(stamp: Stamp, what: str) -> None:
+def check_unchanged(stamp: Stamp, what: str, *, budget: float | None = None) -> None:
     """Raise :class:`ModelChangedError` if the model changed since ``stamp`` was taken; ``what``
-    names the work that stops (e.g. ``"ACDC"``)."""
-    change = stamp.stale()
+    names the work that stops (e.g. ``"ACDC"``). ``budget``: see :meth:`Stamp.stale` (a job
+    checks each step with a budget and once in full before it writes its result)."""
+    change = stamp.stale(budget=budget)
     if change is not None:
         raise ModelChangedError(
             f"the model changed while {what} was running ({change}), so it stopped: its results so "

@@ -261,7 +261,9 @@ def test_acdc_stops_when_the_model_changes_under_it(toy: Any) -> None:
         for _ in range(3):
             await asyncio.sleep(0)
         zero_w_o(toy)  # a cell run between two steps of the job
-        for _ in range(3):
+        for _ in range(200):  # it stops within a few steps (its checks take <= 5% of its time)
+            if any(c.get("type") == "reply" for c in sent):
+                break
             await asyncio.sleep(0)
 
     asyncio.run(scenario())
@@ -281,8 +283,26 @@ def test_acdc_stops_when_the_model_changes_under_it(toy: Any) -> None:
     add_user_hook(toy)
     hooks = hook_count(toy)
     with pytest.raises(ModelChangedError, match="hooks were added or removed"):
-        next(steps)
+        for _ in steps:  # within a few edges, or in full before it returns
+            pass
     assert hook_count(toy) == hooks > 0  # the user's own hook only
+
+
+@circuits_only
+def test_acdc_checks_in_full_before_it_returns(toy: Any) -> None:
+    """Even where every check between steps is skipped (a slow check on a fast job), a model
+    changed under ACDC never gets a result back: the last check is in full."""
+    from mechwidgets.analysis.circuits import EdgePatcher
+
+    patcher = EdgePatcher(toy, CLEAN, CORRUPTED, answer=" John", wrong_answer=" Mary")
+    steps = patcher.acdc_steps(1e9)  # removes edge after edge
+    next(steps)
+    patcher._stamp._cost = 1e9  # as if a check took so long that none fits the budget
+    zero_w_o(toy)
+    with pytest.raises(ModelChangedError, match="ACDC"):
+        for _ in steps:
+            pass
+    assert hook_count(toy) == 0
 
 
 # ------------------------------------------------------------------------------ scrubbing
@@ -332,12 +352,15 @@ def test_scrubbing_evaluate_stops_when_the_model_changes(toy: Any) -> None:
 
     data = _scrub_data(toy)
     scrubber = Scrubber(toy, data, n_seeds=3, min_agreeing=1)
-    steps = scrubber.evaluate_steps(_identity_hypothesis())
-    next(steps)
-    zero_w_o(toy)
-    with pytest.raises(ModelChangedError, match="scrubbing"):
-        for _ in steps:
-            pass
+    for skip_checks in (False, True):
+        steps = scrubber.evaluate_steps(_identity_hypothesis())
+        next(steps)
+        if skip_checks:  # as if no check between steps fit the budget: the last one is in full
+            scrubber._stamp._cost = 1e9
+        zero_w_o(toy) if not skip_checks else load_other_weights(toy)
+        with pytest.raises(ModelChangedError, match="scrubbing"):
+            for _ in steps:
+                pass
     assert hook_count(toy) == 0
     assert abs(scrubber.evaluate(_identity_hypothesis()).scrubbed - _tl_loss(toy, data)) < TOL
 

@@ -83,7 +83,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
-from .._fingerprint import Stamp, check_unchanged
+from .._fingerprint import JOB_BUDGET, Stamp, check_unchanged
 from .._model import ModelHandle
 from .._steps import run_to_end
 from ..errors import (
@@ -1331,8 +1331,9 @@ class EdgePatcher:
         score is then 0: they are not part of the circuit); it needs ``threshold > 0``.
 
         Closing the generator (cancel) stops between two forward passes; nothing stays hooked.
-        A model changed while it runs (weights, hooks: see :meth:`refresh`) stops it at its next
-        edge with :class:`~mechwidgets.errors.ModelChangedError`.
+        A model changed while it runs (weights, hooks: see :meth:`refresh`) stops it within a few
+        edges (milliseconds; always before it returns) with
+        :class:`~mechwidgets.errors.ModelChangedError`.
         """
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold >= 0 or not math.isfinite(threshold):
             raise CircuitError(f"the ACDC threshold must be a finite number >= 0, got {threshold!r}.")
@@ -1353,7 +1354,7 @@ class EdgePatcher:
         for k, e in enumerate(order):
             s, d = int(g.edge_src[e]), int(g.edge_dst[e])
             removed[s, d] = True
-            check_unchanged(self._stamp, "ACDC")
+            check_unchanged(self._stamp, "ACDC", budget=JOB_BUDGET)
             value = self.patched_metric(removed)
             change = value - current
             harm = -change * toward  # how far removing it moved the metric away from the clean run's
@@ -1364,6 +1365,7 @@ class EdgePatcher:
             else:
                 removed[s, d] = False
             yield {"done": k + 1, "total": total, "message": f"ACDC: {kept} of {total} edges kept"}
+        check_unchanged(self._stamp, "ACDC")
         return self.result("acdc", scores, threshold=float(threshold), circuit_metric=current, signed=signed)
 
 

@@ -119,7 +119,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from .._fingerprint import Stamp, check_unchanged
+from .._fingerprint import JOB_BUDGET, Stamp, check_unchanged
 from .._model import ModelHandle
 from .._steps import run_to_end
 from ..errors import HypothesisError, MetricError, PromptError
@@ -1175,7 +1175,7 @@ class Scrubber:
         chunk = max(1, min(self.max_rows // self._rows_factor(plan), (1 << 22) // self.handle.d_vocab))
         total = 0.0
         for start in range(0, len(refs), chunk):
-            check_unchanged(self._stamp, "scrubbing")
+            check_unchanged(self._stamp, "scrubbing", budget=JOB_BUDGET)
             r = refs[start:start + chunk]
             with torch.no_grad():
                 resid = self.resid_final[r] if plan.whole else self._assemble(("final",), plan, r, gen)
@@ -1190,7 +1190,7 @@ class Scrubber:
     ) -> Generator[dict[str, Any], None, ScrubResult]:
         """:meth:`evaluate` as a generator of progress ``{done, total, message}`` (the widget runs
         it one step at a time, so a newer request or a cancel gets in between). A model changed
-        while it runs stops it at its next step with
+        while it runs stops it within a few steps (always before it returns) with
         :class:`~mechwidgets.errors.ModelChangedError`."""
         t0 = time.perf_counter()
         self.refresh()
@@ -1206,6 +1206,7 @@ class Scrubber:
             gen_scrub = torch.Generator(device=self.device).manual_seed(_seed(seed, k, 1))
             random_vals.append((yield from self._evaluate_once(random_plan, gen_random, progress)))
             scrubbed_vals.append((yield from self._evaluate_once(plan, gen_scrub, progress)))
+        check_unchanged(self._stamp, "scrubbing")
         rnd = torch.tensor(random_vals)
         scr = torch.tensor(scrubbed_vals)
         denom = rnd - self.clean_value
