@@ -527,6 +527,10 @@ class EdgePatcher:
         change = self._stamp.stale()
         if change is not None:
             self._ig_cache.clear()
+            for cls in type(self).__mro__:  # every cached property (sources, columns) goes too
+                for name, attr in vars(cls).items():
+                    if isinstance(attr, functools.cached_property):
+                        self.__dict__.pop(name, None)
             self._setup(*self._given_answers)
             self._stamp.renew()
         return change
