@@ -211,7 +211,8 @@ def test_edge_patcher_recomputes_after_a_change(toy: Any, change: str) -> None:
     patcher = EdgePatcher(toy, CLEAN, CORRUPTED, answer=" John", wrong_answer=" Mary")
     a, w = int(patcher.answer_ids[0]), int(patcher.wrong_ids[0])
     n = patcher.graph.n_edges
-    patcher.faithfulness(torch.ones(n, dtype=torch.bool))  # a first click on the old model
+    half = torch.arange(n) % 2 == 0
+    patcher.faithfulness(half)  # a first click on the old model
     CHANGES[change](toy)
     hooks = hook_count(toy)  # the user's own, if any
     full = patcher.faithfulness(torch.ones(n, dtype=torch.bool))
@@ -223,6 +224,7 @@ def test_edge_patcher_recomputes_after_a_change(toy: Any, change: str) -> None:
     assert abs(effect.output - tl_head_patched_logit_diff(toy, 2, 1, a, w)) < TOL
     fresh = EdgePatcher(toy, CLEAN, CORRUPTED, answer=" John", wrong_answer=" Mary")
     assert close(patcher.result("eap").scores, fresh.result("eap").scores)
+    assert abs(patcher.faithfulness(half).metric - fresh.faithfulness(half).metric) < TOL
     assert hook_count(toy) == hooks
     if change == "user_hook":  # removed again: back to the hook-free numbers
         remove_user_hooks(toy)
@@ -494,3 +496,40 @@ def test_patching_view_job_stops_when_the_model_changes(toy: Any) -> None:
     a, wr = w._answer_ids
     want, _, _ = _tl_resid_pre_grid(toy, int(a), int(wr))  # type: ignore[arg-type]
     assert w.error == "" and close(w.values("exact"), want)
+
+
+# ------------------------------------------------------------------------------ status line
+def test_status_line_says_a_slow_recompute_is_running(toy: Any) -> None:
+    from mechwidgets.widgets.attention import show_attention
+
+    w = show_attention(toy, CLEAN)
+    seen: list[dict[str, Any]] = []
+    w.observe(lambda change: seen.append(change["new"]), "progress")
+    zero_w_o(toy)
+    w._seconds = 0.5  # a recompute expected to be quick: nothing said
+    w.select_head(0, 0)
+    assert seen == []
+    load_other_weights(toy)
+    w._seconds = 2.0  # as if the patterns had taken two seconds
+    w.select_head(0, 0)
+    assert [p.get("message") for p in seen[:1]] == [
+        "the model changed (the weights of blocks.0.ln1.w were edited in place): recomputing"
+    ] or "the model changed (" in seen[0]["message"]
+    assert seen[0]["kind"] == "recompute" and w.progress == {} and w.error == ""
+
+
+@circuits_only
+def test_circuit_widget_reruns_acdc_after_a_change(make_model: Callable[..., Any]) -> None:
+    from mechwidgets.analysis.circuits import acdc
+    from mechwidgets.widgets.circuit import show_circuit
+
+    small = make_model(n_layers=1, n_heads=2, d_head=16)
+    w = show_circuit(small, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John", method="acdc", threshold=0.01)
+    small.blocks[0].attn.W_O.data.mul_(-1.0)
+    w.set_threshold(0.0)
+    fresh = acdc(small, CLEAN, CORRUPTED, threshold=0.01, answer=" Mary", wrong_answer=" John")
+    assert w.method == "acdc" and torch.equal(w.result.circuit(), fresh.circuit())
+    assert close(w.result.scores, fresh.scores)
+    a, wr = int(w.patcher.answer_ids[0]), int(w.patcher.wrong_ids[0])
+    assert abs(w.faithfulness["metric"] - tl_logit_diff(small, CLEAN, a, wr)) < TOL
+    assert hook_count(small) == 0
