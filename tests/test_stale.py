@@ -171,10 +171,10 @@ def test_difference_names_what_changed(toy: Any) -> None:
 
 
 def test_fingerprint_covers_other_modules(toy: Any) -> None:
-    saes = zoo.load_saes("toy-lm")
-    sae = next(iter(saes.values()))
+    sae = torch.nn.Linear(4, 8)  # an SAE, say
     before = model_fingerprint(toy, sae, "not a module")
-    sae.W_dec.data.mul_(2.0)
+    assert model_fingerprint(toy, sae, "not a module") == before
+    sae.weight.data.mul_(2.0)
     assert model_fingerprint(toy, sae, "not a module") != before
 
 
@@ -291,20 +291,21 @@ def test_acdc_stops_when_the_model_changes_under_it(toy: Any) -> None:
 
 
 @circuits_only
-def test_acdc_checks_in_full_before_it_returns(toy: Any) -> None:
+def test_acdc_checks_in_full_before_it_returns(make_model: Callable[..., Any]) -> None:
     """Even where every check between steps is skipped (a slow check on a fast job), a model
     changed under ACDC never gets a result back: the last check is in full."""
     from mechwidgets.analysis.circuits import EdgePatcher
 
-    patcher = EdgePatcher(toy, CLEAN, CORRUPTED, answer=" John", wrong_answer=" Mary")
+    small = make_model(n_layers=1, n_heads=2, d_head=16)  # 13 edges
+    patcher = EdgePatcher(small, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
     steps = patcher.acdc_steps(1e9)  # removes edge after edge
     next(steps)
     patcher._stamp._cost = 1e9  # as if a check took so long that none fits the budget
-    zero_w_o(toy)
+    small.blocks[0].attn.W_O.data.zero_()
     with pytest.raises(ModelChangedError, match="ACDC"):
         for _ in steps:
             pass
-    assert hook_count(toy) == 0
+    assert hook_count(small) == 0
 
 
 # ------------------------------------------------------------------------------ scrubbing
