@@ -42,6 +42,7 @@ What it does not cover, on purpose or because no cheap check sees it:
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,22 +68,26 @@ class Fingerprint:
         content: every parameter's sum as float32 bytes (catches edits through ``p.data``).
         hooks: ``(module index, hook kind, handle ids and function ids)`` for every module with
             hooks, then torch's global module hooks.
-        modules: the modules themselves (not compared), to name a difference in words.
+        types: every module's class, in the same order (a module replaced by another kind).
+        modules / roots: weak references to the modules and the roots (not compared; they keep
+            nothing alive), to name a difference in words.
     """
 
     tensors: tuple[tuple[Any, ...], ...]
     content: bytes
     hooks: tuple[tuple[Any, ...], ...]
-    modules: tuple[Any, ...] = field(repr=False)
-    roots: tuple[Any, ...] = field(repr=False)
+    types: tuple[type, ...]
+    modules: tuple[weakref.ref[Any], ...] = field(repr=False)
+    roots: tuple[weakref.ref[Any], ...] = field(repr=False)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Fingerprint):
             return NotImplemented
-        return self.tensors == other.tensors and self.content == other.content and self.hooks == other.hooks
+        return (self.tensors == other.tensors and self.content == other.content and self.hooks == other.hooks
+                and self.types == other.types)
 
     def __hash__(self) -> int:
-        return hash((self.tensors, self.content, self.hooks))
+        return hash((self.tensors, self.content, self.hooks, self.types))
 
     def difference(self, other: Fingerprint) -> str:
         """What changed from ``self`` to ``other``, in words (for error and status messages)."""
@@ -90,7 +95,7 @@ class Fingerprint:
             return "nothing"
         if self.hooks != other.hooks:
             return "hooks were added or removed"
-        if len(self.tensors) != len(other.tensors):
+        if len(self.tensors) != len(other.tensors) or self.types != other.types:
             return "modules, parameters or buffers were replaced"
         for a, b in zip(self.tensors, other.tensors, strict=True):
             if a != b:
@@ -105,9 +110,10 @@ class Fingerprint:
         return "weights were edited in place"
 
     def _name(self, entry: tuple[Any, ...]) -> str:
-        module = self.modules[entry[0]]
-        for r, root in enumerate(self.roots):
-            if not isinstance(root, torch.nn.Module):
+        module = self.modules[entry[0]]()
+        for r, ref in enumerate(self.roots):
+            root = ref()
+            if root is None or module is None:
                 continue
             for name, mod in root.named_modules(remove_duplicate=False):
                 if mod is module:
@@ -139,9 +145,9 @@ def model_fingerprint(model: Any, *others: Any) -> Fingerprint:
     hooks: list[tuple[Any, ...]] = []
     modules: list[Any] = []
     params: list[torch.Tensor] = []
-    roots = (model, *others)
+    roots = [r for r in (model, *others) if isinstance(r, torch.nn.Module)]
     # depth first, children in registration order (as modules(), without its generators)
-    stack = [r for r in reversed(roots) if isinstance(r, torch.nn.Module)]
+    stack = roots[::-1]
     seen: set[int] = set()  # a module reachable twice (a TransformerBridge's wrapped HF modules)
     while stack:
         mod = stack.pop()
@@ -173,7 +179,8 @@ def model_fingerprint(model: Any, *others: Any) -> Fingerprint:
         h = getattr(_torch_module, kind, None)
         if h:
             hooks.append((-1, kind, tuple((k, id(f)) for k, f in h.items())))
-    return Fingerprint(tuple(tensors), _content(params), tuple(hooks), tuple(modules), roots)
+    return Fingerprint(tuple(tensors), _content(params), tuple(hooks), tuple(type(m) for m in modules),
+                       tuple(weakref.ref(m) for m in modules), tuple(weakref.ref(r) for r in roots))
 
 
 def _content(params: list[torch.Tensor]) -> bytes:

@@ -131,6 +131,7 @@ EDITS: dict[str, Callable[[Any], None]] = {
     "load_state_dict same values": lambda m: m.load_state_dict(m.state_dict()),
     "to float64": lambda m: m.to(torch.float64),
     "replaced submodule": _replace_ln,
+    "module of another kind": lambda m: setattr(m.blocks[0], "hook_resid_pre", torch.nn.Identity()),
     "buffer in place": _buffer_in_place,
     "permanent user hook": add_user_hook,
     "torch forward hook": lambda m: m.blocks[0].mlp.register_forward_hook(lambda *a: None),
@@ -154,6 +155,18 @@ def test_fingerprint_sees_each_edit(toy: Any, kind: str) -> None:
     after = model_fingerprint(toy)
     assert after != before, f"{kind} was not seen"
     assert before.difference(after) != "nothing"
+
+
+def test_fingerprints_keep_no_module_alive() -> None:
+    import gc
+    import weakref
+
+    model = zoo.load("toy-lm")
+    fingerprint = model_fingerprint(model)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None and fingerprint == fingerprint
 
 
 def test_difference_names_what_changed(toy: Any) -> None:
