@@ -41,6 +41,7 @@ What it does not cover, on purpose or because no cheap check sees it:
 
 from __future__ import annotations
 
+import copy
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -217,6 +218,11 @@ class Stamp:
 
     def renew(self) -> None:
         self.fingerprint = self._take()
+
+    def fork(self) -> Stamp:
+        """A stamp of its own with this one's fingerprint: a job's, which a later :meth:`renew`
+        of this one (a click recomputing the caches while the job runs) does not move."""
+        return copy.copy(self)
 
     def _take(self) -> Fingerprint:
         t0 = time.perf_counter()

@@ -576,3 +576,33 @@ def test_scrubbing_widget_job_stops_and_restore_recomputes(toy: Any) -> None:
     assert abs(restored.scrubbed - _tl_loss(toy, data)) < TOL and abs(restored.clean - _tl_loss(toy, data)) < TOL
     assert w.history[0]["scrubbed"] == restored.scrubbed and w.result["scrubbed"] == restored.scrubbed
     assert w.error == "" and hook_count(toy) == 0
+
+
+@circuits_only
+def test_a_click_that_recomputes_does_not_let_a_running_acdc_go_on(toy: Any) -> None:
+    """A click on a changed model recomputes the patcher's runs while ACDC is between two
+    steps: ACDC (whose earlier edges were measured on the old model) still stops."""
+    from mechwidgets.widgets.circuit import show_circuit
+
+    w = show_circuit(toy, CLEAN, CORRUPTED, answer=" John", wrong_answer=" Mary")
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        sent.extend(request(w, 1, "acdc", threshold=0.01))
+        w.send = lambda content, buffers=None: sent.append(content)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        zero_w_o(toy)
+        w._on_frontend_message(w, {"type": "request", "id": 2, "kind": "faithfulness", "args": {"threshold": 0.0}}, [])
+        for _ in range(200):
+            if any(c.get("type") == "reply" and c.get("id") == 1 for c in sent):
+                break
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    replies = {c["id"]: c for c in sent if c.get("type") == "reply"}
+    assert "error" not in replies[2]  # the click recomputed on the new model
+    assert "model changed while ACDC was running" in replies[1]["error"]
+    a, wr = int(w.patcher.answer_ids[0]), int(w.patcher.wrong_ids[0])
+    assert abs(w.faithfulness["metric"] - tl_logit_diff(toy, CLEAN, a, wr)) < TOL and w.method == "eap"
+    assert hook_count(toy) == 0

@@ -1347,6 +1347,7 @@ class EdgePatcher:
             raise CircuitError("signed ACDC needs a threshold > 0 (at 0 it would still remove every edge "
                                "whose removal helps the behaviour); use signed=False to keep the full graph.")
         self.refresh()
+        job = self._stamp.fork()  # the model these runs are of, even if a click refreshes them
         g = self.graph
         toward = 1.0 if self.clean_metric >= self.corrupted_metric else -1.0  # the clean behaviour's side
         removed = torch.zeros_like(self._allowed)
@@ -1358,7 +1359,7 @@ class EdgePatcher:
         for k, e in enumerate(order):
             s, d = int(g.edge_src[e]), int(g.edge_dst[e])
             removed[s, d] = True
-            check_unchanged(self._stamp, "ACDC", budget=JOB_BUDGET)
+            check_unchanged(job, "ACDC", budget=JOB_BUDGET)
             value = self.patched_metric(removed)
             change = value - current
             harm = -change * toward  # how far removing it moved the metric away from the clean run's
@@ -1369,7 +1370,7 @@ class EdgePatcher:
             else:
                 removed[s, d] = False
             yield {"done": k + 1, "total": total, "message": f"ACDC: {kept} of {total} edges kept"}
-        check_unchanged(self._stamp, "ACDC")
+        check_unchanged(job, "ACDC")
         return self.result("acdc", scores, threshold=float(threshold), circuit_metric=current, signed=signed)
 
 

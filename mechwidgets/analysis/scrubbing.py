@@ -1166,7 +1166,7 @@ class Scrubber:
         return self._attend(layer, head, q_in, k_in, v_in, key_index, valid)
 
     def _evaluate_once(
-        self, plan: _Plan, gen: torch.Generator, progress: dict[str, Any]
+        self, plan: _Plan, gen: torch.Generator, progress: dict[str, Any], job: Stamp
     ) -> Generator[dict[str, Any], None, float]:
         """Mean metric under ``plan`` for one seed, chunk by chunk (yields ``progress`` between
         chunks)."""
@@ -1175,7 +1175,7 @@ class Scrubber:
         chunk = max(1, min(self.max_rows // self._rows_factor(plan), (1 << 22) // self.handle.d_vocab))
         total = 0.0
         for start in range(0, len(refs), chunk):
-            check_unchanged(self._stamp, "scrubbing", budget=JOB_BUDGET)
+            check_unchanged(job, "scrubbing", budget=JOB_BUDGET)
             r = refs[start:start + chunk]
             with torch.no_grad():
                 resid = self.resid_final[r] if plan.whole else self._assemble(("final",), plan, r, gen)
@@ -1194,6 +1194,7 @@ class Scrubber:
         :class:`~mechwidgets.errors.ModelChangedError`."""
         t0 = time.perf_counter()
         self.refresh()
+        job = self._stamp.fork()  # the model these runs are of, even if a click refreshes them
         n_seeds = self.n_seeds if n_seeds is None else _positive_int(n_seeds, "n_seeds")
         seed = self.seed if seed is None else int(seed)
         plan = self.compile(hypothesis)
@@ -1204,9 +1205,9 @@ class Scrubber:
             yield progress
             gen_random = torch.Generator(device=self.device).manual_seed(_seed(seed, k, 0))
             gen_scrub = torch.Generator(device=self.device).manual_seed(_seed(seed, k, 1))
-            random_vals.append((yield from self._evaluate_once(random_plan, gen_random, progress)))
-            scrubbed_vals.append((yield from self._evaluate_once(plan, gen_scrub, progress)))
-        check_unchanged(self._stamp, "scrubbing")
+            random_vals.append((yield from self._evaluate_once(random_plan, gen_random, progress, job)))
+            scrubbed_vals.append((yield from self._evaluate_once(plan, gen_scrub, progress, job)))
+        check_unchanged(job, "scrubbing")
         rnd = torch.tensor(random_vals)
         scr = torch.tensor(scrubbed_vals)
         denom = rnd - self.clean_value

@@ -213,13 +213,14 @@ class PatchingWidget(MechWidget):
             if recompute:
                 run_to_end(self._req_view(self.component, self.direction, self.metric))
 
-    def _check_model(self) -> None:
-        """Stop a running view whose model changed (the grids so far are dropped: they are the
-        old model's); the next click recomputes."""
+    def _check_model(self, job: Stamp) -> None:
+        """Stop a running view whose model changed since it started (the grids so far are
+        dropped: they are the old model's); the next click recomputes."""
         try:
-            check_unchanged(self._stamp, "the exact patching grid")
+            check_unchanged(job, "the exact patching grid")
         except ModelChangedError:
-            self._forget_grids()
+            if self._stamp.fingerprint is job.fingerprint:  # not already recomputed by a click
+                self._forget_grids()
             raise
 
     # ------------------------------------------------------------------ requests
@@ -262,6 +263,7 @@ class PatchingWidget(MechWidget):
         n_layers = self._handle.n_layers
         grid = dict(self.grids.get(key, {}))
         t0 = time.perf_counter()
+        job = self._stamp.fork()  # the model the grids are of, even if a click renews the stamp
         if not grid:
             attr = attribution_patch(
                 self._handle, self._clean, corrupted, component=component, metric=metric,
@@ -290,7 +292,7 @@ class PatchingWidget(MechWidget):
             yield {"done": 0, "total": n_layers, "message": "exact patching"}
         exact = self._decode(grid["exact"])
         for layer in range(int(grid["exact_done"]), n_layers):
-            self._check_model()
+            self._check_model(job)
             res = activation_patch(
                 self._handle, self._clean, corrupted, component=component, metric=metric,
                 direction=direction, layers=[layer], **self._patch_args(),  # type: ignore[arg-type]
