@@ -60,6 +60,11 @@ class MissingDependencyError(MechWidgetsError, ImportError):
     """An optional feature needs a package that is not installed; the message names the extra."""
 
 
+class ModelChangedError(MechWidgetsError):
+    """The model (its weights, dtype, device or hooks) changed while long work ran on it; the
+    work stopped, and the next click or call recomputes on the model as it is now."""
+
+
 __all__ = [
     "AnswerError",
     "CancelledError",
@@ -69,6 +74,7 @@ __all__ = [
     "MechWidgetsError",
     "MetricError",
     "MissingDependencyError",
+    "ModelChangedError",
     "ModelError",
     "PromptError",
     "SAEError",

@@ -91,6 +91,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from .. import _fast
+from .._fingerprint import JOB_BUDGET, Stamp, check_unchanged
 from .._model import ModelHandle
 from .._steps import run_to_end
 from ..errors import (
@@ -520,6 +521,27 @@ class EdgePatcher:
         answers = _answer_list(answer, self.batch, "answer")
         wrongs = _answer_list(wrong_answer, self.batch, "wrong answer")
         self._setup(answers, wrongs)
+        self._given_answers = (answers, wrongs)
+        #: the model as the cached runs saw it (see :meth:`refresh`)
+        self._stamp = Stamp(handle.model)
+
+    # ------------------------------------------------------------------ the cache's model
+    def refresh(self) -> str | None:
+        """Recompute the cached runs (the clean and corrupted records, baselines, answers and
+        EAP scores) if the model changed since they were taken (its weights, dtype, device or
+        hooks: :func:`~mechwidgets._fingerprint.model_fingerprint`). Every public analysis calls
+        it first, so no result mixes the old model's runs with the new one's. Returns what
+        changed, or ``None`` when nothing did."""
+        change = self._stamp.stale()
+        if change is not None:
+            self._ig_cache.clear()
+            for cls in type(self).__mro__:  # every cached property (sources, columns) goes too
+                for name, attr in vars(cls).items():
+                    if isinstance(attr, functools.cached_property):
+                        self.__dict__.pop(name, None)
+            self._setup(*self._given_answers)
+            self._stamp.renew()
+        return change
 
     # ------------------------------------------------------------------ checks and inputs
     def _check_model(self) -> None:
@@ -1091,6 +1113,7 @@ class EdgePatcher:
         Costs ``steps`` forward and backward passes (run as one batch for small models)."""
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise CircuitError(f"EAP-IG's steps must be an integer >= 1, got {steps!r}.")
+        self.refresh()
         self._gradient_metric("EAP-IG")
         if steps in self._ig_cache:
             return self._ig_cache[steps].clone()
@@ -1243,6 +1266,7 @@ class EdgePatcher:
 
     def faithfulness(self, kept: Bool[torch.Tensor, " edge"], *, threshold: float | None = None) -> Faithfulness:
         """Exact faithfulness of the circuit ``kept`` (``[edge]`` bool): one patched forward."""
+        self.refresh()
         kept = torch.as_tensor(kept, dtype=torch.bool).cpu()
         if kept.shape != (self.graph.n_edges,):
             raise CircuitError(
@@ -1262,6 +1286,7 @@ class EdgePatcher:
 
     def node_effect(self, node: str) -> NodeEffect:
         """Exact metric with a node's output patched, and with each of its inputs patched."""
+        self.refresh()
         g = self.graph
         idx = g.node_index(node)
         output = None
@@ -1295,6 +1320,7 @@ class EdgePatcher:
         """A :class:`CircuitResult` of ``scores`` (EAP's own when None: the metric must have a
         gradient)."""
         if scores is None:
+            self.refresh()
             self._gradient_metric("EAP")
         return CircuitResult(
             method=method,
@@ -1338,6 +1364,9 @@ class EdgePatcher:
         score is then 0: they are not part of the circuit); it needs ``threshold > 0``.
 
         Closing the generator (cancel) stops between two forward passes; nothing stays hooked.
+        A model changed while it runs (weights, hooks: see :meth:`refresh`) stops it within a few
+        edges (milliseconds; always before it returns) with
+        :class:`~mechwidgets.errors.ModelChangedError`.
         """
         if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not threshold >= 0 or not math.isfinite(threshold):
             raise CircuitError(f"the ACDC threshold must be a finite number >= 0, got {threshold!r}.")
@@ -1346,6 +1375,8 @@ class EdgePatcher:
         if signed and threshold == 0:
             raise CircuitError("signed ACDC needs a threshold > 0 (at 0 it would still remove every edge "
                                "whose removal helps the behaviour); use signed=False to keep the full graph.")
+        self.refresh()
+        job = self._stamp.fork()  # the model these runs are of, even if a click refreshes them
         g = self.graph
         toward = 1.0 if self.clean_metric >= self.corrupted_metric else -1.0  # the clean behaviour's side
         removed = torch.zeros_like(self._allowed)
@@ -1357,6 +1388,7 @@ class EdgePatcher:
         for k, e in enumerate(order):
             s, d = int(g.edge_src[e]), int(g.edge_dst[e])
             removed[s, d] = True
+            check_unchanged(job, "ACDC", budget=JOB_BUDGET)
             value = self.patched_metric(removed)
             change = value - current
             harm = -change * toward  # how far removing it moved the metric away from the clean run's
@@ -1367,6 +1399,7 @@ class EdgePatcher:
             else:
                 removed[s, d] = False
             yield {"done": k + 1, "total": total, "message": f"ACDC: {kept} of {total} edges kept"}
+        check_unchanged(job, "ACDC")
         return self.result("acdc", scores, threshold=float(threshold), circuit_metric=current, signed=signed)
 
 

@@ -120,6 +120,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 
 from .. import _fast
+from .._fingerprint import JOB_BUDGET, Stamp, check_unchanged
 from .._model import ModelHandle
 from .._steps import run_to_end
 from ..errors import HypothesisError, MetricError, PromptError
@@ -581,6 +582,21 @@ class Scrubber:
         self._agreeing_ok: set[tuple[Any, bool]] = set()  # (feature fn, scored) checks passed
         self._constant: dict[tuple[_Key, int], bool] = {}  # see _constant_on_classes
         self._prepare()
+        #: the model as the clean run saw it (see :meth:`refresh`)
+        self._stamp = Stamp(handle.model)
+
+    def refresh(self) -> str | None:
+        """Redo the clean run (cached activations, clean metric) if the model
+        changed since it was taken (weights, dtype, device or hooks: see
+        :func:`~mechwidgets._fingerprint.model_fingerprint`); :meth:`evaluate_steps` calls it
+        first. Returns what changed, or ``None`` when nothing did."""
+        change = self._stamp.stale()
+        if change is not None:
+            self._points.clear()
+            self._constant.clear()
+            self._prepare()
+            self._stamp.renew()
+        return change
 
     # ------------------------------------------------------------------ features
     def _register_extra(self, features: Any) -> None:
@@ -1144,7 +1160,7 @@ class Scrubber:
         return self._attend(layer, head, q_in, k_in, v_in, key_index, valid)
 
     def _evaluate_once(
-        self, plan: _Plan, gen: torch.Generator, progress: dict[str, Any]
+        self, plan: _Plan, gen: torch.Generator, progress: dict[str, Any], job: Stamp
     ) -> Generator[dict[str, Any], None, float]:
         """Mean metric under ``plan`` for one seed, chunk by chunk (yields ``progress`` between
         chunks)."""
@@ -1153,6 +1169,7 @@ class Scrubber:
         chunk = max(1, min(self.max_rows // self._rows_factor(plan), (1 << 22) // self.handle.d_vocab))
         total = 0.0
         for start in range(0, len(refs), chunk):
+            check_unchanged(job, "scrubbing", budget=JOB_BUDGET)
             r = refs[start:start + chunk]
             with torch.no_grad():
                 resid = self.resid_final[r] if plan.whole else self._assemble(("final",), plan, r, gen)
@@ -1166,9 +1183,13 @@ class Scrubber:
         self, hypothesis: Node, *, n_seeds: int | None = None, seed: int | None = None
     ) -> Generator[dict[str, Any], None, ScrubResult]:
         """:meth:`evaluate` as a generator of progress ``{done, total, message}`` (the widget runs
-        it one step at a time, so a newer request or a cancel gets in between)."""
+        it one step at a time, so a newer request or a cancel gets in between). A model changed
+        while it runs stops it within a few steps (always before it returns) with
+        :class:`~mechwidgets.errors.ModelChangedError`."""
         t0 = time.perf_counter()
         self._check_unhooked()
+        self.refresh()
+        job = self._stamp.fork()  # the model these runs are of, even if a click refreshes them
         n_seeds = self.n_seeds if n_seeds is None else _positive_int(n_seeds, "n_seeds")
         seed = self.seed if seed is None else int(seed)
         plan = self.compile(hypothesis)
@@ -1179,8 +1200,9 @@ class Scrubber:
             yield progress
             gen_random = torch.Generator(device=self.device).manual_seed(_seed(seed, k, 0))
             gen_scrub = torch.Generator(device=self.device).manual_seed(_seed(seed, k, 1))
-            random_vals.append((yield from self._evaluate_once(random_plan, gen_random, progress)))
-            scrubbed_vals.append((yield from self._evaluate_once(plan, gen_scrub, progress)))
+            random_vals.append((yield from self._evaluate_once(random_plan, gen_random, progress, job)))
+            scrubbed_vals.append((yield from self._evaluate_once(plan, gen_scrub, progress, job)))
+        check_unchanged(job, "scrubbing")
         rnd = torch.tensor(random_vals)
         scr = torch.tensor(scrubbed_vals)
         denom = rnd - self.clean_value

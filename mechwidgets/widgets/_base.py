@@ -26,11 +26,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
 import traceback
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,28 @@ class MechWidget(anywidget.AnyWidget):
         fn = getattr(self, f"_req_{kind}", None)
         if fn is None:
             raise MechWidgetsError(f"unknown request kind {kind!r} for {type(self).__name__}.")
+        self._before_request(kind)
         return fn  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ stale caches
+    def _before_request(self, kind: str) -> None:
+        """Called before every request's handler (from the frontend or from Python). A widget
+        whose caches were computed on the model as it was recomputes them here when the model
+        changed since (see :mod:`mechwidgets._fingerprint`); errors go to the banner."""
+
+    @contextlib.contextmanager
+    def _recomputing(self, change: str, expected_seconds: float) -> Iterator[None]:
+        """Around a recomputation forced by a changed model: when it is expected to take more
+        than a second, the status line says so while it runs."""
+        slow = expected_seconds > 1.0
+        if slow:
+            self.progress = {"kind": "recompute", "id": None, "done": 0, "total": 1,
+                             "message": f"the model changed ({change}): recomputing"}
+        try:
+            yield
+        finally:
+            if slow:
+                self.progress = {}
 
     # ------------------------------------------------------------ from Python
     def _call(self, kind: str, **args: Any) -> Any:

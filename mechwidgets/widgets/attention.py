@@ -12,6 +12,7 @@ Python owns the model; the frontend (``js/attention.ts``) draws. State on screen
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 import traitlets
 
+from .._fingerprint import Stamp
 from .._model import ModelHandle
 from .._tensor import encode_array
 from ..analysis.attention import (
@@ -87,7 +89,9 @@ class AttentionWidget(MechWidget):
         **kwargs: Any,
     ) -> None:
         handle = ModelHandle.wrap(model)
+        t0 = time.perf_counter()
         result = get_attention_patterns(handle, prompt, layers=layers, max_positions=max_positions)
+        self._seconds = time.perf_counter() - t0  # a recompute's expected cost
         if ablation_prompt is not None:
             other = handle.tokens(ablation_prompt, max_positions=max_positions, what="ablation prompt")
             if other.shape[1] != result.tokens.shape[0]:
@@ -110,6 +114,8 @@ class AttentionWidget(MechWidget):
     ) -> None:
         self._handle = handle
         self._result = result
+        #: the model as the patterns and scores saw it (None: precomputed patterns, no model)
+        self._stamp = Stamp(handle.model) if handle is not None else None
         self._prompt_input = prompt
         self._ablation_prompt = ablation_prompt
         self._max_positions = max_positions
@@ -136,6 +142,31 @@ class AttentionWidget(MechWidget):
         widget = cls.__new__(cls)
         widget._setup(None, result, "".join(result.str_tokens), None, 10**9)
         return widget
+
+    def _before_request(self, kind: str) -> None:
+        """The model changed since the patterns were taken: recompute them, the head scores and
+        what is on screen (the selected head's pattern, the ablation in force) before the click
+        runs."""
+        if self._stamp is None or self._handle is None:
+            return
+        change = self._stamp.stale()
+        if change is None:
+            return
+        with self._recomputing(change, getattr(self, "_seconds", 0.0)):
+            t0 = time.perf_counter()
+            result = get_attention_patterns(self._handle, self._prompt_input, layers=self._result.layers,
+                                            max_positions=self._max_positions)
+            self._result = result
+            self.scores_tensors = head_scores(result.patterns, result.tokens)
+            self._stamp.renew()
+            self._seconds = time.perf_counter() - t0
+            with self.hold_sync():
+                self.thumbnails = self._thumbnails(result.patterns)
+                self.scores = {k: encode_array(v) for k, v in self.scores_tensors.items()}
+            if self.selected and kind != "select_head":
+                self._req_select_head(self.selected["layer"], self.selected["head"])
+            if self.ablation and kind != "ablate":
+                self._req_ablate(self.ablation["heads"], self.ablation["mode"])
 
     # ------------------------------------------------------------ helpers
     @property

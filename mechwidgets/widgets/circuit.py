@@ -15,6 +15,7 @@ threshold on its own, instantly. Requests:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from html import escape
 from typing import Any
@@ -154,9 +155,12 @@ class CircuitWidget(MechWidget):
         _check_threshold(threshold, allow_none=True)
         if not isinstance(signed, bool):
             raise CircuitError(f"signed must be true or false, got {signed!r}.")
+        t0 = time.perf_counter()
         patcher = EdgePatcher(model, clean, corrupted, metric=metric, answer=answer,
                               wrong_answer=wrong_answer, max_positions=max_positions)
         self._patcher = patcher
+        #: seconds the patcher's set-up and the last ACDC run took (a recompute's expected cost)
+        self._seconds = {"setup": time.perf_counter() - t0, "acdc": 0.0}
         self._max_edges = max_edges
         self.last_node_effect: NodeEffect | None = None
         self.last_faithfulness: Faithfulness | None = None
@@ -165,15 +169,7 @@ class CircuitWidget(MechWidget):
         acdc_default = threshold if (method == "acdc" and threshold is not None) else round_sig(0.02 * gap)
         super().__init__(
             metric=patcher.metric_name,
-            baseline={
-                "clean": patcher.clean_metric,
-                "corrupted": patcher.corrupted_metric,
-                "answers": patcher._answers,
-                "wrong_answers": patcher._wrong,
-                "clean_prompt": "".join(patcher.str_tokens[0]),
-                "corrupted_prompt": "".join(patcher.corrupted_str_tokens[0]),
-                "n_prompts": patcher.batch,
-            },
+            baseline=self._baseline(),
             nodes=nodes,
             size=size,
             acdc_threshold=acdc_default,
@@ -181,9 +177,47 @@ class CircuitWidget(MechWidget):
             **kwargs,
         )
         if method == "acdc":
-            self._show(run_to_end(patcher.acdc_steps(acdc_default, signed=signed)), acdc_default)
+            self._show(self._acdc_to_end(acdc_default, signed), acdc_default)
         else:
             self._show(self._eap_result(method), threshold)
+
+    def _baseline(self) -> dict[str, Any]:
+        patcher = self._patcher
+        return {
+            "clean": patcher.clean_metric,
+            "corrupted": patcher.corrupted_metric,
+            "answers": patcher._answers,
+            "wrong_answers": patcher._wrong,
+            "clean_prompt": "".join(patcher.str_tokens[0]),
+            "corrupted_prompt": "".join(patcher.corrupted_str_tokens[0]),
+            "n_prompts": patcher.batch,
+        }
+
+    def _acdc_to_end(self, threshold: float, signed: bool) -> CircuitResult:
+        t0 = time.perf_counter()
+        result = run_to_end(self._patcher.acdc_steps(threshold, signed=signed))
+        self._seconds["acdc"] = time.perf_counter() - t0
+        return result
+
+    def _before_request(self, kind: str) -> None:
+        """The model changed since the patcher's runs: redo them, and the scores on screen (EAP's
+        at once; ACDC's by running it again at its threshold, unless this request runs ACDC or
+        EAP itself), so that nothing shown mixes the old model's numbers with the new one's."""
+        change = self._patcher._stamp.stale()
+        if change is None:
+            return
+        method = self._result.method
+        rescore = kind not in ("acdc", "eap")
+        expected = self._seconds["setup"] + (self._seconds["acdc"] if rescore and method == "acdc" else 0.0)
+        with self._recomputing(change, expected):
+            self._patcher.refresh()
+            self.baseline = self._baseline()
+            if not rescore:
+                return
+            if method == "acdc":
+                self._show(self._acdc_to_end(self.acdc_threshold, self.acdc_signed), self.threshold)
+            else:
+                self._show(self._eap_result(method), self.threshold)
 
     # ------------------------------------------------------------ state
     @property
@@ -290,7 +324,9 @@ class CircuitWidget(MechWidget):
 
     def _req_acdc(self, threshold: float, signed: bool = False) -> Any:
         _check_threshold(threshold)
+        t0 = time.perf_counter()
         result = yield from self._patcher.acdc_steps(float(threshold), signed=signed)
+        self._seconds["acdc"] = time.perf_counter() - t0
         self.acdc_signed = result.signed
         self._show(result, float(threshold))
         return {"method": "acdc", "threshold": float(threshold), "signed": signed, "kept": self.faithfulness["n_edges"]}

@@ -17,12 +17,14 @@ The maths is in :mod:`mechwidgets.analysis.features`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import traitlets
 
+from .._fingerprint import Stamp
 from .._model import ModelHandle
 from .._tensor import encode_array
 from ..analysis.features import (
@@ -137,6 +139,8 @@ class FeaturesWidget(MechWidget):
         self._bound = bound
         self._prompt_input = prompt
         self._max_positions = max_positions
+        self._top_k = top_k
+        t0 = time.perf_counter()
         self.trace: FeatureTrace = feature_activations(
             handle, bound, prompt, top_k=top_k, max_positions=max_positions
         )
@@ -153,19 +157,23 @@ class FeaturesWidget(MechWidget):
             else:
                 source = "link_prompts"
             links = feature_links(handle, bound, link_prompts, n_links=n_links) if len(bound) > 1 else None
+            self._link_args: tuple[Any, int] | None = (link_prompts, n_links)
         elif list(links.hook_names) != [b.hook_name for b in bound]:
             raise SAEError(
                 f"links= was computed for the SAEs {links.hook_names}, not for these "
                 f"({[b.hook_name for b in bound]}): recompute it with feature_links(model, saes)."
             )
+        else:
+            self._link_args = None  # given links are the caller's: kept as they are
+        self._seconds = time.perf_counter() - t0  # a recompute's expected cost
+        #: the model and SAEs as the trace and links saw them (taken after the first runs: a
+        #: TransformerBridge wires hooks of its own on its first forward)
+        self._stamp = Stamp(handle.model, *(b.sae for b in bound))
         self.links: FeatureLinks | None = links
         self.last_intervention: InterventionResult | None = None
         self._clean_logits: torch.Tensor | None = None
         self._label_cache: list[dict[int, list[str]]] = [{} for _ in bound]
-        labels = self._labels_for(
-            [sorted({int(f) for f in self.trace.top_indices[i].flatten().tolist() if f >= 0})
-             for i in range(len(bound))]
-        )
+        labels = self._top_labels()
         t = self.trace
         if colour_by == "auto":
             # TopK SAEs fire exactly k features everywhere: their counts say nothing
@@ -179,16 +187,8 @@ class FeaturesWidget(MechWidget):
             hook_names=t.hook_names,
             sae_labels=t.labels,
             d_sae=t.d_sae,
-            overview=_overview_state(t),
             colour_by=colour_by,
-            top=_top_state(t),
-            recon={
-                "explained_variance": encode_array(t.explained_variance),
-                "relative_error": encode_array(t.relative_error),
-                "error_norm": encode_array(t.error_norm),
-                "act_norm": encode_array(t.act_norm),
-            },
-            feature_labels=labels,
+            **self._trace_state(labels),
             links_info={
                 "n_tokens": links.n_tokens if links else 0,
                 "n_prompts": links.n_prompts if links else 0,
@@ -197,6 +197,55 @@ class FeaturesWidget(MechWidget):
             },
             **kwargs,
         )
+
+    def _trace_state(self, labels: list[dict[str, list[str]]]) -> dict[str, Any]:
+        """The traits drawn from the trace."""
+        t = self.trace
+        return {
+            "overview": _overview_state(t),
+            "top": _top_state(t),
+            "recon": {
+                "explained_variance": encode_array(t.explained_variance),
+                "relative_error": encode_array(t.relative_error),
+                "error_norm": encode_array(t.error_norm),
+                "act_norm": encode_array(t.act_norm),
+            },
+            "feature_labels": labels,
+        }
+
+    def _top_labels(self) -> list[dict[str, list[str]]]:
+        return self._labels_for(
+            [sorted({int(f) for f in self.trace.top_indices[i].flatten().tolist() if f >= 0})
+             for i in range(len(self._bound))]
+        )
+
+    def _before_request(self, kind: str) -> None:
+        """The model or an SAE changed since the trace was taken: recompute the trace, the
+        clean logits, the labels, the links this widget measured, and what is on screen (the
+        selected feature, the interventions in force) before the click runs."""
+        change = self._stamp.stale()
+        if change is None:
+            return
+        with self._recomputing(change, self._seconds):
+            t0 = time.perf_counter()
+            handle, bound = self._handle, self._bound
+            self.trace = feature_activations(handle, bound, self._prompt_input, top_k=self._top_k,
+                                             max_positions=self._max_positions)
+            if self._link_args is not None and self.links is not None:
+                prompts, n_links = self._link_args
+                self.links = feature_links(handle, bound, prompts, n_links=n_links)
+            self._clean_logits = None
+            self._label_cache = [{} for _ in bound]
+            self._stamp.renew()
+            self._seconds = time.perf_counter() - t0
+            with self.hold_sync():
+                for name, value in self._trace_state(self._top_labels()).items():
+                    setattr(self, name, value)
+            selected = dict(self.selected_feature)
+            if selected and kind != "select_feature":
+                self._req_select_feature(selected["sae"], selected["feature"])
+            if self.interventions and kind != "intervene":
+                self._req_intervene([dict(iv) for iv in self.interventions])
 
     # ------------------------------------------------------------ helpers
     def _labels_for(self, features: Sequence[Sequence[int]]) -> list[dict[str, list[str]]]:

@@ -18,13 +18,16 @@ saved notebook shows them all. Requests from the frontend:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Sequence
 from typing import Any
 
 import torch
 import traitlets
 
+from .._fingerprint import Stamp, check_unchanged
 from .._model import ModelHandle
+from .._steps import run_to_end
 from .._tensor import encode_array
 from ..analysis.attention import top_predictions
 from ..analysis.attribution import attribution_patch
@@ -37,7 +40,7 @@ from ..analysis.patching import (
     choose_metric,
 )
 from ..analysis.tokens import replace_token, similar_tokens
-from ..errors import ComponentError, MetricError, PromptError
+from ..errors import ComponentError, MetricError, ModelChangedError, PromptError
 from ._base import MechWidget
 from ._svg import heatmap_svg, tokens_svg
 
@@ -110,6 +113,9 @@ class PatchingWidget(MechWidget):
         self._corrupted: torch.Tensor | None = None
         self._user_answers: tuple[str | int | None, str | int | None] = (answer, wrong_answer)
         self.results: dict[str, dict[str, PatchingResult]] = {}
+        #: the model as the grids, baselines and default answers saw it
+        self._stamp = Stamp(handle.model)
+        self._view_seconds = 0.0  # how long the last full view took: a recompute's expected cost
         super().__init__(
             clean_tokens=handle.str_tokens(self._clean),
             components=comps,
@@ -160,6 +166,7 @@ class PatchingWidget(MechWidget):
         self.corrupted_tokens = handle.str_tokens(tokens)
         self.differing = [int(i) for i in (tokens[0] != clean[0]).nonzero().flatten()]
         self._set_answers(*answers)
+        self._stamp.renew()  # every cache starts again from the model as it is now
 
     def _resolve_answers(
         self, corrupted: torch.Tensor, answers: tuple[str | int | None, str | int | None]
@@ -177,6 +184,46 @@ class PatchingWidget(MechWidget):
         self.answer = self._handle.token_str(a) if a is not None else ""
         self.wrong_answer = self._handle.token_str(w) if w is not None else ""
         self.answer_note = " ".join(notes)
+
+    # ------------------------------------------------------------------ the model changed
+    #: Requests that recompute what they show anyway (a new view, a new corrupted prompt or
+    #: new answers): the stale grids are only dropped before them.
+    _RECOMPUTING_KINDS = ("view", "corrupt", "set_corrupted", "set_corrupted_tokens_", "set_answers")
+
+    def _forget_grids(self) -> None:
+        self.results = {}
+        self.grids = {}
+        self.detail = {}
+
+    def _before_request(self, kind: str) -> None:
+        """The model changed since the grids were computed: drop them, re-resolve the answers
+        (the defaults are the runs' top tokens) and, unless this request computes a view itself,
+        recompute the view on screen (its attribution and exact grids) and the proposals."""
+        change = self._stamp.stale()
+        if change is None:
+            return
+        key = grid_key(self.component, self.direction, self.metric)
+        shown = key in self.grids
+        self._forget_grids()
+        recompute = shown and kind not in self._RECOMPUTING_KINDS
+        with self._recomputing(change, self._view_seconds if recompute else 0.0):
+            if self._corrupted is not None:
+                self._set_answers(*self._resolve_answers(self._corrupted, self._user_answers))
+            self._stamp.renew()
+            if self.candidates and kind != "propose":
+                self._req_propose(int(self.candidates["pos"]))
+            if recompute:
+                run_to_end(self._req_view(self.component, self.direction, self.metric))
+
+    def _check_model(self, job: Stamp) -> None:
+        """Stop a running view whose model changed since it started (the grids so far are
+        dropped: they are the old model's); the next click recomputes."""
+        try:
+            check_unchanged(job, "the exact patching grid")
+        except ModelChangedError:
+            if self._stamp.fingerprint is job.fingerprint:  # not already recomputed by a click
+                self._forget_grids()
+            raise
 
     # ------------------------------------------------------------------ requests
     def _req_propose(self, pos: int) -> dict[str, Any]:
@@ -218,6 +265,8 @@ class PatchingWidget(MechWidget):
         key = grid_key(component, direction, metric)
         n_layers = self._handle.n_layers
         grid = dict(self.grids.get(key, {}))
+        t0 = time.perf_counter()
+        job = self._stamp.fork()  # the model the grids are of, even if a click renews the stamp
         if not grid:
             attr = attribution_patch(
                 self._handle, self._clean, corrupted, component=component, metric=metric,
@@ -246,6 +295,7 @@ class PatchingWidget(MechWidget):
             yield {"done": 0, "total": n_layers, "message": "exact patching"}
         exact = self._decode(grid["exact"])
         for layer in range(int(grid["exact_done"]), n_layers):
+            self._check_model(job)
             res = activation_patch(
                 self._handle, self._clean, corrupted, component=component, metric=metric,
                 direction=direction, layers=[layer], **self._patch_args(),  # type: ignore[arg-type]
@@ -255,6 +305,7 @@ class PatchingWidget(MechWidget):
             grid = {**grid, "exact": encode_array(exact), "exact_done": layer + 1}
             self.grids = {**self.grids, key: grid}
             yield {"done": layer + 1, "total": n_layers, "message": "exact patching"}
+        self._view_seconds = time.perf_counter() - t0
         return {"key": key}
 
     @staticmethod

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import traitlets
 
+from .._fingerprint import Fingerprint, model_fingerprint
 from .._tensor import encode_array
 from ..analysis.scrubbing import Node, Scrubber, ScrubResult
 from ..errors import HypothesisError
@@ -114,6 +115,7 @@ class ScrubbingWidget(MechWidget):
         self.hypothesis: Node = first.hypothesis
         #: the ScrubResult of every history step, in order (``results[step - 1]``)
         self.results: list[ScrubResult] = []
+        self._fingerprints: list[Fingerprint] = []  # the model each result was computed on
         self._last = first
         MechWidget.__init__(
             self,
@@ -179,6 +181,7 @@ class ScrubbingWidget(MechWidget):
         tree = self._tree_state(result.hypothesis)
         if new_step:
             self.results.append(result)
+            self._fingerprints.append(self._scrubber._stamp.fingerprint)
             step = len(self.results)
             entry = {
                 "step": step,
@@ -253,11 +256,26 @@ class ScrubbingWidget(MechWidget):
         step = self._show(result, label, new_step=True)
         return {"step": step, "fraction": _finite(result.fraction)}
 
-    def _req_restore(self, step: int) -> dict[str, Any]:
+    def _req_restore(self, step: int) -> Any:
         if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= len(self.results):
             raise HypothesisError(f"there is no history step {step!r}: steps are 1..{len(self.results)}.")
         self._invalidate_jobs(f"history step {step} was restored")  # a running evaluation would overwrite it
+        if self._fingerprints[step - 1] != model_fingerprint(self._scrubber.handle.model):
+            return self._reevaluate(step)  # that step's numbers are an earlier model's
         self._show(self.results[step - 1], "", new_step=False, step=step)
+        return {"step": step}
+
+    def _reevaluate(self, step: int) -> Generator[dict[str, Any], None, dict[str, Any]]:
+        """Scrub history step ``step``'s hypothesis again on the model as it is now, and show
+        it (in place of that step's earlier numbers)."""
+        result = yield from self._scrubber.evaluate_steps(self.results[step - 1].hypothesis)
+        self.results[step - 1] = result
+        self._fingerprints[step - 1] = self._scrubber._stamp.fingerprint
+        history = [dict(h) for h in self.history]
+        history[step - 1].update(fraction=_finite(result.fraction), fraction_std=_finite(result.fraction_std),
+                                 scrubbed=result.scrubbed, random=result.random, clean=result.clean)
+        self.history = history
+        self._show(result, "", new_step=False, step=step)
         return {"step": step}
 
     # ------------------------------------------------------------------ Python API
