@@ -16,7 +16,7 @@ medians; CPU time alongside, which a busy machine disturbs less):
   ``HookedTransformer`` models, so EAP's two recording runs go through ``mechwidgets._fast`` (the same
   arithmetic without TransformerLens's hook points) while the plain forward is TransformerLens's
   own: the ratio compares EAP with running the model as a user does. The peer, in the same
-  process: the same EAP with ``_direct`` switched off (its runs through TransformerLens's hooks).
+  process: the same EAP with ``mechwidgets._fast`` switched off (its runs through TransformerLens's hooks).
 - **EAP-IG** (5 interpolation steps, on top of EAP's cached runs), for information.
 - **faithfulness** of the EAP circuit at 10% of the edges (one exact patched forward pass), and
   full **ACDC** runs (one patched forward per edge, each from the layer of the edge it tries;
