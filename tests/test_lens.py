@@ -12,16 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import TL3
+from support import TL3, request
 
-from mechwidgets import zoo
+from mechwidgets import LogitLensWidget, show_logit_lens, zoo
+from mechwidgets._tensor import decode_array, encoded_nbytes
 from mechwidgets.analysis.lens import (
     direct_logit_attribution,
     lens_view,
     logit_lens,
     residual_norms,
 )
-from mechwidgets.errors import AnswerError, ComponentError, PromptError
+from mechwidgets.errors import AnswerError, ComponentError, MechWidgetsError, PromptError
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 OTHER = "When John and Mary went to the store, Mary gave a drink to"
@@ -304,6 +305,126 @@ def test_bad_inputs_raise_clear_errors(model: Any) -> None:
         lens_view(model, PROMPT, ablate_heads=[(0, 9)])
     with pytest.raises(PromptError, match="wrong_answer"):
         lens_view(model, PROMPT, wrong_answer=" John")
+
+
+# ---------------------------------------------------------------------------- widget
+def _put_buffers(obj: Any, buffers: list[bytes]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"$buffer"}:
+            return buffers[obj["$buffer"]]
+        return {k: _put_buffers(v, buffers) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_put_buffers(v, buffers) for v in obj]
+    return obj
+
+
+def _ask(widget: Any, rid: Any, kind: str, **args: Any) -> dict[str, Any]:
+    """The last message the widget sends back for a request, binary buffers put back."""
+    sent: list[tuple[Any, list[bytes]]] = []
+    widget.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))
+    widget._on_frontend_message(widget, {"type": "request", "id": rid, "kind": kind, "args": args}, [])
+    content, buffers = sent[-1]
+    return _put_buffers(content, buffers)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def widget(model: Any) -> LogitLensWidget:
+    return show_logit_lens(model, PROMPT, answer=" Mary", wrong_answer=" John", ablation_prompt=OTHER)
+
+
+def test_widget_state_is_binary_and_matches_the_analysis(model: Any, widget: LogitLensWidget) -> None:
+    lens = logit_lens(model, PROMPT, answer=" Mary", top_k=widget.top_k)
+    top1 = decode_array(widget.lens["top1"])
+    vocab = widget.lens["vocab"]
+    assert [[vocab[i] for i in row] for row in top1] == [
+        [str(s) for s in model.to_str_tokens(row)] for row in lens.top_ids[..., 0]
+    ]
+    np.testing.assert_allclose(decode_array(widget.lens["top1_prob"]), lens.top_probs[..., 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(decode_array(widget.lens["answer_rank"]), lens.answer_rank.numpy())
+    dla = direct_logit_attribution(model, PROMPT, answer=" Mary", wrong_answer=" John", by="position")
+    np.testing.assert_allclose(decode_array(widget.dla["heads"]), dla.heads.numpy(), atol=1e-6)
+    assert widget.dla["labels"] == dla.labels
+    assert widget.tokens == [str(s) for s in model.to_str_tokens(PROMPT)]
+    for trait in ("lens", "dla", "norms"):
+        state = getattr(widget, trait)
+        assert encoded_nbytes(state) > 0, f"{trait} carries binary arrays"
+        assert not any(isinstance(v, list) and v and isinstance(v[0], float) for v in state.values())
+
+
+def test_widget_layer_topk_on_request(model: Any, widget: LogitLensWidget) -> None:
+    reply = _ask(widget, 7, "layer_topk", layer=1)
+    assert reply["id"] == 7 and "error" not in reply, reply
+    result = reply["result"]
+    lens = logit_lens(model, PROMPT, answer=" Mary", top_k=widget.top_k)
+    ids = decode_array(result["ids"])
+    np.testing.assert_array_equal(ids, lens.top_ids[1].numpy())
+    np.testing.assert_allclose(decode_array(result["probs"]), lens.top_probs[1].numpy(), atol=1e-6)
+    assert result["strs"][0] == [str(s) for s in model.to_str_tokens(lens.top_ids[1, 0])]
+    bad = _ask(widget, 8, "layer_topk", layer=99)
+    assert "out of range" in bad["error"] and widget.error
+
+
+def test_widget_click_ablates_and_shows_before_after(model: Any, widget: LogitLensWidget, unchanged: Any) -> None:
+    before_top1 = decode_array(widget.lens["top1_prob"]).copy()
+    sent = request(widget, 3, "ablate", heads=[[1, 2]], mlps=[0], mode="resample")
+    assert "error" not in sent[-1], sent[-1]
+    assert widget.ablated == {"heads": [[1, 2]], "mlps": [0], "mode": "resample"}
+    view = lens_view(model, PROMPT, answer=" Mary", wrong_answer=" John", ablate_heads=[(1, 2)],
+                     ablate_mlps=[0], mode="resample", ablation_prompt=OTHER, top_k=widget.top_k)
+    after = widget.ablation
+    np.testing.assert_allclose(decode_array(after["lens"]["top1_prob"]), view.lens.top_probs[..., 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(decode_array(after["dla"]["values"]), view.dla.values.numpy(), atol=1e-6)
+    assert after["dla"]["total"] == pytest.approx(view.dla.total, abs=1e-5)
+    assert after["predictions"]["tokens"] and after["predictions_before"]["tokens"]
+    # the clean view is kept for the before/after comparison
+    np.testing.assert_array_equal(decode_array(widget.lens["top1_prob"]), before_top1)
+    # clearing
+    request(widget, 4, "ablate", heads=[], mlps=[])
+    assert widget.ablation == {} and widget.ablated == {"heads": [], "mlps": [], "mode": "resample"}
+
+
+def test_widget_python_api_and_errors(model: Any, widget: LogitLensWidget) -> None:
+    view = widget.ablate(heads=[(0, 1)], mode="zero")
+    assert view.dla is not None and float(view.dla.heads[0, 1]) == 0.0
+    with pytest.raises(ComponentError):
+        widget.ablate(heads=[(5, 0)])
+    assert "out of range" in widget.error
+    sent = request(widget, 9, "ablate", heads=[[0]], mlps=[])
+    assert "pair" in sent[-1]["error"]
+    sent = request(widget, 10, "ablate", heads=[], mlps=[0], mode="sideways")
+    assert "mode" in sent[-1]["error"]
+    widget.clear_ablation()
+    assert widget.error == ""
+
+
+def test_widget_without_answer_and_svg(model: Any) -> None:
+    w = show_logit_lens(model, PROMPT)
+    assert w.dla == {} and w.lens["answer_rank"] == {}
+    svg = w._static_svg()
+    assert svg is not None and svg.startswith("<svg") and "Logit lens" in svg
+    w2 = show_logit_lens(model, "<b>A</b> B", answer=" A")
+    assert "<b>" not in (w2._static_svg() or "")
+    with pytest.raises(MechWidgetsError, match="resample"):
+        w.ablate(heads=[(0, 0)], mode="resample")
+
+
+def test_topk_inline_for_short_prompts_per_layer_for_long_ones(model: Any) -> None:
+    from mechwidgets.widgets._base import MAX_UPDATE_BYTES
+
+    lens = logit_lens(model, PROMPT, top_k=5)
+    short = show_logit_lens(model, PROMPT)
+    vocab = short.lens["vocab"]
+    ids = decode_array(short.lens["topk_ids"])
+    assert [[[vocab[i] for i in cell] for cell in row] for row in ids] == [
+        [[str(s) for s in model.to_str_tokens(cell)] for cell in row] for row in lens.top_ids
+    ]
+    np.testing.assert_allclose(decode_array(short.lens["topk_probs"]), lens.top_probs.numpy(), atol=1e-6)
+    long = show_logit_lens(model, PROMPT, answer=" A", top_k=50, max_inline_cells=0)
+    assert long.lens["topk_ids"] == {} and long.lens["topk_probs"] == {}
+    for trait in ("lens", "dla", "norms"):
+        assert encoded_nbytes(getattr(long, trait)) < MAX_UPDATE_BYTES
+    reply = _ask(long, 1, "layer_topk", layer=0)["result"]
+    assert decode_array(reply["ids"]).shape == (len(long.tokens), 50)
 
 
 @pytest.mark.skipif(not TL3, reason="HookedTransformerConfig models: TransformerLens 3.x")
