@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from support import TL3, request
+from support import request
 
 from mechwidgets import LogitLensWidget, show_logit_lens, zoo
 from mechwidgets._tensor import decode_array, encoded_nbytes
@@ -427,7 +427,6 @@ def test_topk_inline_for_short_prompts_per_layer_for_long_ones(model: Any) -> No
     assert decode_array(reply["ids"]).shape == (len(long.tokens), 50)
 
 
-@pytest.mark.skipif(not TL3, reason="HookedTransformerConfig models: TransformerLens 3.x")
 def test_model_left_unchanged_by_everything(model: Any, unchanged: Any) -> None:
     lens_view(model, PROMPT, answer=" Mary", ablate_heads=[(0, 0)], ablate_mlps=[1], mode="mean")
     residual_norms(model, PROMPT)

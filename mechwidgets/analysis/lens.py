@@ -265,19 +265,24 @@ def _lens_from_record(
 ) -> LensResult:
     names = _stream_names(handle)
     final = rec.cache[names[-1]][0].float()
+    # KL(final || layer) = sum p_f log p_f - sum p_f logits + logsumexp(logits): one pass over
+    # the vocabulary per layer for the dot product, none for a second softmax
     final_logp = rec.logits.log_softmax(-1)
+    final_p = final_logp.exp()
+    neg_entropy = (final_p * final_logp).sum(-1)
     k = min(top_k, handle.d_vocab)
     tops, probs, kls, ranks, aprobs = [], [], [], [], []
     for name in names:  # one layer at a time: [pos, d_vocab] at most in memory
-        logp = lens_logits(handle, rec.cache[name][0], final, ln_scale).log_softmax(-1)
-        p, ids = logp.exp().topk(k, dim=-1)
+        logits = lens_logits(handle, rec.cache[name][0], final, ln_scale)
+        lse = logits.logsumexp(-1)
+        top, ids = logits.topk(k, dim=-1)
         tops.append(ids)
-        probs.append(p)
-        kls.append((final_logp.exp() * (final_logp - logp)).sum(-1).clamp_min(0))
+        probs.append((top - lse[:, None]).exp())
+        kls.append((neg_entropy - (final_p * logits).sum(-1) + lse).clamp_min(0))
         if answer is not None:
-            a = logp[:, answer : answer + 1]
-            ranks.append((logp > a).sum(-1))
-            aprobs.append(a[:, 0].exp())
+            a = logits[:, answer]
+            ranks.append((logits > a[:, None]).sum(-1))
+            aprobs.append((a - lse).exp())
     layers = [f"L{i} pre" for i in range(handle.n_layers)] + ["final"]
     return LensResult(
         tokens=rec.tokens[0].cpu(),
