@@ -273,7 +273,9 @@ def _lens_from_record(
     k = min(top_k, handle.d_vocab)
     tops, probs, kls, ranks, aprobs = [], [], [], [], []
     for name in names:  # one layer at a time: [pos, d_vocab] at most in memory
-        logits = lens_logits(handle, rec.cache[name][0], final, ln_scale)
+        # the last row is the model's own logits (the final stream through the final norm and
+        # the unembedding, whichever scale): reuse them rather than unembed it again
+        logits = rec.logits if name == names[-1] else lens_logits(handle, rec.cache[name][0], final, ln_scale)
         lse = logits.logsumexp(-1)
         top, ids = logits.topk(k, dim=-1)
         tops.append(ids)
