@@ -303,11 +303,13 @@ def lens_svg(view: LensView, prompt: str, token_strs: dict[int, str], *, max_col
         parts.append(f'<text x="{bar_x}" y="{top - 30}" font-size="11">DLA to {_label(what, 40)}: largest parts</text>')
         for k, (name, v) in enumerate(bars):
             y = top - 16 + k * 16
-            w = 100 * abs(v) / scale
-            x0 = bar_x + 70
+            w = 50 * abs(v) / scale
+            centre = bar_x + 122  # positive parts to the right of the axis, negative to the left
+            x0 = centre if v >= 0 else centre - w
             parts.append(f'<text x="{bar_x + 64}" y="{y + 10}" text-anchor="end">{escape(name)}</text>')
             parts.append(f'<rect x="{x0:.1f}" y="{y}" width="{w:.1f}" height="12" fill="{diverging_rgb(v / scale)}"/>')
-            parts.append(f'<text x="{bar_x + 175}" y="{y + 10}">{v:+.3f}</text>')
+            parts.append(f'<line x1="{centre}" x2="{centre}" y1="{y}" y2="{y + 14}" stroke="#8c959f"/>')
+            parts.append(f'<text x="{bar_x + 180}" y="{y + 10}">{v:+.3f}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
