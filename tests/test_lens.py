@@ -35,6 +35,7 @@ ARCHS = {
     "rotary": {"positional_embedding_type": "rotary", "rotary_dim": 8},
     "parallel": {"parallel_attn_mlp": True},
     "attn_only": {"attn_only": True},
+    "gqa": {"n_key_value_heads": 2},
 }
 
 
@@ -173,7 +174,7 @@ def test_logit_attrs_agrees_when_the_norm_has_no_weight(make_model: Any) -> None
     torch.testing.assert_close(head.heads.flatten(), theirs[:, 0].float(), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ["toy-lm", "rotary"])
+@pytest.mark.parametrize("arch", ["toy-lm", "rotary", "gqa"])
 def test_dla_by_position_sums_to_heads_and_matches_a_hand_computation(tokenizer: Any, arch: str) -> None:
     model = toy_lm() if arch == "toy-lm" else _arch_model(arch, tokenizer.name_or_path)
     prompt = _prompt_for(arch)
