@@ -257,6 +257,8 @@ def lens_logits(
     streams = streams.float()
     scale = norm.scale(final_stream.float()) if ln_scale == "final" else norm.scale(streams)
     x = norm.linear(streams, scale) + norm.bias(handle.d_model, streams.device)
+    if x.ndim == 2:  # one fused multiply-add: no second pass over [pos, d_vocab] for the bias
+        return torch.addmm(b_u, x, w_u)
     return x @ w_u + b_u
 
 
@@ -280,7 +282,8 @@ def _lens_from_record(
         top, ids = logits.topk(k, dim=-1)
         tops.append(ids)
         probs.append((top - lse[:, None]).exp())
-        kls.append((neg_entropy - (final_p * logits).sum(-1) + lse).clamp_min(0))
+        dot = torch.bmm(final_p[:, None, :], logits[:, :, None])[:, 0, 0]  # sum_v p_f logits
+        kls.append((neg_entropy - dot + lse).clamp_min(0))
         if answer is not None:
             a = logits[:, answer]
             ranks.append((logits > a[:, None]).sum(-1))
