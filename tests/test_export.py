@@ -129,6 +129,15 @@ def _scrubbing(model: Any, prompt: Any) -> MechWidget:
     return mechwidgets.show_scrubbing(model, hyp, data, n_seeds=2, min_agreeing=1)
 
 
+def _lens(model: Any, prompt: Any) -> MechWidget:
+    """The logit-lens widget with the clean run's two most likely tokens as answers and one head
+    ablated (before vs after drawn)."""
+    clean, _, answers = _prompt_pair(model, prompt)
+    w = mechwidgets.show_logit_lens(model, clean, **answers)
+    w.ablate(heads=[(model.cfg.n_layers - 1, 0)], mode="mean")
+    return w
+
+
 @dataclass(frozen=True)
 class WidgetCase:
     """One widget: how to build it in a saved-worthy state, and what its drawn view must show."""
@@ -163,6 +172,13 @@ WIDGETS: list[WidgetCase] = [
     ),
     WidgetCase("circuit", mechwidgets.CircuitWidget, _circuit, drawn=(".mw-circuit svg",)),
     WidgetCase("scrubbing", mechwidgets.ScrubbingWidget, _scrubbing, drawn=(".mw-scrub-svg",)),
+    WidgetCase(
+        "lens",
+        mechwidgets.LogitLensWidget,
+        _lens,
+        drawn=(".mw-lens-cell", "[data-testid=dla-bars] .mw-lens-bar", "[data-testid=rank-after]"),
+        drawn_text=lambda w: ["after ablation"],
+    ),
 ]
 IDS = [c.name for c in WIDGETS]
 

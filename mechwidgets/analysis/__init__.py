@@ -9,6 +9,14 @@ from .attention import (
     head_scores,
 )
 from .attribution import attribution_patch
+from .lens import (
+    DLAResult,
+    LensResult,
+    NormResult,
+    direct_logit_attribution,
+    logit_lens,
+    residual_norms,
+)
 from .metrics import METRICS, Metric, MetricFn
 from .patching import COMPONENTS, DIRECTIONS, PatchingResult, activation_patch
 
@@ -18,12 +26,18 @@ __all__ = [
     "METRICS",
     "AblationResult",
     "AttentionPatterns",
+    "DLAResult",
+    "LensResult",
     "Metric",
     "MetricFn",
+    "NormResult",
     "PatchingResult",
     "ablate_heads",
     "activation_patch",
     "attribution_patch",
+    "direct_logit_attribution",
     "get_attention_patterns",
     "head_scores",
+    "logit_lens",
+    "residual_norms",
 ]
