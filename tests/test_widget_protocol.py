@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from mechwidgets import show_attention
+from mechwidgets._args import Int, Str
 from mechwidgets._tensor import decode_array, encode_array, split_buffers
 from mechwidgets.errors import ComponentError
 from mechwidgets.widgets._base import MechWidget
+from mechwidgets.widgets._requests import page_request
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -56,8 +58,8 @@ def test_error_reply_sets_banner_and_never_raises(model: Any) -> None:
     assert "out of range" in sent[-1][0]["error"] and w.error == sent[-1][0]["error"]
     request(w, 2, "no_such_kind")
     assert "unknown request kind" in sent[-1][0]["error"]
-    request(w, 3, "select_head", wrong_arg=1)
-    assert sent[-1][0]["error"].startswith("Unexpected error: TypeError")
+    request(w, 3, "select_head", wrong_arg=1)  # refused by the request's declaration
+    assert sent[-1][0]["error"] == "request 'select_head' has no argument 'wrong_arg': it takes layer, head."
     request(w, 4, "select_head", layer=1, head=0)
     assert "error" not in sent[-1][0] and w.error == ""
 
@@ -79,6 +81,7 @@ class Slow(MechWidget):
         self.finished: list[Any] = []
         self.cleaned: list[Any] = []
 
+    @page_request(tag=Str(), steps=Int(0, 1000, optional=True))
     def _req_slow(self, tag: str, steps: int = 5) -> Any:
         try:
             for i in range(steps):

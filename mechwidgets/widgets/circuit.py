@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import traitlets
 
+from .._args import Bool, Float, Str
 from .._steps import run_to_end
 from .._tensor import encode_array
 from ..analysis.circuits import (
@@ -37,6 +38,7 @@ from ..analysis.circuits import (
     Prompts,
 )
 from ._base import MechWidget
+from ._requests import page_request
 from ._svg import _label, diverging_rgb
 
 #: Default share of the edges the threshold keeps when none is given (EAP).
@@ -87,6 +89,10 @@ def edge_width(score: float, max_abs: float) -> float:
     """Stroke width (pixels) of an edge, linear in ``|score|``; the same formula as
     js/circuit.ts:edgeWidth."""
     return 0.5 + 4.5 * min(1.0, abs(score) / max_abs) if max_abs > 0 else 0.5
+
+
+#: The request arguments the page may send (checked before any handler runs).
+_THRESHOLD = Float(0)
 
 
 def _metric_state(patcher: EdgePatcher, value: float) -> dict[str, float]:
@@ -275,6 +281,7 @@ class CircuitWidget(MechWidget):
         return effect
 
     # ------------------------------------------------------------ requests
+    @page_request(threshold=_THRESHOLD)
     def _req_faithfulness(self, threshold: float) -> dict[str, Any]:
         _check_threshold(threshold)
         self._measure(float(threshold))
@@ -282,12 +289,14 @@ class CircuitWidget(MechWidget):
             self._select(self.selected)
         return dict(self.faithfulness)
 
+    @page_request(node=Str(max_len=100))  # looked up in the graph by the handler
     def _req_select_node(self, node: str) -> dict[str, Any]:
         if not isinstance(node, str):
             raise CircuitError(f"node must be a node name such as 'a1.h3', got {node!r}.")
         self._select(node)
         return {"node": self.selected}
 
+    @page_request(threshold=_THRESHOLD, signed=Bool(optional=True))
     def _req_acdc(self, threshold: float, signed: bool = False) -> Any:
         _check_threshold(threshold)
         result = yield from self._patcher.acdc_steps(float(threshold), signed=signed)
@@ -300,6 +309,7 @@ class CircuitWidget(MechWidget):
             return self._patcher.result("eap-ig", self._patcher.eap_ig_scores(IG_STEPS))
         return self._patcher.result("eap")
 
+    @page_request(ig=Bool(optional=True))
     def _req_eap(self, ig: bool = False) -> dict[str, Any]:
         if not isinstance(ig, bool):
             raise CircuitError(f"ig must be true or false, got {ig!r}.")

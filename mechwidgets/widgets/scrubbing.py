@@ -22,10 +22,12 @@ from typing import Any
 import torch
 import traitlets
 
+from .._args import Bool, Int, MapOf, Record, Str
 from .._tensor import encode_array
 from ..analysis.scrubbing import Node, Scrubber, ScrubResult
 from ..errors import HypothesisError
 from ._base import MechWidget
+from ._requests import page_request
 from ._svg import _label
 
 #: Tree layout (pixels), shared by the frontend and the static SVG.
@@ -61,6 +63,12 @@ def tree_layout(tree: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, float
         "height": float(2 * MARGIN + depth * LEVEL_H + NODE_H),
     }
     return pos, size
+
+
+#: The request arguments the page may send (checked before any handler runs): node paths and
+#: feature names are looked up in the hypothesis and the scrubber by the handler.
+_NODE_STATE = Record({"kept": Bool(optional=True, nullable=True),
+                      "feature": Str(max_len=200, optional=True, nullable=True)})
 
 
 class ScrubbingWidget(MechWidget):
@@ -231,6 +239,10 @@ class ScrubbingWidget(MechWidget):
         return tree, _describe(changes)
 
     # ------------------------------------------------------------------ requests
+    @page_request(
+        nodes=MapOf(Str(max_len=1000), _NODE_STATE, max_len=1000, optional=True, nullable=True),
+        label=Str(max_len=1000, optional=True, nullable=True),
+    )  # ``hypothesis`` (a Node) is for Python only
     def _req_evaluate(
         self,
         nodes: Mapping[str, Any] | None = None,
@@ -253,6 +265,7 @@ class ScrubbingWidget(MechWidget):
         step = self._show(result, label, new_step=True)
         return {"step": step, "fraction": _finite(result.fraction)}
 
+    @page_request(step=Int(1, lambda w: len(w.results)))
     def _req_restore(self, step: int) -> dict[str, Any]:
         if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= len(self.results):
             raise HypothesisError(f"there is no history step {step!r}: steps are 1..{len(self.results)}.")
