@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import traitlets
 
-from .._args import Int, ListOf, Str, Tuple
+from .._args import Int, ListOf, Str, Tuple, as_int
 from .._model import ModelHandle
 from .._tensor import encode_array
 from ..analysis.attention import (
@@ -189,15 +189,13 @@ class AttentionWidget(MechWidget):
             )
         return self._handle
 
-    def _check_head(self, layer: Any, head: Any) -> None:
+    def _check_head(self, layer: Any, head: Any) -> tuple[int, int]:
+        """``(layer, head)`` as plain ints (numpy integers too), in range."""
         n_layers, n_heads = _n_layers(self), _n_heads(self)
-        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n_layers:
-            raise ComponentError(f"layer {layer!r} is out of range: layers are 0..{n_layers - 1}.")
-        if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < n_heads:
-            raise ComponentError(f"head {head!r} is out of range: heads are 0..{n_heads - 1}.")
+        return (as_int(layer, "layer", lo=0, hi=n_layers - 1), as_int(head, "head", lo=0, hi=n_heads - 1))
 
     def _layer_index(self, layer: Any) -> int:
-        self._check_head(layer, 0)
+        layer, _ = self._check_head(layer, 0)
         if layer not in self._result.layers:
             raise ComponentError(
                 f"layer {layer} is not shown: this widget was built with layers="
@@ -216,7 +214,7 @@ class AttentionWidget(MechWidget):
 
     @page_request(layer=_LAYER, head=_HEAD)
     def _req_select_head(self, layer: int, head: int) -> dict[str, Any]:
-        self._check_head(layer, head)
+        layer, head = self._check_head(layer, head)
         pat = self.patterns[self._layer_index(layer), head]
         self.pattern = encode_array(pat)
         self.selected = {"layer": layer, "head": head}
@@ -236,8 +234,7 @@ class AttentionWidget(MechWidget):
                 raise ComponentError(f"each ablated head is a (layer, head) pair, got {item!r}.")
             pairs.append((item[0], item[1]))
         handle = self._model()
-        for layer, head in pairs:
-            handle.check_head(layer, head)
+        pairs = [handle.check_head(layer, head) for layer, head in pairs]  # plain ints (numpy too)
         if mode == "resample" and self._ablation_prompt is None:
             raise PromptError(
                 "resample ablation needs a second prompt: pass ablation_prompt= (same token "

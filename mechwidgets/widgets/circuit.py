@@ -15,6 +15,7 @@ threshold on its own, instantly. Requests:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from html import escape
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 import traitlets
 
-from .._args import Bool, Float, Str
+from .._args import Bool, Float, Str, as_int
 from .._steps import run_to_end
 from .._tensor import encode_array
 from ..analysis.circuits import (
@@ -328,8 +329,7 @@ class CircuitWidget(MechWidget):
 
     def keep_top(self, n_edges: int) -> Faithfulness:
         """Set the threshold so that the ``n_edges`` strongest edges form the circuit."""
-        if not isinstance(n_edges, int) or isinstance(n_edges, bool) or n_edges < 0:
-            raise CircuitError(f"n_edges must be an integer >= 0, got {n_edges!r}.")
+        n_edges = as_int(n_edges, "n_edges", lo=0, error=CircuitError)
         if n_edges == 0:  # just above the strongest edge: the empty circuit
             top = self._result.scores.abs().max()
             return self.set_threshold(float(torch.nextafter(top, torch.tensor(math.inf, dtype=top.dtype))))
@@ -368,7 +368,7 @@ def round_sig(x: float, digits: int = 2) -> float:
 def _check_threshold(threshold: Any, *, allow_none: bool = False) -> None:
     if threshold is None and allow_none:
         return
-    ok = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    ok = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
     if not ok or not threshold >= 0 or not math.isfinite(threshold):
         raise CircuitError(f"the threshold must be a finite number >= 0, got {threshold!r}.")
 
@@ -461,8 +461,10 @@ def show_circuit(
         clean: the prompt(s) showing the behaviour (a string, a list, or token tensors).
         corrupted: one prompt per clean prompt, with as many tokens, that lacks it.
         metric: ``"logit_diff"`` (default: ``answer`` minus ``wrong_answer`` logit at the last
-            token), ``"logprob"`` (of ``answer``), or a callable of the ``[batch, d_vocab]``
-            last-token logits returning a scalar.
+            token), ``"logprob"`` (of ``answer``), ``"prob"``, ``"kl"``, or a callable of the
+            ``[batch, d_vocab]`` last-token logits returning one number per prompt, ``[batch]``
+            (the contract of :data:`~mechwidgets.analysis.metrics.MetricFn`; the circuit's
+            metric is its mean over the prompts), e.g. ``lambda logits: logits[:, a] - logits[:, b]``.
         method: ``"eap"`` (edge attribution patching, ~3 forward passes; the default),
             ``"eap-ig"`` (EAP with the gradients integrated from the corrupted to the clean
             input, 5 more forward and backward passes: better where attention saturates) or

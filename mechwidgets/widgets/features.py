@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import traitlets
 
-from .._args import Float, Int, ListOf, OneOf, Record, Str
+from .._args import Float, Int, ListOf, OneOf, Record, Str, as_int
 from .._model import ModelHandle
 from .._tensor import encode_array
 from ..analysis.features import (
@@ -242,26 +242,22 @@ class FeaturesWidget(MechWidget):
 
     def _check_feature(self, i: int, feature: Any) -> int:
         d = self.trace.d_sae[i]
-        if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < d:
-            raise SAEError(
-                f"feature {feature!r} is out of range: the SAE on {self.trace.hook_names[i]!r} "
-                f"has features 0..{d - 1}."
-            )
-        return feature
+        return as_int(feature, "feature", lo=0, hi=d - 1, error=SAEError,
+                      hint=f" The SAE on {self.trace.hook_names[i]!r} has features 0..{d - 1}.")
 
     # ------------------------------------------------------------ requests
     @page_request(pos=Int(0, lambda w: _n_pos(w) - 1))
     def _req_select_token(self, pos: int) -> dict[str, Any]:
         n = len(self.trace.str_tokens)
-        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < n:
-            raise SAEError(f"token position {pos!r} is out of range: the prompt has positions 0..{n - 1}.")
+        pos = as_int(pos, "token position", lo=0, hi=n - 1, error=SAEError,
+                     hint=f" The prompt has positions 0..{n - 1}.")
         self.selected_token = pos
         return {"pos": pos}
 
     @page_request(sae=_SAE, feature=_FEATURE)
     def _req_select_feature(self, sae: Any, feature: int) -> dict[str, Any]:
         i = self._sae(sae)
-        self._check_feature(i, feature)
+        feature = self._check_feature(i, feature)
         t = self.trace
         acts = t.feature_values(i, feature)
         with torch.no_grad():

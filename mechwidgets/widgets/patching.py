@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import traitlets
 
-from .._args import Int, OneOf, Str
+from .._args import Int, OneOf, Str, as_int
 from .._model import ModelHandle
 from .._tensor import encode_array
 from ..analysis.attention import top_predictions
@@ -196,8 +196,7 @@ class PatchingWidget(MechWidget):
     @page_request(pos=_POS)
     def _req_propose(self, pos: int) -> dict[str, Any]:
         n = self._clean.shape[-1]
-        if not isinstance(pos, int) or not 0 < pos < n:
-            raise ComponentError(f"position {pos!r} cannot be replaced: choose 1..{n - 1} (0 is BOS).")
+        pos = as_int(pos, "the position to replace", lo=1, hi=n - 1, hint=" Position 0 is BOS.")
         ids = similar_tokens(self._handle, int(self._clean[0, pos]), k=N_CANDIDATES)
         self.candidates = {"pos": pos, "tokens": [self._handle.token_str(i) for i in ids]}
         return {"pos": pos}
@@ -299,8 +298,8 @@ class PatchingWidget(MechWidget):
         rows_per_layer = int(grid["rows_per_layer"])
         shape = attr.values.shape  # the grid's size from its PatchingResult, not from the page
         n_rows, n_cols = shape[0] * (shape[1] if len(shape) == 3 else 1), shape[-1]
-        if not (isinstance(row, int) and isinstance(col, int) and 0 <= row < n_rows and 0 <= col < n_cols):
-            raise ComponentError(f"cell ({row}, {col}) is outside the {n_rows} × {n_cols} grid.")
+        row = as_int(row, "row", lo=0, hi=n_rows - 1, hint=f" The grid is {n_rows} × {n_cols}.")
+        col = as_int(col, "col", lo=0, hi=n_cols - 1, hint=f" The grid is {n_rows} × {n_cols}.")
         layer = row // rows_per_layer
         value = float(self._decode(grid["exact"])[row, col])
         label = f"{grid['rows'][row]}, {grid['col_axis']} {grid['cols'][col]}"
@@ -440,7 +439,9 @@ def show_patching(
             widget: click a token of the prompt and choose a replacement.
         answer / wrong_answer: the tokens the metric compares (default: the clean and the
             corrupted run's top tokens).
-        metric: ``"logit_diff"``, ``"logprob"``, ``"prob"`` or ``"kl"``.
+        metric: ``"logit_diff"``, ``"logprob"``, ``"prob"`` or ``"kl"`` (the widget offers these
+            by name; a callable of the contract :data:`~mechwidgets.analysis.metrics.MetricFn`
+            works headless with :func:`~mechwidgets.analysis.activation_patch`).
         direction: ``"denoising"`` (run corrupted, patch in clean: what is sufficient) or
             ``"noising"`` (run clean, patch in corrupted: what is necessary).
         components: the components offered (the first is shown first).

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import traitlets
 
-from .._args import Bool, Int, MapOf, Record, Str
+from .._args import Bool, Int, MapOf, Record, Str, as_int
 from .._tensor import encode_array
 from ..analysis.scrubbing import Node, Scrubber, ScrubResult
 from ..errors import HypothesisError
@@ -267,8 +267,7 @@ class ScrubbingWidget(MechWidget):
 
     @page_request(step=Int(1, lambda w: len(w.results)))
     def _req_restore(self, step: int) -> dict[str, Any]:
-        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= len(self.results):
-            raise HypothesisError(f"there is no history step {step!r}: steps are 1..{len(self.results)}.")
+        step = as_int(step, "history step", lo=1, hi=len(self.results), error=HypothesisError)
         self._invalidate_jobs(f"history step {step} was restored")  # a running evaluation would overwrite it
         self._show(self.results[step - 1], "", new_step=False, step=step)
         return {"step": step}
