@@ -116,15 +116,14 @@ def call_metric(fn: Callable[[torch.Tensor], Any], logits: torch.Tensor, name: s
     """``fn(logits)`` for ``[batch, ...]`` logits, checked as :func:`check_metric_output` does.
 
     Raises:
-        MetricError: the metric raised (e.g. ``IndexError: too many indices``: written for
-            ``[batch, pos, d_vocab]``), or returned something other than ``[batch]`` finite
-            numbers; the message states the contract and the one-line rewrite.
+        MetricError: the metric raised an ``IndexError`` (e.g. ``too many indices``: written
+            for ``[batch, pos, d_vocab]``), or returned something other than ``[batch]`` finite
+            numbers; the message states the contract and the one-line rewrite. Other errors
+            of the metric's own propagate as they are.
     """
     try:
         out = fn(logits)
-    except MetricError:
-        raise
-    except Exception as exc:
+    except IndexError as exc:
         raise MetricError(
             f"the metric {name!r} failed on logits of shape {list(logits.shape)} with "
             f"{type(exc).__name__}: {exc}. {METRIC_CONTRACT}"

@@ -298,8 +298,9 @@ class PatchingWidget(MechWidget):
         rows_per_layer = int(grid["rows_per_layer"])
         shape = attr.values.shape  # the grid's size from its PatchingResult, not from the page
         n_rows, n_cols = shape[0] * (shape[1] if len(shape) == 3 else 1), shape[-1]
-        row = as_int(row, "row", lo=0, hi=n_rows - 1, hint=f" The grid is {n_rows} × {n_cols}.")
-        col = as_int(col, "col", lo=0, hi=n_cols - 1, hint=f" The grid is {n_rows} × {n_cols}.")
+        row, col = as_int(row, "row"), as_int(col, "col")
+        if not (0 <= row < n_rows and 0 <= col < n_cols):
+            raise ComponentError(f"cell ({row}, {col}) is outside the {n_rows} × {n_cols} grid.")
         layer = row // rows_per_layer
         value = float(self._decode(grid["exact"])[row, col])
         label = f"{grid['rows'][row]}, {grid['col_axis']} {grid['cols'][col]}"
