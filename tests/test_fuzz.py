@@ -296,6 +296,7 @@ def test_fuzz_features(toy_lm: Any) -> None:
     _check(features_spec(toy_lm), 3, ("select_token", {"pos": 2}))
 
 
+@pytest.mark.skipif(not TL3, reason="causal scrubbing refuses a TransformerLens 4.x bridge (its own hooks)")
 def test_fuzz_scrubbing() -> None:
     _check(scrubbing_spec(), 4, ("restore", {"step": 1}))
 
