@@ -305,3 +305,26 @@ def test_fuzz_scrubbing() -> None:
 def test_fuzz_circuit(make_model: Callable[..., Any]) -> None:
     # one layer, two heads and an MLP (13 edges): its ACDC run is quick
     _check(circuit_spec(make_model(n_layers=1, n_heads=2, d_head=16)), 5, ("select_node", {"node": "embed"}))
+
+
+def test_python_only_handlers_and_page_written_traits(toy_lm: Any) -> None:
+    """The page reaches only declared handlers, and bounds come from the Python side's state:
+    traits the page can write (``n_layers``, ``n_heads``) change nothing."""
+    from support import request
+
+    w = show_patching(toy_lm, PROMPT, CORRUPTED, answer=" Mary", wrong_answer=" John", components=("resid_pre",))
+    before = list(w.corrupted_tokens)
+    sent = request(w, 1, "set_corrupted_tokens_", tokens=[[0, 1, 2]])
+    assert sent[-1]["error"].startswith("unknown request kind 'set_corrupted_tokens_' for PatchingWidget")
+    assert "set_corrupted_tokens_" not in sent[-1]["error"].split("may send")[1]
+    assert w.corrupted_tokens == before
+    sent = request(w, 2, "_req_propose", pos=1)
+    assert sent[-1]["error"].startswith("unknown request kind")
+
+    a = show_attention(toy_lm, PROMPT)
+    a.n_layers, a.n_heads = 100, 100  # as a hostile page could
+    sent = request(a, 3, "select_head", layer=50, head=0)
+    assert sent[-1]["error"] == "request 'select_head': 'layer' takes an integer in 0..3; got 50, out of range."
+    a.n_layers, a.n_heads = 1, 1
+    sent = request(a, 4, "select_head", layer=3, head=3)
+    assert "error" not in sent[-1] and a.selected == {"layer": 3, "head": 3}
