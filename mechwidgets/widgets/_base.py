@@ -40,8 +40,8 @@ import traitlets
 from anywidget._util import try_file_contents
 
 from .._tensor import encoded_nbytes, split_buffers
-from ..errors import BudgetError, CancelledError, MechWidgetsError, RequestError
-from ._requests import checked_page_request
+from ..errors import BudgetError, CancelledError, MechWidgetsError
+from ._requests import checked_page_request, page_requests
 
 log = logging.getLogger("mechwidgets")
 
@@ -200,15 +200,14 @@ class MechWidget(anywidget.AnyWidget):
     def _dispatch(self, req_id: Any, kind: str, args: dict[str, Any]) -> None:
         """A request from the page: only kinds declared with ``page_request`` are answered, and
         their arguments are checked against the declaration before the handler runs (see
-        :mod:`mechwidgets.widgets._requests`); a refused request changes nothing."""
+        :mod:`mechwidgets.widgets._requests`). A request of a declared kind supersedes the
+        running job of its kind even when its arguments are refused (the page has moved on);
+        one of an unknown kind touches nothing."""
+        if kind in page_requests(type(self)):  # type: ignore[arg-type]
+            self._cancel_job(kind, reason="superseded by a newer request")
+            self._latest[kind] = req_id
         try:
             handler, checked = checked_page_request(self, kind, args)
-        except RequestError as exc:
-            self._reply_error(req_id, kind, exc)
-            return
-        self._cancel_job(kind, reason="superseded by a newer request")
-        self._latest[kind] = req_id
-        try:
             out = handler(**checked)
         except Exception as exc:
             self._reply_error(req_id, kind, exc)
