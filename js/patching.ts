@@ -294,7 +294,9 @@ export function render({ model, el }: { model: PatchingModel; el: HTMLElement })
     for (let k = 0; k < exact.data.length; k++) {
       if (Number.isFinite(exact.data[k]) && Number.isFinite(attrib.data[k])) pts.push([attrib.data[k], exact.data[k]]);
     }
-    const m = Math.max(1e-9, ...pts.map(([x, y]) => Math.max(Math.abs(x), Math.abs(y))));
+    // a loop, not Math.max(...spread): a spread of a very large grid overflows the call stack
+    let m = 1e-9;
+    for (const [x, y] of pts) m = Math.max(m, Math.abs(x), Math.abs(y));
     const px = (v: number) => ((v / m + 1) / 2) * (W - 20) + 10;
     const py = (v: number) => H - (((v / m + 1) / 2) * (H - 20) + 10);
     ctx.strokeStyle = "#d0d7de";

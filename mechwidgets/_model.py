@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from . import _fast
+from ._args import as_int, is_int
 from .errors import AnswerError, ComponentError, ModelError, PromptError
 
 HookFn = Callable[..., Any]
@@ -84,6 +85,61 @@ def hook_count(model: Any) -> int:
     return total
 
 
+def _check_prompt_type(prompt: Any, what: str) -> None:
+    """Refuse what is neither text nor token ids before torch sees it (``None``, a list of
+    several prompts where one is taken, a dict ...), saying what was passed."""
+    if isinstance(prompt, (str, torch.Tensor)) or type(prompt).__name__ == "ndarray":
+        return
+    if isinstance(prompt, (list, tuple)):
+        if prompt and all(isinstance(p, str) for p in prompt):
+            raise PromptError(
+                f"the {what} must be one string, got a {type(prompt).__name__} of {len(prompt)} "
+                f"strings: pass a single prompt (show_circuit and EdgePatcher take several)."
+            )
+        if all(is_int(t) for t in prompt) or all(
+            isinstance(row, (list, tuple)) and all(is_int(t) for t in row) for row in prompt
+        ):
+            return
+    raise PromptError(
+        f"the {what} must be a string or token ids (a 1-d tensor or a list of ints), got "
+        f"{type(prompt).__name__}{'' if prompt is None else f' {prompt!r}'[:80]}."
+    )
+
+
+def _check_weights(model: Any) -> None:
+    """Refuse a model whose weights TransformerLens cannot run as they are: on the ``meta``
+    device (never loaded), spread over several devices without TransformerLens's own
+    ``n_devices``, or cast to half precision behind TransformerLens's back (``model.half()``
+    leaves ``cfg.dtype`` at float32 and the forward pass then mixes dtypes)."""
+    params = list(model.parameters())
+    if not params:
+        return
+    devices = {p.device for p in params}
+    if any(d.type == "meta" for d in devices):
+        raise ModelError(
+            "the model's weights are on the 'meta' device: it was built without its weights "
+            "(e.g. device='meta' or an empty-weights context), so it cannot run. Load it with "
+            "its weights, e.g. HookedTransformer.from_pretrained(...) or mechwidgets.zoo.load(...)."
+        )
+    cfg = getattr(model, "cfg", None)
+    if len(devices) > 1 and int(getattr(cfg, "n_devices", 1) or 1) == 1:
+        raise ModelError(
+            f"the model's weights are on several devices ({sorted(str(d) for d in devices)}): "
+            f"move it whole with model.to(device), or let TransformerLens split it (n_devices=)."
+        )
+    half = (torch.float16, torch.bfloat16)
+    cfg_dtype = getattr(cfg, "dtype", None)
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if cfg_dtype in (torch.float32, torch.float64) and dtypes and dtypes <= set(half):
+        (dtype,) = dtypes if len(dtypes) == 1 else (sorted(dtypes, key=str)[0],)
+        raise ModelError(
+            f"the model's weights are {dtype} but model.cfg.dtype says {cfg_dtype}: it was cast "
+            f"with torch's .half()/.bfloat16(), which TransformerLens does not track (its forward "
+            f"pass would mix {cfg_dtype} and {dtype}). Cast it with model.to({dtype}) instead, "
+            f"which updates model.cfg.dtype, or load it in that dtype."
+        )
+
+
 class ModelHandle:
     """A TransformerLens model, with the few operations the analyses need.
 
@@ -114,6 +170,7 @@ class ModelHandle:
                 "`tokenizer=` when building it (e.g. HookedTransformer(cfg, tokenizer=tok)) or "
                 "use a zoo model: `mechwidgets.zoo.load('toy-lm')`."
             )
+        _check_weights(model)
         self.model: Any = model
         self.kind = "bridge" if type(model).__name__ == "TransformerBridge" else "hooked"
         cfg: Any = model.cfg
@@ -149,8 +206,10 @@ class ModelHandle:
         Token tensors and lists are taken as they are (a 1-d tensor gains a batch axis).
 
         Raises:
-            PromptError: empty prompt, or longer than ``n_ctx`` or ``max_positions``.
+            PromptError: not text or token ids (the message says what was passed), empty, or
+                longer than ``n_ctx`` or ``max_positions``.
         """
+        _check_prompt_type(prompt, what)
         if isinstance(prompt, str):
             self._check_text(prompt, what)
             toks = self.model.to_tokens(prompt, truncate=False)
@@ -344,18 +403,20 @@ class ModelHandle:
         return name in self.model.hook_dict
 
     def check_layer(self, layer: Any) -> int:
-        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
-            raise ComponentError(
-                f"layer {layer!r} is out of range: this model has layers 0..{self.n_layers - 1}."
-            )
-        return layer
+        """``layer`` as a plain int (Python and numpy integers pass; floats, bools and anything
+        else do not), checked against the model.
+
+        Raises:
+            ComponentError: not an integer, or out of range (the message gives the range).
+        """
+        return as_int(layer, "layer", lo=0, hi=self.n_layers - 1,
+                      hint=f" This model has layers 0..{self.n_layers - 1}.")
 
     def check_head(self, layer: Any, head: Any) -> tuple[int, int]:
-        self.check_layer(layer)
-        if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < self.n_heads:
-            raise ComponentError(
-                f"head {head!r} is out of range: layer {layer} has heads 0..{self.n_heads - 1}."
-            )
+        """``(layer, head)`` as plain ints, checked as :meth:`check_layer` does."""
+        layer = self.check_layer(layer)
+        head = as_int(head, "head", lo=0, hi=self.n_heads - 1,
+                      hint=f" Layer {layer} has heads 0..{self.n_heads - 1}.")
         return layer, head
 
     def kv_head(self, head: int) -> int:
@@ -457,6 +518,7 @@ class ModelHandle:
         if not (isinstance(model, torch.nn.Module) and hasattr(model, "cfg")):
             return cls(model)  # raises the ModelError that says what to pass
         # The same set-up as __init__, minus the tokenizer check.
+        _check_weights(model)
         handle = cls.__new__(cls)
         handle.model, handle.cfg = model, model.cfg
         handle.kind = "bridge" if type(model).__name__ == "TransformerBridge" else "hooked"

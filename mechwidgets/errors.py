@@ -48,6 +48,15 @@ class ZooError(MechWidgetsError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class RequestError(MechWidgetsError, ValueError):
+    """A request from the widget's page is unknown to it, or has a missing, undeclared or
+    ill-typed argument (the message names the request, the argument and what it takes)."""
+
+
+class BudgetError(MechWidgetsError, ValueError):
+    """A message or trait update would exceed its size budget (see ``MAX_UPDATE_BYTES``)."""
+
+
 class CancelledError(MechWidgetsError):
     """Long work was cancelled by the user or superseded by a newer request."""
 
@@ -67,6 +76,7 @@ class ModelChangedError(MechWidgetsError):
 
 __all__ = [
     "AnswerError",
+    "BudgetError",
     "CancelledError",
     "ComponentError",
     "ExportError",
@@ -77,6 +87,7 @@ __all__ = [
     "ModelChangedError",
     "ModelError",
     "PromptError",
+    "RequestError",
     "SAEError",
     "ZooError",
 ]

@@ -953,7 +953,7 @@ def test_widget_requests(widget: CircuitWidget, unchanged: Any) -> None:
     torch.testing.assert_close(w.result.scores, w.patcher.eap_ig_scores(IG_STEPS))
     assert w.faithfulness["n_edges"] == math.ceil(0.1 * w.n_edges_total)  # the default: top 10%
     request(w, 7, "eap", ig="yes")
-    assert "ig must be true or false" in sent[-1]["error"]
+    assert "'ig' takes true or false" in sent[-1]["error"]
     assert w.use_eap().method == "eap" and torch.equal(w.result.scores, eap)
     # and from Python: raised, with the same banner
     with pytest.raises(ComponentError) as info:

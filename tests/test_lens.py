@@ -391,7 +391,7 @@ def test_widget_python_api_and_errors(model: Any, widget: LogitLensWidget) -> No
         widget.ablate(heads=[(5, 0)])
     assert "out of range" in widget.error
     sent = request(widget, 9, "ablate", heads=[[0]], mlps=[])
-    assert "pair" in sent[-1]["error"]
+    assert "[layer, head]" in sent[-1]["error"]
     sent = request(widget, 10, "ablate", heads=[], mlps=[0], mode="sideways")
     assert "mode" in sent[-1]["error"]
     widget.clear_ablation()
@@ -432,3 +432,38 @@ def test_model_left_unchanged_by_everything(model: Any, unchanged: Any) -> None:
     lens_view(model, PROMPT, answer=" Mary", ablate_heads=[(0, 0)], ablate_mlps=[1], mode="mean")
     residual_norms(model, PROMPT)
     direct_logit_attribution(model, PROMPT, answer=" Mary", by="position")
+
+
+def test_the_widget_follows_an_edited_model() -> None:
+    """A weight edited in place and a user's hook attached between two clicks: the next click
+    shows the lens of the model as it is then (issue 15), equal to a fresh computation."""
+    from mechwidgets import show_logit_lens, zoo
+    from mechwidgets._model import hook_count
+    from mechwidgets.analysis.lens import lens_view
+
+    model = zoo.load("toy-lm")
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    w = show_logit_lens(model, prompt, answer=" Mary", wrong_answer=" John")
+    w_o = model.blocks[3].attn.W_O
+    saved = w_o.detach().clone()
+    try:
+        w_o.data.mul_(0.25)
+        w.ablate([(1, 0)], mode="zero")
+        fresh = lens_view(model, prompt, answer=" Mary", wrong_answer=" John", by="position")
+        assert w.view.dla is not None and fresh.dla is not None
+        torch.testing.assert_close(w.view.dla.values, fresh.dla.values, atol=1e-4, rtol=0)
+        torch.testing.assert_close(w.view.lens.kl, fresh.lens.kl, atol=1e-4, rtol=0)
+        ablated = lens_view(model, prompt, answer=" Mary", wrong_answer=" John", by="position",
+                            ablate_heads=[(1, 0)], mode="zero")
+        assert w.last_ablation is not None and ablated.dla is not None and w.last_ablation.dla is not None
+        torch.testing.assert_close(w.last_ablation.dla.values, ablated.dla.values, atol=1e-4, rtol=0)
+        model.add_hook("blocks.2.hook_mlp_out", lambda act, hook: 0 * act, is_permanent=True)
+        w._call("layer_topk", layer=0)  # any click
+        hooked = lens_view(model, prompt, answer=" Mary", wrong_answer=" John", by="position")
+        assert hooked.dla is not None
+        torch.testing.assert_close(w.view.dla.values, hooked.dla.values, atol=1e-4, rtol=0)
+        assert float((hooked.dla.values - fresh.dla.values).abs().max()) > 1e-3  # the hook mattered
+        assert hook_count(model) == 2  # the user's own (TransformerLens counts it twice)
+    finally:
+        model.reset_hooks(including_permanent=True)
+        w_o.data.copy_(saved)

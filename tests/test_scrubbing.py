@@ -540,7 +540,7 @@ def test_widget_requests_from_the_frontend_and_cancel(widget: ScrubbingWidget) -
                                "args": {"nodes": {"output/nope": {"kept": False}}}}, [])
     assert "no node 'output/nope'" in sent.messages[-1]["error"] and "output/nope" in w.error
     w._on_frontend_message(w, {"type": "request", "id": 9, "kind": "restore", "args": {"step": 99}}, [])
-    assert "no history step 99" in sent.messages[-1]["error"]
+    assert "'step' takes an integer in 1..2; got 99" in sent.messages[-1]["error"]
 
     # a long evaluation runs step by step (progress), and a cancel stops it: nothing changes
     tree, history = list(w.tree), list(w.history)

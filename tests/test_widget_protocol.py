@@ -7,11 +7,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import traitlets
 
 from mechwidgets import show_attention
+from mechwidgets._args import Int, Str
 from mechwidgets._tensor import decode_array, encode_array, split_buffers
-from mechwidgets.errors import ComponentError
-from mechwidgets.widgets._base import MechWidget
+from mechwidgets.errors import BudgetError, ComponentError
+from mechwidgets.widgets._base import MAX_UPDATE_BYTES, MechWidget
+from mechwidgets.widgets._requests import page_request
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -56,8 +59,8 @@ def test_error_reply_sets_banner_and_never_raises(model: Any) -> None:
     assert "out of range" in sent[-1][0]["error"] and w.error == sent[-1][0]["error"]
     request(w, 2, "no_such_kind")
     assert "unknown request kind" in sent[-1][0]["error"]
-    request(w, 3, "select_head", wrong_arg=1)
-    assert sent[-1][0]["error"].startswith("Unexpected error: TypeError")
+    request(w, 3, "select_head", wrong_arg=1)  # refused by the request's declaration
+    assert sent[-1][0]["error"] == "request 'select_head' has no argument 'wrong_arg': it takes layer, head."
     request(w, 4, "select_head", layer=1, head=0)
     assert "error" not in sent[-1][0] and w.error == ""
 
@@ -79,6 +82,7 @@ class Slow(MechWidget):
         self.finished: list[Any] = []
         self.cleaned: list[Any] = []
 
+    @page_request(tag=Str(), steps=Int(0, 1000, optional=True))
     def _req_slow(self, tag: str, steps: int = 5) -> Any:
         try:
             for i in range(steps):
@@ -128,3 +132,39 @@ def test_long_job_progress_supersede_and_cancel() -> None:
     assert replies[3]["cancelled"] and "cancelled by the user" in replies[3]["error"]
     assert any(p.get("message") == "first" for p in progress)
     assert w.progress == {}
+
+
+class Big(MechWidget):
+    """A widget with a synced dict trait and a request whose reply size the test chooses."""
+
+    _bundle = "attention.js"
+
+    data = traitlets.Dict({}).tag(sync=True)
+
+    @page_request(n=Int(0, 2**30))
+    def _req_blob(self, n: int) -> Any:
+        return {"blob": encode_array(np.zeros(n, np.uint8), "uint8")}
+
+    @page_request(n=Int(0, 2**30))
+    def _req_store(self, n: int) -> Any:
+        self.data = {"blob": encode_array(np.zeros(n, np.uint8), "uint8")}
+        return {}
+
+
+def test_every_reply_and_trait_update_respects_the_budget() -> None:
+    w = Big()
+    sent = capture(w)
+    request(w, 1, "blob", n=MAX_UPDATE_BYTES - 100)  # at the budget (the key and dtype text count)
+    assert "result" in sent[-1][0] and len(sent[-1][1][0]) == MAX_UPDATE_BYTES - 100
+    request(w, 2, "blob", n=MAX_UPDATE_BYTES + 1)
+    assert "result" not in sent[-1][0] and "over the 4 MiB budget" in sent[-1][0]["error"]
+    request(w, 3, "store", n=1000)
+    assert "error" not in sent[-1][0] and w.data["blob"]["shape"] == [1000]
+    request(w, 4, "store", n=MAX_UPDATE_BYTES + 1)
+    assert "'data' trait" in sent[-1][0]["error"] and "over the 4 MiB budget" in w.error
+    assert w.data["blob"]["shape"] == [1000]  # refused: the trait keeps its old value
+    with pytest.raises(BudgetError):  # from Python too
+        w._call("store", n=MAX_UPDATE_BYTES + 1)
+    with pytest.raises(BudgetError):
+        w.data = {"x": b"\0" * (MAX_UPDATE_BYTES + 1)}
+    assert w.data["blob"]["shape"] == [1000]

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 
+from .._args import is_int
 from .._model import ModelHandle
 from ..errors import ComponentError, PromptError
 
@@ -58,6 +59,10 @@ def select_layers(handle: ModelHandle, layers: Sequence[int] | None) -> list[int
     """Validate a ``layers=`` budget (None means all layers)."""
     if layers is None:
         return list(range(handle.n_layers))
+    if is_int(layers):
+        layers = [layers]  # type: ignore[list-item]
+    elif isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__iter__"):
+        raise ComponentError(f"layers= must be a list of layer numbers (or None for all), got {layers!r}.")
     chosen = [handle.check_layer(layer) for layer in layers]
     if not chosen:
         raise ComponentError("layers= is empty: pass None for all layers, or a list of layers.")
@@ -196,6 +201,13 @@ def head_ablation_hooks(
     return hooks
 
 
+def _pair(item: Any) -> tuple[Any, Any]:
+    """A ``(layer, head)`` pair, or a :class:`ComponentError` saying what one is."""
+    if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
+        raise ComponentError(f"each head is a (layer, head) pair of integers, e.g. (1, 3); got {item!r}.")
+    return item[0], item[1]
+
+
 def ablate_heads(
     model: Any,
     prompt: str | torch.Tensor,
@@ -224,7 +236,7 @@ def ablate_heads(
     handle = ModelHandle.wrap(model)
     if mode not in ABLATION_MODES:
         raise ComponentError(f"unknown ablation mode {mode!r}: use one of {ABLATION_MODES}.")
-    heads = [handle.check_head(int(layer), int(head)) for layer, head in heads]
+    heads = [handle.check_head(*_pair(item)) for item in heads]
     tokens = handle.tokens(prompt, max_positions=max_positions)
     pattern_names = [handle.hook_name("pattern", layer) for layer in range(handle.n_layers)]
     resample_z = None

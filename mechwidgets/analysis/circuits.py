@@ -102,7 +102,7 @@ from ..errors import (
     ModelError,
     PromptError,
 )
-from .metrics import METRICS, MetricFn, check_metric_output, kl_div, normalize
+from .metrics import METRICS, MetricFn, call_metric, kl_div, normalize
 from .patching import choose_metric, token_str
 
 MetricName = Literal["logit_diff", "logprob", "prob", "kl"]
@@ -748,7 +748,7 @@ class EdgePatcher:
             return (logits[:, 0] - logits[:, 1]).float()
         logits = self._last_logits(final).float()
         if self._metric_fn is not None:
-            return check_metric_output(self._metric_fn(logits), self.batch, name)
+            return call_metric(self._metric_fn, logits, name)
         if name == "kl":
             return kl_div(logits, self._clean_last_logits)
         probs = logits.log_softmax(-1) if name == "logprob" else logits.softmax(-1)

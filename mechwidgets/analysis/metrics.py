@@ -34,12 +34,25 @@ from jaxtyping import Float
 
 from ..errors import MetricError
 
-#: A metric: logits at the last position of ``batch`` runs, ``[batch, d_vocab]`` (float32), to one
-#: finite number per run, ``[batch]``. It is called on batches of any size (the clean and
-#: corrupted baselines first, as one batch of 2), must not modify its input, and must be built
-#: from differentiable torch operations to be used with attribution patching. Returning NaN or
-#: infinity, a single number for the whole batch, or several numbers per run raises MetricError.
+#: The one contract of a callable metric, for :func:`~mechwidgets.analysis.activation_patch`,
+#: :func:`~mechwidgets.analysis.attribution_patch`, :class:`~mechwidgets.analysis.circuits.EdgePatcher`
+#: and :func:`~mechwidgets.show_circuit` (:func:`~mechwidgets.show_patching` offers the named
+#: metrics only): logits at the last position of ``batch`` runs, ``[batch, d_vocab]`` (float32),
+#: to one finite number per run, ``[batch]``. It is called on batches of any size (the clean and
+#: corrupted baselines first), must not modify its input, and must be built from differentiable
+#: torch operations to be used with attribution patching or EAP. Returning NaN or infinity, a
+#: single number for the whole batch, or several numbers per run raises MetricError; so does a
+#: metric that fails on ``[batch, d_vocab]`` logits (e.g. one written for TransformerLens's
+#: ``[batch, pos, d_vocab]``), with the rewrite in the message.
 MetricFn = Callable[[Float[torch.Tensor, "batch d_vocab"]], Float[torch.Tensor, " batch"]]
+
+#: The contract in words, as error messages state it.
+METRIC_CONTRACT = (
+    "A metric takes the last position's logits of each run, [batch, d_vocab], and returns one "
+    "number per run, [batch]. A TransformerLens-style metric on [batch, pos, d_vocab] such as "
+    "`lambda logits: logits[0, -1, a] - logits[0, -1, b]` becomes "
+    "`lambda logits: logits[:, a] - logits[:, b]`."
+)
 
 #: The metrics known by name.
 METRICS: tuple[str, ...] = ("logit_diff", "logprob", "prob", "kl")
@@ -96,7 +109,26 @@ class Metric:
         self, logits: Float[torch.Tensor, "batch n_columns"]
     ) -> Float[torch.Tensor, " batch"]:
         """Evaluate on ``logits[:, self.columns]`` (all columns if ``columns`` is None)."""
-        return check_metric_output(self.fn(logits.float()), logits.shape[0], self.name)
+        return call_metric(self.fn, logits.float(), self.name)
+
+
+def call_metric(fn: Callable[[torch.Tensor], Any], logits: torch.Tensor, name: str) -> torch.Tensor:
+    """``fn(logits)`` for ``[batch, ...]`` logits, checked as :func:`check_metric_output` does.
+
+    Raises:
+        MetricError: the metric raised an ``IndexError`` (e.g. ``too many indices``: written
+            for ``[batch, pos, d_vocab]``), or returned something other than ``[batch]`` finite
+            numbers; the message states the contract and the one-line rewrite. Other errors
+            of the metric's own propagate as they are.
+    """
+    try:
+        out = fn(logits)
+    except IndexError as exc:
+        raise MetricError(
+            f"the metric {name!r} failed on logits of shape {list(logits.shape)} with "
+            f"{type(exc).__name__}: {exc}. {METRIC_CONTRACT}"
+        ) from exc
+    return check_metric_output(out, logits.shape[0], name)
 
 
 def check_metric_output(out: Any, batch: int, name: str) -> torch.Tensor:
@@ -119,7 +151,8 @@ def check_metric_output(out: Any, batch: int, name: str) -> torch.Tensor:
         )
         raise MetricError(
             f"the metric {name!r} returned {hint} for a batch of {batch} runs; it must return "
-            f"shape [batch] = ({batch},): one number per run, reducing only over the vocabulary."
+            f"shape [batch] = ({batch},): one number per run, reducing only over the vocabulary. "
+            f"{METRIC_CONTRACT}"
         )
     bad = ~torch.isfinite(out.detach())
     if bool(bad.any()):
@@ -208,8 +241,10 @@ def normalize(
 
 __all__ = [
     "METRICS",
+    "METRIC_CONTRACT",
     "Metric",
     "MetricFn",
+    "call_metric",
     "check_metric_output",
     "kl_div",
     "logit_diff",

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from .._args import is_int
 from .._model import ModelHandle
 from ..errors import AnswerError, ComponentError, PromptError
 from .metrics import Metric, MetricFn, normalize, resolve_metric
@@ -756,8 +757,10 @@ def check_layers(handle: ModelHandle, layers: Sequence[int] | None) -> set[int] 
     """``layers`` as a set, each checked against the model (None: every layer)."""
     if layers is None:
         return None
-    if isinstance(layers, int):
-        layers = [layers]
+    if is_int(layers):
+        layers = [layers]  # type: ignore[list-item]
+    elif isinstance(layers, (str, bytes, dict)) or not hasattr(layers, "__len__"):
+        raise ComponentError(f"layers= must be a list of layer numbers (or None for all), got {layers!r}.")
     if not len(layers):
         raise ComponentError("layers= is empty: pass some layers, or None for all of them.")
     for layer in layers:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._args import as_int
 from .._model import ModelHandle
 from ..errors import ComponentError
 
@@ -57,10 +58,7 @@ def replace_token(model: Any, tokens: torch.Tensor, pos: int, replacement: str |
     """``tokens`` (``[1, pos]``) with position ``pos`` replaced by a single token."""
     handle = ModelHandle.wrap(model)
     n = tokens.shape[-1]
-    if not isinstance(pos, int) or not 0 < pos < n:
-        raise ComponentError(
-            f"position {pos!r} cannot be replaced: choose 1..{n - 1} (position 0 is the BOS token)."
-        )
+    pos = as_int(pos, "the position to replace", lo=1, hi=n - 1, hint=" Position 0 is the BOS token.")
     new = tokens.clone()
     new[..., pos] = handle.single_token(replacement, what="replacement")
     return new

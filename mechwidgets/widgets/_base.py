@@ -41,14 +41,38 @@ import traitlets
 from anywidget._util import try_file_contents
 
 from .._tensor import encoded_nbytes, split_buffers
-from ..errors import CancelledError, MechWidgetsError
+from ..errors import BudgetError, CancelledError, MechWidgetsError
+from ._requests import checked_page_request, page_requests
 
 log = logging.getLogger("mechwidgets")
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-#: No single message or trait update may exceed this many bytes (DESIGN: ≤ 4 MiB per update).
+#: No single reply or synced trait value may exceed this many bytes (DESIGN: ≤ 4 MiB per
+#: update): :meth:`MechWidget._reply` answers an over-budget result with a
+#: :class:`~mechwidgets.errors.BudgetError` instead of sending it, and :meth:`MechWidget.notify_change`
+#: refuses an over-budget trait value (the trait keeps its old value) with the same error.
 MAX_UPDATE_BYTES = 4 * 1024 * 1024
+
+
+def payload_nbytes(obj: Any) -> int:
+    """Bytes a message or trait value takes on the wire: its binary buffers, plus its strings
+    and (8 bytes each) its other scalars as JSON, roughly."""
+    if isinstance(obj, str):
+        return len(obj)
+    if isinstance(obj, dict):
+        return sum(payload_nbytes(k) + payload_nbytes(v) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return sum(payload_nbytes(v) for v in obj)
+    return encoded_nbytes(obj) if isinstance(obj, (bytes, bytearray, memoryview)) else 8
+
+
+def _over_budget(what: str, size: int) -> BudgetError:
+    return BudgetError(
+        f"{what} would send {size / 2**20:.1f} MiB, over the {MAX_UPDATE_BYTES / 2**20:.0f} MiB "
+        f"budget per update (MAX_UPDATE_BYTES): show less at once, e.g. a shorter prompt, a "
+        f"smaller max_positions=, fewer layers= or SAEs."
+    )
 
 
 def static_file(name: str) -> Path:
@@ -187,7 +211,8 @@ class MechWidget(anywidget.AnyWidget):
                 return
             mtype = content.get("type")
             if mtype == "request":
-                self._dispatch(content.get("id"), str(content.get("kind")), content.get("args") or {})
+                args = content.get("args")
+                self._dispatch(content.get("id"), str(content.get("kind")), {} if args is None else args)
             elif mtype == "cancel":
                 self._cancel_request(str(content.get("kind")), content)
         except Exception as exc:  # pragma: no cover - defensive
@@ -195,12 +220,17 @@ class MechWidget(anywidget.AnyWidget):
             self._record_error(exc)
 
     def _dispatch(self, req_id: Any, kind: str, args: dict[str, Any]) -> None:
-        self._cancel_job(kind, reason="superseded by a newer request")
-        self._latest[kind] = req_id
+        """A request from the page: only kinds declared with ``page_request`` are answered, and
+        their arguments are checked against the declaration before the handler runs (see
+        :mod:`mechwidgets.widgets._requests`). A request of a declared kind supersedes the
+        running job of its kind even when its arguments are refused (the page has moved on);
+        one of an unknown kind touches nothing."""
+        if kind in page_requests(type(self)):  # type: ignore[arg-type]
+            self._cancel_job(kind, reason="superseded by a newer request")
+            self._latest[kind] = req_id
         try:
-            if not isinstance(args, dict):
-                raise MechWidgetsError(f"request {kind!r} needs a dict of arguments.")
-            out = self._handler(kind)(**args)
+            handler, checked = checked_page_request(self, kind, args)
+            out = handler(**checked)
         except Exception as exc:
             self._reply_error(req_id, kind, exc)
             return
@@ -310,6 +340,19 @@ class MechWidget(anywidget.AnyWidget):
         self._invalidate_jobs("the widget was closed")
         super().close()
 
+    def notify_change(self, change: Any) -> None:
+        """Refuse a synced trait value over :data:`MAX_UPDATE_BYTES`: the trait keeps its old
+        value and :class:`~mechwidgets.errors.BudgetError` is raised (to the request that set
+        it, or to the Python caller), so nothing over budget is ever sent."""
+        name = change.get("name") if isinstance(change, dict) else None
+        if change.get("type") == "change" and name in getattr(self, "keys", ()):
+            size = payload_nbytes(change.get("new"))
+            if size > MAX_UPDATE_BYTES:
+                if "old" in change and change["old"] is not traitlets.Undefined:
+                    self._trait_values[name] = change["old"]
+                raise _over_budget(f"the {name!r} trait", size)
+        super().notify_change(change)
+
     def _set_progress(self, kind: str, req_id: Any, step: Any) -> None:
         step = step if isinstance(step, dict) else {}
         self.progress = {
@@ -329,9 +372,10 @@ class MechWidget(anywidget.AnyWidget):
     def _reply(self, req_id: Any, kind: str, result: Any) -> None:
         if self._latest.get(kind) != req_id:
             return  # superseded while running: its reply would be dropped anyway
-        size = encoded_nbytes(result)
+        size = payload_nbytes(result)
         if size > MAX_UPDATE_BYTES:
-            log.warning("mechwidgets: reply %s is %d bytes, over the budget", kind, size)
+            self._reply_error(req_id, kind, _over_budget(f"the reply to {kind!r}", size))
+            return
         self.error = ""
         self._send_message({"type": "reply", "id": req_id, "kind": kind, "result": result})
 
@@ -381,4 +425,4 @@ class MechWidget(anywidget.AnyWidget):
         return bundle
 
 
-__all__ = ["MAX_UPDATE_BYTES", "MechWidget", "error_message", "static_file"]
+__all__ = ["MAX_UPDATE_BYTES", "MechWidget", "error_message", "payload_nbytes", "static_file"]

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 import traitlets
 
+from .._args import Int, ListOf, Str, Tuple, as_int
 from .._fingerprint import Stamp
 from .._model import ModelHandle
 from .._tensor import encode_array
@@ -33,12 +34,27 @@ from ..analysis.attention import (
 )
 from ..errors import ComponentError, PromptError
 from ._base import MAX_UPDATE_BYTES, MechWidget
+from ._requests import page_request
 from ._svg import heatmap_svg
 
 #: Side of the thumbnail grid cells (thumbnails are max-pooled to at most this many rows/cols).
 THUMBNAIL_SIZE = 32
 #: How many downstream heads the ablation view lists.
 TOP_CHANGED_HEADS = 10
+
+
+def _n_layers(w: AttentionWidget) -> int:
+    """Layers of the model behind the view (Python-side state, never the page's traits)."""
+    return w._handle.n_layers if w._handle is not None else max(w._result.layers) + 1
+
+
+def _n_heads(w: AttentionWidget) -> int:
+    return int(w._result.patterns.shape[1])
+
+
+#: The request arguments the page may send (checked before any handler runs).
+_LAYER = Int(0, lambda w: _n_layers(w) - 1)
+_HEAD = Int(0, lambda w: _n_heads(w) - 1)
 
 
 def _predictions_state(pred: Any) -> dict[str, Any]:
@@ -137,10 +153,23 @@ class AttentionWidget(MechWidget):
         )
 
     @classmethod
-    def from_patterns(cls, result: AttentionPatterns) -> AttentionWidget:
-        """A widget over precomputed patterns, with no model (ablation is unavailable)."""
+    def from_patterns(cls, result: AttentionPatterns, *, max_positions: int = 512) -> AttentionWidget:
+        """A widget over precomputed patterns, with no model (ablation is unavailable).
+
+        Raises:
+            PromptError: more than ``max_positions`` positions (a hovered layer of a long prompt
+                would send hundreds of MB).
+        """
+        n = int(result.patterns.shape[-1])
+        if n > max_positions:
+            raise PromptError(
+                f"the attention covers {n} positions, more than max_positions={max_positions}: "
+                f"pass fewer positions (e.g. attention[..., :{max_positions}, :{max_positions}] "
+                f"and as many tokens) or a larger max_positions= (larger views take longer to "
+                f"send and draw; each reply stays under {MAX_UPDATE_BYTES // 2**20} MiB)."
+            )
         widget = cls.__new__(cls)
-        widget._setup(None, result, "".join(result.str_tokens), None, 10**9)
+        widget._setup(None, result, "".join(result.str_tokens), None, max_positions)
         return widget
 
     def _before_request(self, kind: str) -> None:
@@ -191,15 +220,13 @@ class AttentionWidget(MechWidget):
             )
         return self._handle
 
-    def _check_head(self, layer: Any, head: Any) -> None:
-        n_layers, n_heads = self.n_layers, self.n_heads
-        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n_layers:
-            raise ComponentError(f"layer {layer!r} is out of range: layers are 0..{n_layers - 1}.")
-        if not isinstance(head, int) or isinstance(head, bool) or not 0 <= head < n_heads:
-            raise ComponentError(f"head {head!r} is out of range: heads are 0..{n_heads - 1}.")
+    def _check_head(self, layer: Any, head: Any) -> tuple[int, int]:
+        """``(layer, head)`` as plain ints (numpy integers too), in range."""
+        n_layers, n_heads = _n_layers(self), _n_heads(self)
+        return (as_int(layer, "layer", lo=0, hi=n_layers - 1), as_int(head, "head", lo=0, hi=n_heads - 1))
 
     def _layer_index(self, layer: Any) -> int:
-        self._check_head(layer, 0)
+        layer, _ = self._check_head(layer, 0)
         if layer not in self._result.layers:
             raise ComponentError(
                 f"layer {layer} is not shown: this widget was built with layers="
@@ -208,6 +235,7 @@ class AttentionWidget(MechWidget):
         return self._result.layers.index(layer)
 
     # ------------------------------------------------------------ requests
+    @page_request(layer=_LAYER)
     def _req_layer_patterns(self, layer: int) -> dict[str, Any]:
         pats = self.patterns[self._layer_index(layer)]
         n_bytes = pats.numel() * 2
@@ -215,13 +243,18 @@ class AttentionWidget(MechWidget):
         data = pats if dtype == "float16" else (pats * 255).round()
         return {"layer": layer, "patterns": encode_array(data, dtype), "scale": 1.0 if dtype == "float16" else 1 / 255}
 
+    @page_request(layer=_LAYER, head=_HEAD)
     def _req_select_head(self, layer: int, head: int) -> dict[str, Any]:
-        self._check_head(layer, head)
+        layer, head = self._check_head(layer, head)
         pat = self.patterns[self._layer_index(layer), head]
         self.pattern = encode_array(pat)
         self.selected = {"layer": layer, "head": head}
         return {"layer": layer, "head": head}
 
+    @page_request(
+        heads=ListOf(Tuple(_LAYER, _HEAD, names=("layer", "head")), max_len=lambda w: _n_layers(w) * _n_heads(w)),
+        mode=Str(choices=ABLATION_MODES, optional=True, nullable=True),
+    )
     def _req_ablate(self, heads: Sequence[Sequence[int]], mode: str | None = None) -> dict[str, Any]:
         mode = mode or self.ablation_mode
         if mode not in ABLATION_MODES:
@@ -232,8 +265,7 @@ class AttentionWidget(MechWidget):
                 raise ComponentError(f"each ablated head is a (layer, head) pair, got {item!r}.")
             pairs.append((item[0], item[1]))
         handle = self._model()
-        for layer, head in pairs:
-            handle.check_head(layer, head)
+        pairs = [handle.check_head(layer, head) for layer, head in pairs]  # plain ints (numpy too)
         if mode == "resample" and self._ablation_prompt is None:
             raise PromptError(
                 "resample ablation needs a second prompt: pass ablation_prompt= (same token "
@@ -331,6 +363,8 @@ def show_attention(
 def attention_patterns(
     tokens: Sequence[str],
     attention: torch.Tensor,
+    *,
+    max_positions: int = 512,
 ) -> AttentionWidget:
     """Draw precomputed attention patterns, with no model (CircuitsVis's call shape).
 
@@ -338,6 +372,8 @@ def attention_patterns(
         tokens: the str tokens, one per position.
         attention: ``[head, dest, src]`` (one layer, as CircuitsVis takes it) or
             ``[layer, head, dest, src]``; numpy arrays are accepted too.
+        max_positions: refuse more positions than this (default 512, as
+            :func:`show_attention`).
 
     Returns:
         An :class:`AttentionWidget` that draws the same view as :func:`show_attention`, offline;
@@ -363,7 +399,7 @@ def attention_patterns(
     ids: dict[str, int] = {}
     token_ids = torch.tensor([ids.setdefault(t, len(ids)) for t in tokens])
     result = AttentionPatterns(token_ids, tokens, list(range(att.shape[0])), att)
-    return AttentionWidget.from_patterns(result)
+    return AttentionWidget.from_patterns(result, max_positions=max_positions)
 
 
 __all__ = ["AttentionWidget", "attention_patterns", "show_attention"]

@@ -15,6 +15,7 @@ threshold on its own, instantly. Requests:
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from html import escape
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import traitlets
 
+from .._args import Bool, Float, Str, as_int
 from .._steps import run_to_end
 from .._tensor import encode_array
 from ..analysis.circuits import (
@@ -38,6 +40,7 @@ from ..analysis.circuits import (
     Prompts,
 )
 from ._base import MechWidget
+from ._requests import page_request
 from ._svg import _label, diverging_rgb
 
 #: Default share of the edges the threshold keeps when none is given (EAP).
@@ -88,6 +91,10 @@ def edge_width(score: float, max_abs: float) -> float:
     """Stroke width (pixels) of an edge, linear in ``|score|``; the same formula as
     js/circuit.ts:edgeWidth."""
     return 0.5 + 4.5 * min(1.0, abs(score) / max_abs) if max_abs > 0 else 0.5
+
+
+#: The request arguments the page may send (checked before any handler runs).
+_THRESHOLD = Float(0)
 
 
 def _metric_state(patcher: EdgePatcher, value: float) -> dict[str, float]:
@@ -309,6 +316,7 @@ class CircuitWidget(MechWidget):
         return effect
 
     # ------------------------------------------------------------ requests
+    @page_request(threshold=_THRESHOLD)
     def _req_faithfulness(self, threshold: float) -> dict[str, Any]:
         _check_threshold(threshold)
         self._measure(float(threshold))
@@ -316,12 +324,14 @@ class CircuitWidget(MechWidget):
             self._select(self.selected)
         return dict(self.faithfulness)
 
+    @page_request(node=Str(max_len=100))  # looked up in the graph by the handler
     def _req_select_node(self, node: str) -> dict[str, Any]:
         if not isinstance(node, str):
             raise CircuitError(f"node must be a node name such as 'a1.h3', got {node!r}.")
         self._select(node)
         return {"node": self.selected}
 
+    @page_request(threshold=_THRESHOLD, signed=Bool(optional=True))
     def _req_acdc(self, threshold: float, signed: bool = False) -> Any:
         _check_threshold(threshold)
         t0 = time.perf_counter()
@@ -336,6 +346,7 @@ class CircuitWidget(MechWidget):
             return self._patcher.result("eap-ig", self._patcher.eap_ig_scores(IG_STEPS))
         return self._patcher.result("eap")
 
+    @page_request(ig=Bool(optional=True))
     def _req_eap(self, ig: bool = False) -> dict[str, Any]:
         if not isinstance(ig, bool):
             raise CircuitError(f"ig must be true or false, got {ig!r}.")
@@ -354,8 +365,7 @@ class CircuitWidget(MechWidget):
 
     def keep_top(self, n_edges: int) -> Faithfulness:
         """Set the threshold so that the ``n_edges`` strongest edges form the circuit."""
-        if not isinstance(n_edges, int) or isinstance(n_edges, bool) or n_edges < 0:
-            raise CircuitError(f"n_edges must be an integer >= 0, got {n_edges!r}.")
+        n_edges = as_int(n_edges, "n_edges", lo=0, error=CircuitError)
         if n_edges == 0:  # just above the strongest edge: the empty circuit
             top = self._result.scores.abs().max()
             return self.set_threshold(float(torch.nextafter(top, torch.tensor(math.inf, dtype=top.dtype))))
@@ -394,7 +404,7 @@ def round_sig(x: float, digits: int = 2) -> float:
 def _check_threshold(threshold: Any, *, allow_none: bool = False) -> None:
     if threshold is None and allow_none:
         return
-    ok = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    ok = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
     if not ok or not threshold >= 0 or not math.isfinite(threshold):
         raise CircuitError(f"the threshold must be a finite number >= 0, got {threshold!r}.")
 
@@ -487,8 +497,10 @@ def show_circuit(
         clean: the prompt(s) showing the behaviour (a string, a list, or token tensors).
         corrupted: one prompt per clean prompt, with as many tokens, that lacks it.
         metric: ``"logit_diff"`` (default: ``answer`` minus ``wrong_answer`` logit at the last
-            token), ``"logprob"`` (of ``answer``), or a callable of the ``[batch, d_vocab]``
-            last-token logits returning a scalar.
+            token), ``"logprob"`` (of ``answer``), ``"prob"``, ``"kl"``, or a callable of the
+            ``[batch, d_vocab]`` last-token logits returning one number per prompt, ``[batch]``
+            (the contract of :data:`~mechwidgets.analysis.metrics.MetricFn`; the circuit's
+            metric is its mean over the prompts), e.g. ``lambda logits: logits[:, a] - logits[:, b]``.
         method: ``"eap"`` (edge attribution patching, ~3 forward passes; the default),
             ``"eap-ig"`` (EAP with the gradients integrated from the corrupted to the clean
             input, 5 more forward and backward passes: better where attention saturates) or

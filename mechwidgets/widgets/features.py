@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import traitlets
 
+from .._args import Float, Int, ListOf, OneOf, Record, Str, as_int
 from .._fingerprint import Stamp
 from .._model import ModelHandle
 from .._tensor import encode_array
@@ -44,6 +45,7 @@ from ..analysis.features import (
 )
 from ..errors import SAEError
 from ._base import MechWidget
+from ._requests import page_request
 from ._svg import heatmap_svg
 
 #: Promoted tokens shown as a feature's label.
@@ -52,6 +54,27 @@ LABEL_TOKENS = 3
 DETAIL_TOKENS = 8
 #: Downstream features listed after an intervention.
 N_CHANGES = 12
+
+
+def _n_pos(w: FeaturesWidget) -> int:
+    """Positions of the prompt (Python-side state, never the page's traits)."""
+    return len(w.trace.str_tokens)
+
+
+#: The request arguments the page may send (checked before any handler runs); a feature's range
+#: depends on its SAE and is checked by the handler against the trace.
+_SAE = OneOf(Int(0, lambda w: len(w.trace.hook_names) - 1), Str(choices=lambda w: w.trace.hook_names))
+_FEATURE = Int(0, lambda w: max(w.trace.d_sae) - 1)
+_INTERVENTION = Record({
+    "sae": OneOf(Int(0, lambda w: len(w.trace.hook_names) - 1), Str(choices=lambda w: w.trace.hook_names),
+                 optional=True),
+    "hook_name": Str(choices=lambda w: w.trace.hook_names, optional=True),
+    "feature": _FEATURE,
+    "mode": Str(choices=INTERVENTION_MODES, optional=True),
+    "value": Float(optional=True, nullable=True),
+    "positions": ListOf(Int(lambda w: -_n_pos(w), lambda w: _n_pos(w) - 1), max_len=_n_pos,
+                        optional=True, nullable=True),
+})
 
 
 def _predictions_state(pred: Any) -> dict[str, Any]:
@@ -268,24 +291,22 @@ class FeaturesWidget(MechWidget):
 
     def _check_feature(self, i: int, feature: Any) -> int:
         d = self.trace.d_sae[i]
-        if isinstance(feature, bool) or not isinstance(feature, int) or not 0 <= feature < d:
-            raise SAEError(
-                f"feature {feature!r} is out of range: the SAE on {self.trace.hook_names[i]!r} "
-                f"has features 0..{d - 1}."
-            )
-        return feature
+        return as_int(feature, "feature", lo=0, hi=d - 1, error=SAEError,
+                      hint=f" The SAE on {self.trace.hook_names[i]!r} has features 0..{d - 1}.")
 
     # ------------------------------------------------------------ requests
+    @page_request(pos=Int(0, lambda w: _n_pos(w) - 1))
     def _req_select_token(self, pos: int) -> dict[str, Any]:
         n = len(self.trace.str_tokens)
-        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < n:
-            raise SAEError(f"token position {pos!r} is out of range: the prompt has positions 0..{n - 1}.")
+        pos = as_int(pos, "token position", lo=0, hi=n - 1, error=SAEError,
+                     hint=f" The prompt has positions 0..{n - 1}.")
         self.selected_token = pos
         return {"pos": pos}
 
+    @page_request(sae=_SAE, feature=_FEATURE)
     def _req_select_feature(self, sae: Any, feature: int) -> dict[str, Any]:
         i = self._sae(sae)
-        self._check_feature(i, feature)
+        feature = self._check_feature(i, feature)
         t = self.trace
         acts = t.feature_values(i, feature)
         with torch.no_grad():
@@ -325,6 +346,7 @@ class FeaturesWidget(MechWidget):
             self.selected_feature = {"sae": i, "feature": feature}
         return {"sae": i, "feature": feature}
 
+    @page_request(interventions=ListOf(_INTERVENTION, max_len=lambda w: sum(w.trace.d_sae)))
     def _req_intervene(self, interventions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         edits = []
         for item in interventions:

@@ -23,14 +23,22 @@ from typing import Any
 import torch
 import traitlets
 
+from .._args import Int, ListOf, Str, Tuple
+from .._fingerprint import Stamp
 from .._model import ModelHandle
 from .._tensor import encode_array
 from ..analysis.attention import ABLATION_MODES, top_predictions
 from ..analysis.lens import LensResult, LensView, lens_view, norm_summary
 from ..errors import ComponentError, PromptError
 from ._base import MechWidget
+from ._requests import page_request
 from ._svg import _label, diverging_rgb, sequential_rgb
 from .attention import _predictions_state
+
+# arguments of the page's requests, bounds from the Python side (the model, the clean view)
+_LAYER = Int(0, lambda w: w._handle.n_layers - 1)
+_HEAD = Int(0, lambda w: w._handle.n_heads - 1)
+_ROW = Int(0, lambda w: len(w.view.lens.layers) - 1)
 
 #: Next-token predictions listed before / after an ablation.
 N_PREDICTIONS = 8
@@ -103,6 +111,7 @@ class LogitLensWidget(MechWidget):
         self._options = {"top_k": top_k, "ln_scale": ln_scale, "max_positions": max_positions}
         self._max_inline_cells = max_inline_cells
         view = self._run()
+        self._stamp = Stamp(handle.model)  # the model the view was computed on
         if ablation_prompt is not None:
             other = handle.tokens(ablation_prompt, max_positions=max_positions, what="ablation prompt")
             if other.shape[1] != view.lens.tokens.shape[0]:
@@ -114,6 +123,7 @@ class LogitLensWidget(MechWidget):
                 )
         self.view = view
         self.last_ablation: LensView | None = None
+        self._ablated: dict[str, Any] = {"heads": [], "mlps": [], "mode": "zero"}
         dla = view.dla
         super().__init__(
             prompt=prompt if isinstance(prompt, str) else "".join(view.lens.str_tokens),
@@ -187,7 +197,24 @@ class LogitLensWidget(MechWidget):
             raise ComponentError(f"lens layer {layer!r} is out of range: rows are 0..{n - 1} ({self.layers[0]} … {self.layers[-1]}).")
         return layer
 
+    def _before_request(self, kind: str) -> None:
+        """The model changed since the view was computed (a weight edited, a hook attached):
+        recompute it, and the ablation in force, before the click runs."""
+        change = self._stamp.stale()
+        if change is None:
+            return
+        with self._recomputing(change, 0.0):
+            self.view = view = self._run()
+            self._stamp.renew()
+            with self.hold_sync():
+                for name, value in self._view_state(view).items():
+                    setattr(self, name, value)
+            ablated = self._ablated  # Python's own record (the trait is the page's to write)
+            if (ablated["heads"] or ablated["mlps"]) and kind != "ablate":
+                self._req_ablate(ablated["heads"], ablated["mlps"], ablated["mode"])
+
     # ------------------------------------------------------------ requests
+    @page_request(layer=_ROW, run=Str(choices=("clean", "ablated"), optional=True))
     def _req_layer_topk(self, layer: int, run: str = "clean") -> dict[str, Any]:
         self._check_layer_row(layer)
         if run not in ("clean", "ablated"):
@@ -204,6 +231,12 @@ class LogitLensWidget(MechWidget):
             "strs": [strs[i * k:(i + 1) * k] for i in range(ids.shape[0])],
         }
 
+    @page_request(
+        heads=ListOf(Tuple(_LAYER, _HEAD, names=("layer", "head")), optional=True,
+                     max_len=lambda w: w._handle.n_layers * w._handle.n_heads),
+        mlps=ListOf(_LAYER, optional=True, max_len=lambda w: w._handle.n_layers),
+        mode=Str(choices=ABLATION_MODES, optional=True, nullable=True),
+    )
     def _req_ablate(self, heads: Sequence[Any] = (), mlps: Sequence[Any] = (), mode: str | None = None) -> dict[str, Any]:
         mode = mode or self.ablation_mode
         if mode not in ABLATION_MODES:
@@ -226,7 +259,7 @@ class LogitLensWidget(MechWidget):
         if not pairs and not layers:
             self.last_ablation = None
             self.ablation = {}
-            self.ablated = state
+            self.ablated = self._ablated = state
             return state
         view = self._run(pairs, layers, mode)
         self.last_ablation = view
@@ -234,7 +267,7 @@ class LogitLensWidget(MechWidget):
         after["predictions_before"] = self.predictions
         after["heads"], after["mlps"], after["mode"] = state["heads"], layers, mode
         self.ablation = after
-        self.ablated = state
+        self.ablated = self._ablated = state
         return state
 
     # ------------------------------------------------------------ Python API

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import traitlets
 
+from .._args import Int, OneOf, Str, as_int
 from .._fingerprint import Stamp, check_unchanged
 from .._model import ModelHandle
 from .._steps import run_to_end
@@ -42,6 +43,7 @@ from ..analysis.patching import (
 from ..analysis.tokens import replace_token, similar_tokens
 from ..errors import ComponentError, MetricError, ModelChangedError, PromptError
 from ._base import MechWidget
+from ._requests import page_request
 from ._svg import heatmap_svg, tokens_svg
 
 #: Metrics offered by name in the widget (any callable works headless).
@@ -54,6 +56,18 @@ N_CANDIDATES = 8
 
 def grid_key(component: str, direction: str, metric: str) -> str:
     return f"{component}|{direction}|{metric}"
+
+
+def _n_pos(w: PatchingWidget) -> int:
+    """Positions of the clean prompt (Python-side state, never the page's traits)."""
+    return int(w._clean.shape[-1])
+
+
+#: The request arguments the page may send (checked before any handler runs).
+_POS = Int(1, lambda w: _n_pos(w) - 1, note="0 is BOS")
+_TOKEN = OneOf(Str(max_len=1000), Int(0, lambda w: w._handle.d_vocab - 1))
+_ANSWER = OneOf(Str(max_len=1000), Int(0, lambda w: w._handle.d_vocab - 1), nullable=True)
+_CELL = Int(0, 10**9)  # the grid's own size is checked by the handler, from its PatchingResult
 
 
 class PatchingWidget(MechWidget):
@@ -226,24 +240,27 @@ class PatchingWidget(MechWidget):
             raise
 
     # ------------------------------------------------------------------ requests
+    @page_request(pos=_POS)
     def _req_propose(self, pos: int) -> dict[str, Any]:
         n = self._clean.shape[-1]
-        if not isinstance(pos, int) or not 0 < pos < n:
-            raise ComponentError(f"position {pos!r} cannot be replaced: choose 1..{n - 1} (0 is BOS).")
+        pos = as_int(pos, "the position to replace", lo=1, hi=n - 1, hint=" Position 0 is BOS.")
         ids = similar_tokens(self._handle, int(self._clean[0, pos]), k=N_CANDIDATES)
         self.candidates = {"pos": pos, "tokens": [self._handle.token_str(i) for i in ids]}
         return {"pos": pos}
 
+    @page_request(pos=_POS, token=_TOKEN)
     def _req_corrupt(self, pos: int, token: str) -> dict[str, Any]:
         base = self._corrupted if self._corrupted is not None else self._clean
         self._set_corrupted_tokens(replace_token(self._handle, base, pos, token))
         return {"corrupted_tokens": self.corrupted_tokens}
 
+    @page_request(text=Str())
     def _req_set_corrupted(self, text: str) -> dict[str, Any]:
         tokens = self._handle.tokens(text, max_positions=self._max_positions, what="corrupted prompt")
         self._set_corrupted_tokens(tokens)
         return {"corrupted_tokens": self.corrupted_tokens}
 
+    @page_request(answer=_ANSWER, wrong_answer=_ANSWER)
     def _req_set_answers(self, answer: str | int | None, wrong_answer: str | int | None) -> dict[str, Any]:
         answers = (answer or None, wrong_answer or None)
         resolved = self._resolve_answers(self._need_corrupted(), answers)  # may raise
@@ -258,6 +275,8 @@ class PatchingWidget(MechWidget):
     def _patch_args(self) -> dict[str, Any]:
         return {"answer": self._answer_ids[0], "wrong_answer": self._answer_ids[1]}
 
+    @page_request(component=Str(choices=tuple(COMPONENTS)), direction=Str(choices=DIRECTIONS),
+                  metric=Str(choices=METRICS))
     def _req_view(self, component: str, direction: str, metric: str) -> Generator[dict[str, Any], None, dict[str, Any]]:
         self._check_view(component, direction, metric)
         corrupted = self._need_corrupted()
@@ -320,14 +339,18 @@ class PatchingWidget(MechWidget):
             return list(res.labels[res.axes[0]])
         return [f"{a} {b}" for a in res.labels[res.axes[0]] for b in res.labels[res.axes[1]]]
 
+    @page_request(row=_CELL, col=_CELL)
     def _req_cell(self, row: int, col: int) -> dict[str, Any]:
         key = grid_key(self.component, self.direction, self.metric)
         grid = self.grids.get(key)
-        if not grid:
+        attr = self.results.get(key, {}).get("attribution")
+        if not grid or attr is None:
             raise ComponentError("no grid is drawn yet: choose a corrupted prompt first.")
         rows_per_layer = int(grid["rows_per_layer"])
-        n_rows, n_cols = len(grid["rows"]), len(grid["cols"])
-        if not (isinstance(row, int) and isinstance(col, int) and 0 <= row < n_rows and 0 <= col < n_cols):
+        shape = attr.values.shape  # the grid's size from its PatchingResult, not from the page
+        n_rows, n_cols = shape[0] * (shape[1] if len(shape) == 3 else 1), shape[-1]
+        row, col = as_int(row, "row"), as_int(col, "col")
+        if not (0 <= row < n_rows and 0 <= col < n_cols):
             raise ComponentError(f"cell ({row}, {col}) is outside the {n_rows} × {n_cols} grid.")
         layer = row // rows_per_layer
         value = float(self._decode(grid["exact"])[row, col])
@@ -468,7 +491,9 @@ def show_patching(
             widget: click a token of the prompt and choose a replacement.
         answer / wrong_answer: the tokens the metric compares (default: the clean and the
             corrupted run's top tokens).
-        metric: ``"logit_diff"``, ``"logprob"``, ``"prob"`` or ``"kl"``.
+        metric: ``"logit_diff"``, ``"logprob"``, ``"prob"`` or ``"kl"`` (the widget offers these
+            by name; a callable of the contract :data:`~mechwidgets.analysis.metrics.MetricFn`
+            works headless with :func:`~mechwidgets.analysis.activation_patch`).
         direction: ``"denoising"`` (run corrupted, patch in clean: what is sufficient) or
             ``"noising"`` (run clean, patch in corrupted: what is necessary).
         components: the components offered (the first is shown first).

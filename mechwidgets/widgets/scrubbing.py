@@ -22,11 +22,13 @@ from typing import Any
 import torch
 import traitlets
 
+from .._args import Bool, Int, MapOf, Record, Str, as_int
 from .._fingerprint import Fingerprint, model_fingerprint
 from .._tensor import encode_array
 from ..analysis.scrubbing import Node, Scrubber, ScrubResult
 from ..errors import HypothesisError
 from ._base import MechWidget
+from ._requests import page_request
 from ._svg import _label
 
 #: Tree layout (pixels), shared by the frontend and the static SVG.
@@ -62,6 +64,12 @@ def tree_layout(tree: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, float
         "height": float(2 * MARGIN + depth * LEVEL_H + NODE_H),
     }
     return pos, size
+
+
+#: The request arguments the page may send (checked before any handler runs): node paths and
+#: feature names are looked up in the hypothesis and the scrubber by the handler.
+_NODE_STATE = Record({"kept": Bool(optional=True, nullable=True),
+                      "feature": Str(max_len=200, optional=True, nullable=True)})
 
 
 class ScrubbingWidget(MechWidget):
@@ -234,6 +242,10 @@ class ScrubbingWidget(MechWidget):
         return tree, _describe(changes)
 
     # ------------------------------------------------------------------ requests
+    @page_request(
+        nodes=MapOf(Str(max_len=1000), _NODE_STATE, max_len=1000, optional=True, nullable=True),
+        label=Str(max_len=1000, optional=True, nullable=True),
+    )  # ``hypothesis`` (a Node) is for Python only
     def _req_evaluate(
         self,
         nodes: Mapping[str, Any] | None = None,
@@ -256,9 +268,9 @@ class ScrubbingWidget(MechWidget):
         step = self._show(result, label, new_step=True)
         return {"step": step, "fraction": _finite(result.fraction)}
 
+    @page_request(step=Int(1, lambda w: len(w.results)))
     def _req_restore(self, step: int) -> Any:
-        if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= len(self.results):
-            raise HypothesisError(f"there is no history step {step!r}: steps are 1..{len(self.results)}.")
+        step = as_int(step, "history step", lo=1, hi=len(self.results), error=HypothesisError)
         self._invalidate_jobs(f"history step {step} was restored")  # a running evaluation would overwrite it
         if self._fingerprints[step - 1] != model_fingerprint(self._scrubber.handle.model):
             return self._reevaluate(step)  # that step's numbers are an earlier model's

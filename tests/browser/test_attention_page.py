@@ -134,7 +134,7 @@ def test_select_ablate_hover_and_errors(widget_harness: WidgetHarness, widget: A
         "id => window.__mw.widgets[id].model.send({type: 'request', id: 999, kind: 'select_head', args: {layer: 0, head: 99}})",
         m.id,
     )
-    expect(banner).to_contain_text("head 99 is out of range")
+    expect(banner).to_contain_text("'head' takes an integer in 0..3; got 99, out of range")
     screenshot(el, "error")
 
     # the widget still works, and a successful request clears the banner

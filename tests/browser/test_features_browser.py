@@ -219,7 +219,8 @@ def test_click_token_feature_lineage_steer_ablate(widget_harness: WidgetHarness,
         "args: {interventions: [{sae: 0, feature: 1, mode: 'clamp', value: 1, positions: [9999]}]}})",
         m.id,
     )
-    expect(banner).to_contain_text("position 9999 is out of range")
+    expect(banner).to_contain_text("'positions'[0] takes an integer in")
+    expect(banner).to_contain_text("got 9999, out of range")
     screenshot(el, "error")
     el.locator(f'[data-testid="token-{pos}"]').click()
     expect(banner).to_be_hidden()
