@@ -99,7 +99,7 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
   const client = new RequestClient(model);
   const root = h("div", { class: "mw-root mw-lens" });
   el.append(root);
-  const status = mountStatus(model, root, (kind) => client.cancel(kind));
+  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
   const live = (): boolean => model.get("live") !== false;
 
   let run: Run = "clean";
