@@ -360,9 +360,26 @@ def unembed(model: Any, resid: torch.Tensor) -> torch.Tensor:
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
+def _foreign(hook: Any) -> bool:
+    """Whether a hook function is someone else's than TransformerLens's own code."""
+    fn = getattr(hook, "__func__", hook)
+    return not str(getattr(fn, "__module__", "") or "").startswith("transformer_lens")
+
+
 def hooked_modules(model: torch.nn.Module) -> list[str]:
-    """The names of ``model``'s modules (hook points included) that have a hook attached."""
-    return [name or type(model).__name__ for name, module in model.named_modules() if has_hooks(module)]
+    """The names of ``model``'s modules with a hook attached that is not TransformerLens's own
+    machinery: any hook on a hook point (TransformerLens attaches hooks there only on someone's
+    behalf: a user's hook, an SAE spliced in, a steering vector), and on any other module any
+    hook whose code is not TransformerLens's (a TransformerBridge attaches capture hooks of its
+    own to its wrapped norms on its first forward pass)."""
+    out = []
+    for name, module in model.named_modules():
+        hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values(),
+                 *module._backward_hooks.values(), *getattr(module, "_backward_pre_hooks", {}).values()]
+        hook_point = type(module).__name__ == "HookPoint"
+        if any(hook_point or _foreign(h) for h in hooks):
+            out.append(name or type(model).__name__)
+    return out
 
 
 def last_logits(model: Any, resid_last: torch.Tensor, columns: Any = None) -> torch.Tensor:

@@ -458,12 +458,13 @@ def test_the_widget_follows_an_edited_model() -> None:
         assert w.last_ablation is not None and ablated.dla is not None and w.last_ablation.dla is not None
         torch.testing.assert_close(w.last_ablation.dla.values, ablated.dla.values, atol=1e-4, rtol=0)
         model.add_hook("blocks.2.hook_mlp_out", lambda act, hook: 0 * act, is_permanent=True)
+        with_hook = hook_count(model)
         w._call("layer_topk", layer=0)  # any click
         hooked = lens_view(model, prompt, answer=" Mary", wrong_answer=" John", by="position")
         assert hooked.dla is not None
         torch.testing.assert_close(w.view.dla.values, hooked.dla.values, atol=1e-4, rtol=0)
         assert float((hooked.dla.values - fresh.dla.values).abs().max()) > 1e-3  # the hook mattered
-        assert hook_count(model) == 2  # the user's own (TransformerLens counts it twice)
+        assert hook_count(model) == with_hook  # the user's own, and only it
     finally:
         model.reset_hooks(including_permanent=True)
         w_o.data.copy_(saved)
