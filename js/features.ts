@@ -59,7 +59,7 @@ interface LineageNode {
 interface LineageEdge {
   from: [number, number];
   to: [number, number];
-  correlation: number;
+  correlation: number | null;
   cosine: number;
 }
 
@@ -320,7 +320,10 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
     const ls = labels();
     const info = model.get("links_info") ?? {};
     box.append(h("div", { class: "mw-subtitle" }, "Lineage across SAEs"));
-    box.append(h("div", { class: "mw-note" }, `Links: activation correlation (line width) over ${info.n_tokens ?? 0} tokens of ${info.source ?? "a sample"}; hover a link for its decoder cosine. Click a feature to follow it.`));
+    const byCosine = info.by === "cosine";
+    box.append(h("div", { class: "mw-note" }, byCosine
+      ? `Links: decoder cosine (line width) between features of adjacent SAEs, from the ${info.source ?? "decoder weights"}. Click a feature to follow it.`
+      : `Links: activation correlation (line width) over ${info.n_tokens ?? 0} tokens of ${info.source ?? "a sample"}; hover a link for its decoder cosine. Click a feature to follow it.`));
     if (!lin || !lin.nodes.length) return box;
     const cols = new Map<number, LineageNode[]>();
     for (const nd of lin.nodes) {
@@ -354,15 +357,17 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
       const x2 = b.x;
       const y2 = b.y + 11;
       const mid = (x1 + x2) / 2;
+      const strength = (byCosine ? e.cosine : e.correlation) ?? 0;
       const path = svg("path", {
         d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`,
         class: "mw-feat-edge",
-        "stroke-width": (1 + 5 * Math.min(1, Math.abs(e.correlation))).toFixed(2),
-        stroke: css(diverging(e.correlation >= 0 ? 0.35 + 0.65 * Math.min(1, e.correlation) : -0.8)),
+        "stroke-width": (1 + 5 * Math.min(1, Math.abs(strength))).toFixed(2),
+        stroke: css(diverging(strength >= 0 ? 0.35 + 0.65 * Math.min(1, strength) : -0.8)),
         "data-testid": `edge-${e.from[0]}-${e.from[1]}-${e.to[0]}-${e.to[1]}`,
       });
       const tip = svg("title");
-      tip.textContent = `${featureName(ls, e.from[0], e.from[1])} → ${featureName(ls, e.to[0], e.to[1])}: correlation ${fmt(e.correlation, 3)}, decoder cosine ${fmt(e.cosine, 3)}`;
+      const corr = e.correlation === null ? "" : `correlation ${fmt(e.correlation, 3)}, `;
+      tip.textContent = `${featureName(ls, e.from[0], e.from[1])} → ${featureName(ls, e.to[0], e.to[1])}: ${corr}decoder cosine ${fmt(e.cosine, 3)}`;
       path.append(tip);
       root.append(path);
     }

@@ -19,8 +19,10 @@ from support import request
 from mechwidgets._model import ModelHandle, hook_count
 from mechwidgets._tensor import decode_array, encoded_nbytes
 from mechwidgets.analysis.features import (
+    DecoderLinks,
     FeatureIntervention,
     bind_saes,
+    decoder_cosine_top_k,
     feature_activations,
     feature_links,
     feature_logit_effects,
@@ -294,6 +296,74 @@ def test_cross_layer_statistics_equal_a_direct_computation(model: Any, saes: lis
 # ------------------------------------------------------------------------------------- bad input
 class NotAnSAE:
     hook_name = "blocks.0.hook_resid_pre"
+
+
+def test_chunked_cosine_top_k_equals_the_dense_top_k() -> None:
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randn(1000, 24, generator=g)
+    rows[17] = 0.0  # a dead feature: cosine 0, as the dense normalize gives
+    q = torch.randn(9, 24, generator=g)
+    dense = torch.nn.functional.normalize(q.double(), dim=-1) @ torch.nn.functional.normalize(rows.double(), dim=-1).T
+    for chunk, k in ((64, 7), (1000, 5), (333, 1), (50, 1000)):
+        idx, cos = decoder_cosine_top_k(q, lambda lo, hi: rows[lo:hi], rows.shape[0], k, chunk=chunk)
+        v, i = dense.topk(min(k, 1000), dim=1)
+        assert torch.equal(idx, i), (chunk, k)
+        assert float((cos.double() - v).abs().max()) <= 1e-5
+
+
+def test_lazy_decoder_links_equal_a_dense_computation(model: Any, unchanged: Any) -> None:
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
+    saes = [make_sae(h, d_sae=300, seed=20 + i) for i, h in enumerate(hooks)]
+    links = DecoderLinks(model, saes, n_links=6, chunk=64)
+    # the dense reference: every pair of features, in the residual stream (hook_z through W_O,
+    # which TransformerLens's W_O holds per head as [head, d_head, d_model])
+    w_o = model.blocks[1].attn.W_O.detach().double()
+    dirs = [saes[0].W_dec.detach().double(),
+            torch.einsum("fhd,hdm->fm", saes[1].W_dec.detach().double().reshape(300, 4, 8), w_o),
+            saes[2].W_dec.detach().double()]
+    unit = [torch.nn.functional.normalize(d, dim=-1) for d in dirs]
+    feats = [0, 5, 64, 123, 299]
+    for p in range(2):
+        dense = unit[p] @ unit[p + 1].T  # [300, 300]
+        v, i = dense[feats].topk(6, dim=1)
+        got = links.links_many(p, feats, "successors")
+        for r in range(len(feats)):
+            assert [lk["feature"] for lk in got[r]] == i[r].tolist()
+            assert all(lk["sae"] == p + 1 and lk["correlation"] is None for lk in got[r])
+            np.testing.assert_allclose([lk["cosine"] for lk in got[r]], v[r].numpy(), atol=1e-5, rtol=0)
+        v, i = dense[:, feats].T.topk(6, dim=1)
+        got = links.links_many(p + 1, feats, "predecessors")
+        for r in range(len(feats)):
+            assert [lk["feature"] for lk in got[r]] == i[r].tolist()
+            np.testing.assert_allclose([lk["cosine"] for lk in got[r]], v[r].numpy(), atol=1e-5, rtol=0)
+        assert links.links(p, 5, "successors") == links.links_many(p, [5], "successors")[0]
+    assert links.links(0, 3, "predecessors") == [] and links.links(2, 3, "successors") == []
+    with pytest.raises(SAEError, match=r"features 0\.\.299"):
+        links.links(0, 300, "successors")
+    # the lineage follows the lazy links
+    graph = lineage(links, 1, 7, per_node=2)
+    succ = [lk["feature"] for lk in links.links(1, 7, "successors")[:2]]
+    pred = [lk["feature"] for lk in links.links(1, 7, "predecessors")[:2]]
+    edges = {(tuple(e["from"]), tuple(e["to"])) for e in graph["edges"]}
+    assert {((1, 7), (2, g)) for g in succ if links.links(1, 7, "successors")[succ.index(g)]["cosine"] > 0} <= edges
+    assert {((0, g), (1, 7)) for g in pred if links.links(1, 7, "predecessors")[pred.index(g)]["cosine"] > 0} <= edges
+
+
+def test_widget_with_lazy_links(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    w = show_features(model, saes, PROMPT, link_by="cosine")
+    assert isinstance(w.links, DecoderLinks) and w.links_info["by"] == "cosine"
+    f = int(w.trace.top_indices[1, 4, 0])
+    w.select_feature(1, f)
+    assert w.feature["frequency"] is None
+    edges = {(tuple(e["from"]), tuple(e["to"])): e["cosine"] for e in w.feature["lineage"]["edges"]}
+    dense = (torch.nn.functional.normalize(saes[1].W_dec.detach().double(), dim=-1)
+             @ torch.nn.functional.normalize(saes[2].W_dec.detach().double(), dim=-1).T)[f]
+    for g in dense.topk(3).indices.tolist():
+        if float(dense[g]) > 0:
+            assert edges[((1, f), (2, g))] == pytest.approx(float(dense[g]), abs=1e-5)
+    with pytest.raises(SAEError, match="link_by="):
+        show_features(model, saes, PROMPT, link_by="dense")
+
 
 
 @pytest.mark.parametrize(

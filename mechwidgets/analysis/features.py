@@ -509,8 +509,12 @@ def residual_directions(model: Any, sae: BoundSAE, features: Sequence[int]) -> t
     """
     handle = ModelHandle.wrap(model)
     w = sae.W_dec[torch.as_tensor(list(features), dtype=torch.long, device=sae.W_dec.device)]
-    w = w.detach().float()
-    if sae.d_in == handle.d_model:
+    return _to_residual(handle, sae, w.detach().float())
+
+
+def _to_residual(handle: ModelHandle, sae: BoundSAE, w: torch.Tensor) -> torch.Tensor:
+    """Decoder rows ``[n, d_in]`` (float) as what they add to the residual stream ``[n, d_model]``."""
+    if sae.d_in == handle.d_model and not sae.hook_name.endswith(("attn.hook_z", "mlp.hook_post")):
         return w
     m = re.match(r"blocks\.(\d+)\.(mlp\.hook_post|attn\.hook_z)$", sae.hook_name)
     block = handle.model.blocks[int(m.group(1))] if m else None
@@ -669,6 +673,12 @@ class FeatureLinks:
                 "cosine": float(table.cosine[feature, j]),
             })
         return out
+
+    def links_many(
+        self, sae: int | str, features: Sequence[int], direction: Literal["successors", "predecessors"]
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`links` of several features of one SAE."""
+        return [self.links(sae, f, direction) for f in features]
 
 
 def default_link_prompts(model: Any, n: int = 48, seed: int = 12345) -> list[str]:
@@ -850,8 +860,127 @@ def feature_links(
     )
 
 
+#: Decoder rows scanned at once by the lazy links (:class:`DecoderLinks`): ``chunk x d_in`` floats.
+LINK_CHUNK = 4096
+
+
+def decoder_cosine_top_k(
+    queries: Float[torch.Tensor, "n d"], rows: Any, n_rows: int, k: int, *, chunk: int = LINK_CHUNK,
+) -> tuple[Int[torch.Tensor, "n k"], Float[torch.Tensor, "n k"]]:
+    """The ``k`` rows most cosine-similar to each query, scanning the rows one chunk at a time.
+
+    Args:
+        queries: ``[n, d]`` query directions.
+        rows: ``rows(lo, hi)`` returns rows ``lo..hi-1`` as a ``[hi - lo, d]`` float tensor
+            (e.g. a slice of ``W_dec``); nothing larger than one chunk is ever built.
+        n_rows: how many rows there are.
+        k: how many to keep per query (at most ``n_rows``).
+        chunk: rows per step (default :data:`LINK_CHUNK`).
+
+    Returns:
+        ``(indices, cosines)``, each ``[n, k]``, most similar first: exactly the top-k of the dense
+        ``normalize(queries) @ normalize(all rows).T`` (a zero row has cosine 0).
+    """
+    q = torch.nn.functional.normalize(queries.detach().float(), dim=-1)
+    k = min(int(k), n_rows)
+    best_v = torch.empty(q.shape[0], 0, device=q.device)
+    best_i = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
+    for lo in range(0, n_rows, chunk):
+        hi = min(n_rows, lo + chunk)
+        w = rows(lo, hi)
+        cos = (q @ w.T) / w.norm(dim=-1).clamp(min=1e-12)  # [n, hi - lo]
+        v, i = cos.topk(min(k, hi - lo), dim=1)
+        v, order = torch.cat([best_v, v], 1).topk(min(k, best_v.shape[1] + v.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + lo], 1).gather(1, order)
+        best_v = v
+    return best_i, best_v
+
+
+class DecoderLinks:
+    """Links between features of adjacent SAEs by decoder cosine, computed lazily, on demand.
+
+    The cost of :func:`feature_links` grows with ``d_sae^2`` (every feature against every
+    feature of the next SAE, over a sample); at real dictionary sizes (24k–1M features) that is
+    minutes and gigabytes. This object computes nothing up front: asking for a feature's links
+    scans the adjacent SAE's decoder once, one chunk of :data:`LINK_CHUNK` rows at a time, and
+    keeps a running top-k (:func:`decoder_cosine_top_k`), so a click costs one pass over one
+    decoder per hop and memory of one chunk. Results are cached per (SAE, feature, direction).
+
+    Directions are compared in the residual stream (:func:`residual_directions`: ``W_dec`` for
+    residual-width hooks, through ``W_O`` for ``attn.hook_z`` and ``W_out`` for
+    ``mlp.hook_post``), so SAEs on different hooks compare. An SAE whose features do not write the
+    residual stream has no links (an empty list).
+
+    It answers the same questions as :class:`FeatureLinks` (``links``, ``links_many``, what
+    :func:`lineage` uses), ranked by cosine; ``correlation`` is None (no activation sample).
+
+    Args:
+        model: a TransformerLens model or handle.
+        saes: SAEs as :func:`bind_saes` takes them.
+        n_links: links kept per feature and direction (default 5).
+        chunk: decoder rows per step (default :data:`LINK_CHUNK`).
+    """
+
+    by = "cosine"
+    n_tokens = 0
+    n_prompts = 0
+    frequency = None
+
+    def __init__(self, model: Any, saes: Any, *, n_links: int = 5, chunk: int = LINK_CHUNK) -> None:
+        self._handle = ModelHandle.wrap(model)
+        self.saes = _as_bound(self._handle, saes)
+        self.hook_names = [b.hook_name for b in self.saes]
+        self.n_links = int(n_links)
+        self.chunk = int(chunk)
+        self._cache: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+
+    def _writes_residual(self, i: int) -> bool:
+        try:
+            _to_residual(self._handle, self.saes[i], self.saes[i].W_dec[:1].detach().float())
+        except SAEError:
+            return False
+        return True
+
+    def _rows(self, i: int) -> Any:
+        b = self.saes[i]
+        return lambda lo, hi: _to_residual(self._handle, b, b.W_dec[lo:hi].detach().float())
+
+    def links(
+        self, sae: int | str, feature: int, direction: Literal["successors", "predecessors"]
+    ) -> list[dict[str, Any]]:
+        """Links of one feature: ``[{"sae", "hook_name", "feature", "correlation", "cosine"}]``."""
+        return self.links_many(sae, [feature], direction)[0]
+
+    def links_many(
+        self, sae: int | str, features: Sequence[int], direction: Literal["successors", "predecessors"]
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`links` of several features of one SAE, with one pass over the other decoder."""
+        i = _sae_index(self.hook_names, sae)
+        for f in features:
+            _check_feature(self.hook_names[i], self.saes[i].d_sae, f)
+        other = i + 1 if direction == "successors" else i - 1
+        if direction not in ("successors", "predecessors"):
+            raise SAEError(f"direction={direction!r}: use 'successors' or 'predecessors'.")
+        if not 0 <= other < len(self.saes) or not (self._writes_residual(i) and self._writes_residual(other)):
+            return [[] for _ in features]
+        todo = sorted({int(f) for f in features if (i, int(f), direction) not in self._cache})
+        if todo:
+            with torch.no_grad():
+                q = self._rows(i)
+                queries = torch.cat([q(f, f + 1) for f in todo])
+                idx, cos = decoder_cosine_top_k(queries, self._rows(other), self.saes[other].d_sae,
+                                                self.n_links, chunk=self.chunk)
+            for row, f in enumerate(todo):
+                self._cache[(i, f, direction)] = [
+                    {"sae": other, "hook_name": self.hook_names[other], "feature": int(g),
+                     "correlation": None, "cosine": float(c)}
+                    for g, c in zip(idx[row].tolist(), cos[row].tolist(), strict=True)
+                ]
+        return [list(self._cache[(i, int(f), direction)]) for f in features]
+
+
 def lineage(
-    links: FeatureLinks, sae: int | str, feature: int, *, per_node: int = 3, per_layer: int = 6,
+    links: FeatureLinks | DecoderLinks, sae: int | str, feature: int, *, per_node: int = 3, per_layer: int = 6,
     min_correlation: float = 0.0,
 ) -> dict[str, Any]:
     """The feature's links followed through every earlier and later SAE (a small flow graph).
@@ -872,8 +1001,9 @@ def lineage(
         layer = start
         while frontier:
             nxt: dict[int, float] = {}
-            for s, f in frontier:
-                for link in links.links(s, f, direction)[:per_node]:  # type: ignore[arg-type]
+            found = links.links_many(layer, [f for _, f in frontier], direction)  # type: ignore[arg-type]
+            for (s, f), out in zip(frontier, found, strict=True):
+                for link in out[:per_node]:
                     value = link[key]
                     if not math.isfinite(value) or value <= min_correlation:
                         continue
@@ -1212,6 +1342,7 @@ def _feature_changes(
 __all__ = [
     "INTERVENTION_MODES",
     "BoundSAE",
+    "DecoderLinks",
     "FeatureChange",
     "FeatureIntervention",
     "FeatureLinks",
@@ -1220,6 +1351,7 @@ __all__ = [
     "LinkTable",
     "LogitEffects",
     "bind_saes",
+    "decoder_cosine_top_k",
     "default_link_prompts",
     "feature_activations",
     "feature_links",

@@ -17,6 +17,7 @@ The maths is in :mod:`mechwidgets.analysis.features`.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from .._tensor import encode_array
 from ..analysis.features import (
     INTERVENTION_MODES,
     BoundSAE,
+    DecoderLinks,
     FeatureIntervention,
     FeatureLinks,
     FeatureTrace,
@@ -50,6 +52,15 @@ LABEL_TOKENS = 3
 DETAIL_TOKENS = 8
 #: Downstream features listed after an intervention.
 N_CHANGES = 12
+#: ``link_by="auto"`` measures activation correlations over a sample (dense, every feature
+#: against every feature of the next SAE) only while the adjacent SAEs' ``d_a x d_b`` products
+#: sum to at most this (well under a second); larger SAEs get lazy decoder-cosine links.
+DENSE_LINK_BUDGET = 2**22
+#: Feature labels (one ``d_model x d_vocab`` product per feature) are all computed when the widget
+#: is built only while ``features x d_model x d_vocab`` stays under this (about a second);
+#: otherwise a token's labels are computed when it is selected.
+LABEL_BUDGET = 2**31
+LINK_MODES = ("auto", "correlation", "cosine")
 
 
 def _predictions_state(pred: Any) -> dict[str, Any]:
@@ -86,11 +97,12 @@ class FeaturesWidget(MechWidget):
     - ``selected_token`` (-1: none), ``selected_feature`` (``{sae, feature}`` or ``{}``)
     - ``feature``: the selected feature's detail: ``activations`` ``[pos]``, ``promoted`` /
       ``suppressed`` logit effects, ``lineage`` (``nodes``, ``edges`` across the SAEs),
-      ``frequency`` on the link sample
+      ``frequency`` on the link sample (None for decoder-cosine links)
     - ``interventions``: ``[{sae, hook_name, feature, mode, value, positions}]`` in force
     - ``intervention``: the last run's predictions, per-token loss before vs after, the
       downstream features that changed, and the edited run's ``overview``
-    - ``links_info``: what the cross-layer links were measured on
+    - ``links_info``: what the cross-layer links were measured on (``by``: ``"correlation"`` or
+      ``"cosine"``)
     """
 
     _bundle = "features.js"
@@ -119,13 +131,20 @@ class FeaturesWidget(MechWidget):
         prompt: str | torch.Tensor,
         *,
         top_k: int = 8,
-        links: FeatureLinks | None = None,
+        links: FeatureLinks | DecoderLinks | None = None,
         link_prompts: Sequence[str] | None = None,
         n_links: int = 5,
+        link_by: str = "auto",
         colour_by: str = "auto",
         max_positions: int = 512,
         **kwargs: Any,
     ) -> None:
+        if link_by not in LINK_MODES:
+            raise SAEError(
+                f"link_by={link_by!r}: use 'correlation' (activations over a sample: every feature "
+                f"against every feature, slow for large SAEs), 'cosine' (decoder directions, "
+                f"computed for the feature you click) or 'auto'."
+            )
         if colour_by not in ("auto", "count", "total"):
             raise SAEError(
                 f"colour_by={colour_by!r}: use 'count' (features firing), 'total' (their summed "
@@ -142,7 +161,13 @@ class FeaturesWidget(MechWidget):
         )
         self._tokens = self.trace.tokens[None].to(handle.device)
         source = "given"
-        if links is None:
+        if links is None and link_by == "auto":
+            pairs = sum(a.d_sae * b.d_sae for a, b in itertools.pairwise(bound))
+            link_by = "correlation" if pairs <= DENSE_LINK_BUDGET else "cosine"
+        if links is None and link_by == "cosine":
+            links = DecoderLinks(handle, bound, n_links=n_links) if len(bound) > 1 else None
+            source = "decoder weights, computed for the feature you select"
+        elif links is None:
             if link_prompts is None:
                 try:
                     link_prompts = default_link_prompts(handle)
@@ -158,14 +183,14 @@ class FeaturesWidget(MechWidget):
                 f"links= was computed for the SAEs {links.hook_names}, not for these "
                 f"({[b.hook_name for b in bound]}): recompute it with feature_links(model, saes)."
             )
-        self.links: FeatureLinks | None = links
+        self.links: FeatureLinks | DecoderLinks | None = links
         self.last_intervention: InterventionResult | None = None
         self._clean_logits: torch.Tensor | None = None
         self._label_cache: list[dict[int, list[str]]] = [{} for _ in bound]
-        labels = self._labels_for(
-            [sorted({int(f) for f in self.trace.top_indices[i].flatten().tolist() if f >= 0})
-             for i in range(len(bound))]
-        )
+        shown = [sorted({int(f) for f in self.trace.top_indices[i].flatten().tolist() if f >= 0})
+                 for i in range(len(bound))]
+        cost = sum(map(len, shown)) * handle.d_model * handle.d_vocab
+        labels = self._labels_for(shown if cost <= LABEL_BUDGET else [[] for _ in bound])
         t = self.trace
         if colour_by == "auto":
             # TopK SAEs fire exactly k features everywhere: their counts say nothing
@@ -231,7 +256,12 @@ class FeaturesWidget(MechWidget):
         n = len(self.trace.str_tokens)
         if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < n:
             raise SAEError(f"token position {pos!r} is out of range: the prompt has positions 0..{n - 1}.")
-        self.selected_token = pos
+        labels = self._labels_for([[int(f) for f in self.trace.top_indices[i, pos].tolist() if f >= 0]
+                                   for i in range(len(self._bound))])
+        with self.hold_sync():
+            if labels != self.feature_labels:
+                self.feature_labels = labels
+            self.selected_token = pos
         return {"pos": pos}
 
     def _req_select_feature(self, sae: Any, feature: int) -> dict[str, Any]:
@@ -250,7 +280,8 @@ class FeaturesWidget(MechWidget):
         freq = None
         if self.links is not None:
             graph = lineage(self.links, i, feature)
-            freq = float(self.links.frequency[i][feature])
+            if self.links.frequency is not None:
+                freq = float(self.links.frequency[i][feature])
         # labels for every node of the lineage, so the flow is readable
         wanted: list[list[int]] = [[] for _ in self._bound]
         for node in graph["nodes"]:
@@ -423,9 +454,10 @@ def show_features(
     prompt: str | torch.Tensor,
     *,
     top_k: int = 8,
-    links: FeatureLinks | None = None,
+    links: FeatureLinks | DecoderLinks | None = None,
     link_prompts: Sequence[str] | None = None,
     n_links: int = 5,
+    link_by: str = "auto",
     colour_by: str = "auto",
     max_positions: int = 512,
 ) -> FeaturesWidget:
@@ -438,10 +470,17 @@ def show_features(
             list or a dict keyed by hook name; any subset of layers.
         prompt: the text to analyse (BOS is prepended), or a token tensor.
         top_k: features kept per token and SAE for the bars (default 8).
-        links: precomputed :func:`~mechwidgets.analysis.features.feature_links` for these SAEs.
+        links: precomputed :func:`~mechwidgets.analysis.features.feature_links` for these SAEs
+            (or a :class:`~mechwidgets.analysis.features.DecoderLinks`).
         link_prompts: sample texts to measure the cross-layer links on (default: the zoo's
             generated text for zoo models, else this prompt alone).
         n_links: links kept per feature and direction (default 5).
+        link_by: how features of adjacent SAEs are linked: ``"correlation"`` of their
+            activations over ``link_prompts`` (computed for every feature when the widget is
+            built; its cost grows with ``d_sae^2``), ``"cosine"`` of their decoder directions
+            (computed lazily, for the feature you select: one chunked pass over the next SAE's
+            decoder, any dictionary size), or ``"auto"`` (default): correlation for small SAEs
+            (adjacent ``d_sae`` products summing to at most 4M), cosine otherwise.
         colour_by: the overview's colour: ``"count"`` of features firing, ``"total"``
             activation, or ``"auto"`` (default): the count, unless every token fires as many
             features (TopK SAEs), then the total.
@@ -458,7 +497,7 @@ def show_features(
     """
     return FeaturesWidget(
         model, saes, prompt, top_k=top_k, links=links, link_prompts=link_prompts,
-        n_links=n_links, colour_by=colour_by, max_positions=max_positions,
+        n_links=n_links, link_by=link_by, colour_by=colour_by, max_positions=max_positions,
     )
 
 
