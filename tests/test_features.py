@@ -143,6 +143,89 @@ def test_activations_equal_sae_lens_encode(model: Any, saes: list[SimpleSAE], un
     assert a.max_abs_logit_change > 1e-3
 
 
+# ------------------------------------------------------------------------------------- sae-lens architectures
+LENS_HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"]
+
+
+def _sae_lens_sae(arch: str, hook: str, seed: int, d_in: int = 32, d_sae: int = 40) -> Any:
+    """An sae-lens SAE of one architecture built from its config (no download), random weights."""
+    from sae_lens.saes.gated_sae import GatedSAE, GatedSAEConfig
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    common = dict(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook),
+                  reshape_activations="hook_z" if hook.endswith("hook_z") else "none")
+    sae: Any = {
+        "standard": lambda: StandardSAE(StandardSAEConfig(**common)),
+        "gated": lambda: GatedSAE(GatedSAEConfig(**common)),
+        "topk": lambda: TopKSAE(TopKSAEConfig(k=5, **common)),
+        "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(**common)),
+    }[arch]()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.4 if name == "W_enc" else 0.1))
+        sae.W_dec.copy_(torch.nn.functional.normalize(sae.W_dec, dim=-1))
+        if arch == "jumprelu":
+            sae.threshold.copy_(torch.rand(d_sae, generator=g) * 0.6)
+    return sae.eval()
+
+
+def _lens_hidden_pre(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """JumpReLU's pre-activation written out: ``(x - b_dec) @ W_enc + b_enc``."""
+    x = x.flatten(-2) if x.shape[-1] != sae.cfg.d_in else x
+    return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+
+
+@pytest.mark.parametrize("arch", ["standard", "gated", "topk", "jumprelu"])
+def test_every_sae_lens_architecture_encodes_and_splices_exactly(model: Any, unchanged: Any, arch: str) -> None:
+    pytest.importorskip("sae_lens")
+    lens = [_sae_lens_sae(arch, h, seed=40 + i) for i, h in enumerate(LENS_HOOKS)]
+    assert [b.hook_name for b in bind_saes(model, lens)] == LENS_HOOKS
+    trace = feature_activations(model, lens, PROMPT)
+    _, cache = cached(model, LENS_HOOKS)
+    for i, sae in enumerate(lens):
+        x = cache[LENS_HOOKS[i]][0]  # hook_z as [pos, head, d_head], as sae-lens takes it
+        with torch.no_grad():
+            f = sae.encode(x)
+        torch.testing.assert_close(trace.dense(i), f, rtol=0, atol=1e-6)
+        assert int((f > 0).sum()) > 0
+        if arch == "jumprelu":  # the thresholds cut: some positive pre-activations stay off
+            with torch.no_grad():
+                pre = _lens_hidden_pre(sae, x)
+            assert bool(((pre > 0) & (f == 0)).any()) and bool((f[f > 0] > sae.threshold.expand_as(f)[f > 0]).all())
+    # a splice at every SAE with an edit that changes no code reproduces the logits
+    zeros = [torch.nonzero(trace.dense(i) == 0)[0].tolist() for i in range(len(LENS_HOOKS))]
+    noop = [FeatureIntervention(h, zeros[i][1], "ablate", positions=[zeros[i][0]])
+            for i, h in enumerate(LENS_HOOKS)]
+    res0 = intervene_features(model, lens, PROMPT, noop, before=trace)
+    assert res0.max_abs_logit_change <= 1e-5
+    # a clamp equals sae-lens's own forward with its error term and the code edited at its hook
+    handle = ModelHandle.wrap(model)
+    toks = handle.tokens(PROMPT)
+    where = [2, toks.shape[1] - 1]  # the last position too: the logits are read there
+    for i, hook in enumerate(LENS_HOOKS):
+        feat = int(trace.top_indices[i, 4, 0])
+        res = intervene_features(model, lens, PROMPT, [FeatureIntervention(hook, feat, "clamp", 3.0, where)], before=trace)
+        sae = lens[i]
+
+        def edit(acts: torch.Tensor, hook: Any, feat: int = feat) -> torch.Tensor:
+            acts = acts.clone()
+            acts[:, where, feat] = 3.0
+            return acts
+
+        sae.use_error_term = True
+        try:
+            with torch.no_grad(), sae.hooks(fwd_hooks=[("hook_sae_acts_post", edit)]):
+                want = model.run_with_hooks(toks, fwd_hooks=[(hook, lambda x, hook, sae=sae: sae(x))])[0, -1]
+        finally:
+            sae.use_error_term = False
+        torch.testing.assert_close(res.logits_after, want, rtol=0, atol=1e-5)
+        assert res.max_abs_logit_change > 1e-4
+
+
 # ------------------------------------------------------------------------------------- splicing
 def test_splicing_with_the_error_term_leaves_logits_unchanged(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
     handle = ModelHandle.wrap(model)

@@ -134,6 +134,9 @@ class BoundSAE:
         sae: the SAE object itself (sae-lens ``SAE`` or the package's protocol).
         d_in, d_sae: input width and number of features.
         label: a short name for views (``"L1 pre"``).
+        z_heads: for an SAE that takes ``hook_z`` as ``[..., head, d_head]`` and returns its
+            reconstruction in that shape (sae-lens's ``reshape_activations="hook_z"``), the number
+            of heads; 0 for SAEs that read and write ``[..., d_in]``.
     """
 
     hook_name: str
@@ -141,6 +144,7 @@ class BoundSAE:
     d_in: int
     d_sae: int
     label: str
+    z_heads: int = 0
 
     @property
     def W_dec(self) -> Float[torch.Tensor, "d_sae d_in"]:
@@ -163,10 +167,15 @@ class BoundSAE:
             )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., d_sae]`` the SAE's own encode (thresholds, gates, top-k included) of ``x``
+        ``[..., d_in]`` (given to the SAE in the shape it takes)."""
+        if self.z_heads and x.shape[-1] == self.d_in:
+            x = x.unflatten(-1, (self.z_heads, self.d_in // self.z_heads))
         return self.sae.encode(x)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return self.sae.decode(f)
+        """``[..., d_in]`` the SAE's own decode of ``f``."""
+        return self.flat(self.sae.decode(f))
 
 
 def _model_dtype(handle: ModelHandle) -> torch.dtype:
@@ -262,7 +271,9 @@ def bind_saes(model: Any, saes: Any) -> list[BoundSAE]:
         d_sae = int(d_sae_attr) if d_sae_attr else int(w_dec.shape[0])
         if d_sae != w_dec.shape[0]:
             raise SAEError(f"{where} ({hook}) says d_sae={d_sae} but W_dec has {w_dec.shape[0]} rows.")
-        bound.append(BoundSAE(hook, sae, int(w_dec.shape[1]), d_sae, short_hook_label(hook)))
+        reshapes = _attr_path(sae, "cfg.reshape_activations") == "hook_z"
+        z_heads = int(handle.cfg.n_heads) if reshapes and hook.endswith("hook_z") else 0
+        bound.append(BoundSAE(hook, sae, int(w_dec.shape[1]), d_sae, short_hook_label(hook), z_heads))
     bound.sort(key=lambda b: _hook_position(b.hook_name, handle.n_layers))
     return bound
 
