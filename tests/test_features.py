@@ -226,6 +226,29 @@ def test_every_sae_lens_architecture_encodes_and_splices_exactly(model: Any, unc
         assert res.max_abs_logit_change > 1e-4
 
 
+def test_simple_sae_jumprelu_equals_sae_lens(tmp_path: Any) -> None:
+    pytest.importorskip("sae_lens")
+    from sae_lens import SAE
+
+    lens = _sae_lens_sae("jumprelu", HOOKS[0], seed=5)
+    mine = SimpleSAE(SimpleSAEConfig(d_in=32, d_sae=40, architecture="jumprelu",
+                                     metadata=SimpleNamespace(hook_name=HOOKS[0])))
+    mine.load_state_dict({k: v.detach().clone() for k, v in lens.state_dict().items()})
+    x = torch.randn(7, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        f = mine.encode(x)
+        torch.testing.assert_close(f, lens.encode(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(mine.decode(f), lens.decode(f), rtol=0, atol=1e-6)
+    assert 0 < int((f > 0).sum()) < f.numel()
+    mine.save_model(tmp_path / "sae")
+    back = SAE.load_from_disk(str(tmp_path / "sae"))
+    assert type(back).__name__ == "JumpReLUSAE"
+    again = SimpleSAE.load_from_disk(tmp_path / "sae")
+    with torch.no_grad():
+        torch.testing.assert_close(back.encode(x), f, rtol=0, atol=1e-6)
+        torch.testing.assert_close(again.encode(x), f, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------- splicing
 def test_splicing_with_the_error_term_leaves_logits_unchanged(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
     handle = ModelHandle.wrap(model)
