@@ -314,16 +314,26 @@ def _word_tokenizer(n_vocab: int) -> Any:
     return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
-def _random_saes(hooks: list[str], d_in: int, d_sae: int, k: int, seed: int = 0) -> dict[str, Any]:
+def _random_saes(hooks: list[str], d_in: int, d_sae: int, k: int, seed: int = 0,
+                 jumprelu_scale: dict[str, float] | None = None) -> dict[str, Any]:
+    """Random TopK SAEs, or JumpReLU SAEs (threshold 3, encoder scaled by ``1 / |x|`` of each
+    hook so that about 0.1% of the features fire) when ``jumprelu_scale`` gives each hook's
+    mean activation norm."""
     from mechwidgets.zoo import SimpleSAE, SimpleSAEConfig
 
     g = torch.Generator().manual_seed(seed)
     saes = {}
     for hook in hooks:
-        sae = SimpleSAE(SimpleSAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=k,
+        arch = "jumprelu" if jumprelu_scale else "topk"
+        sae = SimpleSAE(SimpleSAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch,
+                                        k=k if arch == "topk" else None,
                                         metadata=SimpleNamespace(hook_name=hook)))
         with torch.no_grad():
-            sae.W_enc.normal_(0.0, d_in**-0.5, generator=g)
+            if jumprelu_scale:
+                sae.W_enc.normal_(0.0, 1.0 / jumprelu_scale[hook], generator=g)
+                sae.threshold.fill_(3.0)
+            else:
+                sae.W_enc.normal_(0.0, d_in**-0.5, generator=g)
             sae.W_dec.normal_(0.0, 1.0, generator=g)
             sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
         saes[hook] = sae.eval()
@@ -360,16 +370,22 @@ def _run_scale(args: Any) -> None:
                      d_mlp=9216, d_vocab=50257)
         n_saes, d_sae, k, n_pos = args.gemma_saes, 65536, 64, 64
         what = (f"Gemma-2-2B width (d_model 2304, {shape['n_layers']} layers, vocabulary 50,257), "
-                f"{n_saes} TopK SAEs x 65,536 features")
+                f"{n_saes} JumpReLU SAEs x 65,536 features")
     tok = _word_tokenizer(shape["d_vocab"])
     torch.manual_seed(0)
     model = HookedTransformer(HookedTransformerConfig(
         **shape, n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=0), tokenizer=tok).eval()
     hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_saes)]
-    saes = _random_saes(hooks, shape["d_model"], d_sae, k)
-    weights = sum(p.numel() * p.element_size() for s in saes.values() for p in s.parameters())
     g = torch.Generator().manual_seed(1)
     toks = torch.cat([torch.tensor([0]), torch.randint(2, shape["d_vocab"], (n_pos - 1,), generator=g)])
+    scale = None
+    if args.scale == "gemma":
+        with torch.no_grad():
+            _, cache = model.run_with_cache(toks[None], names_filter=lambda n: n in hooks)
+        scale = {h: float(cache[h][0, 1:].norm(dim=-1).mean()) for h in hooks}
+        del cache
+    saes = _random_saes(hooks, shape["d_model"], d_sae, k, jumprelu_scale=scale)
+    weights = sum(p.numel() * p.element_size() for s in saes.values() for p in s.parameters())
 
     def forward() -> None:
         with torch.no_grad():
@@ -404,6 +420,8 @@ def _run_scale(args: Any) -> None:
     med = statistics.median
     rows = [
         ("plain forward (same prompt)", f"{fwd:.0f} ms", "", f"{n_pos} tokens"),
+        ("features firing per token (median over SAEs)",
+         f"{float(widget.trace.n_active[:, 1:].float().median()):.0f}", "", f"of {d_sae}"),
         ("widget built", f"{build:.0f} ms", "≤ 5000 ms" if args.scale == "gpt2" else "≤ 30000 ms",
          f"{build / fwd:.1f}x forward; links: {widget.links_info['by']}"),
         ("token click (labels of its features)", f"{med(tokens_ms):.0f} ms", "", f"{med(tokens_ms) / fwd:.2f}x forward"),
