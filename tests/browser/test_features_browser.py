@@ -251,3 +251,27 @@ def test_python_driven_updates_reach_the_page(widget_harness: WidgetHarness, set
     changed = int((res.trace_after.n_active != w.trace.n_active).sum())
     expect(m.el.locator(".mw-feat-changed")).to_have_count(changed)
     assert_clean(widget_harness, m)
+
+
+def test_lazy_cosine_links_drawn_on_click(widget_harness: WidgetHarness, model: Any) -> None:
+    w = show_features(model, tiny_saes(), PROMPT, link_by="cosine")
+    m = widget_harness.mount(w)
+    el = m.el
+    pos = 5
+    el.locator(f'[data-testid="token-{pos}"]').click()
+    m.settle()
+    f0 = int(w.trace.top_indices[1, pos, 0])
+    el.locator(f'[data-testid="bar-1-{f0}"]').click()
+    expect(el.locator('[data-testid="feature-title"]')).to_contain_text(f"{w.sae_labels[1]} #{f0} — fires on")
+    m.settle()
+    expect(el.locator('[data-testid="lineage"] .mw-note')).to_contain_text("decoder cosine (line width)")
+    edges = w.feature["lineage"]["edges"]
+    assert edges and all(e["correlation"] is None for e in edges)
+    paths = el.locator('[data-testid="lineage"] path.mw-feat-edge')
+    expect(paths).to_have_count(len(edges))
+    widths = paths.evaluate_all("els => els.map(e => Number(e.getAttribute('stroke-width')))")
+    want = sorted(round(1 + 5 * min(1.0, abs(e["cosine"])), 2) for e in edges)
+    assert sorted(round(x, 2) for x in widths) == want
+    tip = paths.first.locator("title").text_content() or ""
+    assert "decoder cosine" in tip and "correlation" not in tip
+    assert_clean(widget_harness, m)
