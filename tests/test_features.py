@@ -226,6 +226,62 @@ def test_every_sae_lens_architecture_encodes_and_splices_exactly(model: Any, unc
         assert res.max_abs_logit_change > 1e-4
 
 
+def test_sae_lens_transcoder_reads_one_hook_and_edits_another(model: Any, unchanged: Any) -> None:
+    pytest.importorskip("sae_lens")
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
+
+    hook_in, hook_out = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
+    tc = Transcoder(TranscoderConfig(d_in=32, d_sae=40, d_out=32, apply_b_dec_to_input=False,
+                                     metadata=SAEMetadata(hook_name=hook_in, hook_name_out=hook_out)))
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for _, p in tc.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    tc.eval()
+    saes = [tc, make_sae(HOOKS[2], seed=3)]
+    bound = bind_saes(model, saes)
+    assert bound[0].hook_out == hook_out and bound[0].is_transcoder and bound[0].label == "L0 ln2.normalized→mlp"
+    trace = feature_activations(model, saes, PROMPT)
+    _, cache = cached(model, [hook_in, hook_out])
+    with torch.no_grad():
+        f = tc.encode(cache[hook_in][0])
+        err = (cache[hook_out][0] - tc.decode(f)).norm(dim=-1)
+    torch.testing.assert_close(trace.dense(0), f, rtol=0, atol=1e-6)
+    torch.testing.assert_close(trace.error_norm[0], err, rtol=0, atol=1e-5)
+    torch.testing.assert_close(trace.act_norm[0], cache[hook_out][0].norm(dim=-1), rtol=0, atol=1e-5)
+    # an edit: the code read at ln2, the change of its decode added to mlp_out
+    feat = int(trace.top_indices[0, 4, 0])
+    handle = ModelHandle.wrap(model)
+    toks = handle.tokens(PROMPT)
+    where = [2, toks.shape[1] - 1]
+    res = intervene_features(model, saes, PROMPT, [FeatureIntervention(hook_in, feat, "clamp", 4.0, where)], before=trace)
+    seen: dict[str, torch.Tensor] = {}
+
+    def read(x: torch.Tensor, hook: Any) -> None:
+        seen["x"] = x.clone()
+
+    def write(y: torch.Tensor, hook: Any) -> torch.Tensor:
+        f0 = tc.encode(seen["x"])
+        f1 = f0.clone()
+        f1[:, where, feat] = 4.0
+        return y + tc.decode(f1) - tc.decode(f0)
+
+    with torch.no_grad():
+        want = model.run_with_hooks(toks, fwd_hooks=[(hook_in, read), (hook_out, write)])[0, -1]
+    torch.testing.assert_close(res.logits_after, want, rtol=0, atol=1e-5)
+    assert res.max_abs_logit_change > 1e-4
+    assert all(c.sae >= 0 for c in res.changes)
+    # the label and the lazy links read the transcoder's decoder in the residual stream
+    links = DecoderLinks(model, saes, n_links=3)
+    dense = (torch.nn.functional.normalize(tc.W_dec.detach().double(), dim=-1)
+             @ torch.nn.functional.normalize(saes[1].W_dec.detach().double(), dim=-1).T)[feat]
+    assert [lk["feature"] for lk in links.links(0, feat, "successors")] == dense.topk(3).indices.tolist()
+    w = show_features(model, saes, PROMPT, link_by="cosine")
+    w.select_feature(0, feat)
+    assert w.feature["hook_name"] == hook_in
+
+
 def test_simple_sae_jumprelu_equals_sae_lens(tmp_path: Any) -> None:
     pytest.importorskip("sae_lens")
     from sae_lens import SAE

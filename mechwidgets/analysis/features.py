@@ -29,8 +29,17 @@ What this module computes, headless (the feature widget draws it):
 SAEs accepted (see :func:`bind_saes`): sae-lens ``SAE`` objects (sae-lens 6: ``cfg.metadata
 .hook_name``; older: ``cfg.hook_name``) and any object with ``encode``, ``decode``, ``W_dec``
 (``[d_sae, d_in]``), ``hook_name`` and ``d_sae``, such as :class:`mechwidgets.zoo.SimpleSAE`
-(for TransformerLens 4.x users, where sae-lens does not install). Pass them as a list or as a
-dict keyed by hook name; one SAE per hook, any subset of layers.
+(for TransformerLens 4.x users, where sae-lens does not install). Every architecture is
+encoded by its own ``encode`` (ReLU, gated, TopK, JumpReLU with its thresholds); sae-lens SAEs
+that take ``hook_z`` as ``[head, d_head]`` get it in that shape; sae-lens transcoders (read
+``hook_name``, write ``hook_name_out``) are read at one hook and edited at the other. Pass them
+as a list or as a dict keyed by hook name; one SAE per hook, any subset of layers.
+
+At real dictionary sizes (24k–1M features) nothing here is quadratic in ``d_sae`` unless asked:
+:func:`feature_activations` is one forward and one encode per SAE, and :class:`DecoderLinks`
+finds a feature's cross-layer links when it is looked at, by a chunked top-k over the adjacent
+decoder. :func:`feature_links` (activation correlations over a sample) compares every feature
+with every feature of the next SAE: use it for small SAEs.
 """
 
 from __future__ import annotations
@@ -125,6 +134,16 @@ def sae_hook_name(sae: Any) -> str | None:
     return None
 
 
+def sae_hook_name_out(sae: Any) -> str | None:
+    """The hook a transcoder writes (``hook_name_out``, sae-lens: ``cfg.metadata.hook_name_out``);
+    None for an SAE, which writes the hook it reads."""
+    for path in ("hook_name_out", "cfg.metadata.hook_name_out"):
+        value = _attr_path(sae, path)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 @dataclass
 class BoundSAE:
     """One SAE checked against a model: its hook, widths, and encode/decode.
@@ -137,6 +156,10 @@ class BoundSAE:
         z_heads: for an SAE that takes ``hook_z`` as ``[..., head, d_head]`` and returns its
             reconstruction in that shape (sae-lens's ``reshape_activations="hook_z"``), the number
             of heads; 0 for SAEs that read and write ``[..., d_in]``.
+        hook_out: the hook it writes: ``hook_name`` for an SAE; for a transcoder (sae-lens's
+            ``Transcoder``: reads ``hook_name``, e.g. ``ln2.hook_normalized``, and predicts
+            ``hook_name_out``, e.g. ``hook_mlp_out``) the later hook whose activation its
+            decoder reconstructs. ``d_out`` is that hook's width.
     """
 
     hook_name: str
@@ -145,6 +168,16 @@ class BoundSAE:
     d_sae: int
     label: str
     z_heads: int = 0
+    hook_out: str = ""
+    d_out: int = 0
+
+    def __post_init__(self) -> None:
+        self.hook_out = self.hook_out or self.hook_name
+        self.d_out = self.d_out or self.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.hook_out != self.hook_name
 
     @property
     def W_dec(self) -> Float[torch.Tensor, "d_sae d_in"]:
@@ -174,8 +207,11 @@ class BoundSAE:
         return self.sae.encode(x)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """``[..., d_in]`` the SAE's own decode of ``f``."""
-        return self.flat(self.sae.decode(f))
+        """``[..., d_out]`` the SAE's own decode of ``f`` (``hook_z``'s ``[head, d_head]`` flattened)."""
+        out = self.sae.decode(f)
+        if out.shape[-1] != self.d_out and out.ndim >= 2 and out.shape[-2] * out.shape[-1] == self.d_out:
+            return out.flatten(-2)
+        return out
 
 
 def _model_dtype(handle: ModelHandle) -> torch.dtype:
@@ -273,7 +309,18 @@ def bind_saes(model: Any, saes: Any) -> list[BoundSAE]:
             raise SAEError(f"{where} ({hook}) says d_sae={d_sae} but W_dec has {w_dec.shape[0]} rows.")
         reshapes = _attr_path(sae, "cfg.reshape_activations") == "hook_z"
         z_heads = int(handle.cfg.n_heads) if reshapes and hook.endswith("hook_z") else 0
-        bound.append(BoundSAE(hook, sae, int(w_dec.shape[1]), d_sae, short_hook_label(hook), z_heads))
+        hook_out = sae_hook_name_out(sae) or hook
+        if hook_out != hook and not handle.has_hook(hook_out):
+            raise SAEError(
+                f"{where} (a transcoder reading {hook!r}) writes the hook {hook_out!r}, which this "
+                f"model does not have: pass the transcoders trained on this model."
+            )
+        w_enc = _attr_path(sae, "W_enc")
+        d_in = int(w_dec.shape[1])
+        if hook_out != hook and isinstance(w_enc, torch.Tensor) and w_enc.ndim == 2:
+            d_in = int(w_enc.shape[0])
+        label = short_hook_label(hook) if hook_out == hook else f"{short_hook_label(hook)}→{short_hook_label(hook_out).split(' ', 1)[-1]}"
+        bound.append(BoundSAE(hook, sae, d_in, d_sae, label, z_heads, hook_out, int(w_dec.shape[1])))
     bound.sort(key=lambda b: _hook_position(b.hook_name, handle.n_layers))
     return bound
 
@@ -391,10 +438,11 @@ def _final_scale(handle: ModelHandle, resid: torch.Tensor) -> torch.Tensor:
 
 def _encode_all(
     bound: Sequence[BoundSAE], acts: Sequence[torch.Tensor], top_k: int, stats: slice,
-    errors: bool = True,
+    errors: bool = True, outs: Sequence[torch.Tensor | None] | None = None,
 ) -> dict[str, Any]:
     """Encode each SAE's activation ``[pos, ...]``: top-k, counts, sparse values, and (unless
-    ``errors`` is False, when they are NaN) the reconstruction errors."""
+    ``errors`` is False, when they are NaN) the reconstruction errors, against ``outs[i]`` for a
+    transcoder (the activation of the hook it writes)."""
     n_pos = acts[0].shape[0]
     k = max(1, int(top_k))
     top_idx = torch.full((len(bound), n_pos, k), -1, dtype=torch.int32)
@@ -410,7 +458,8 @@ def _encode_all(
         b.check_width(act)
         x = b.flat(act)
         f = b.encode(x)
-        xf = x.float()
+        target = outs[i] if outs is not None and b.is_transcoder else None
+        xf = x.float() if target is None else target.reshape(*x.shape[:-1], b.d_out).float()
         err = (xf - b.decode(f).float()) if errors else torch.full_like(xf, math.nan)
         f = f.float()
         kk = min(k, f.shape[-1])
@@ -468,11 +517,13 @@ def feature_activations(
     tokens = handle.tokens(prompt, max_positions=max_positions)
     final = f"blocks.{handle.n_layers - 1}.hook_resid_post"
     names = [b.hook_name for b in bound]
-    want = [*names, final] if handle.has_hook(final) else names
+    outs = [b.hook_out for b in bound if b.is_transcoder]
+    want = list(dict.fromkeys([*names, *outs, *([final] if handle.has_hook(final) else [])]))
     with handle.session():
         _, cache = handle.run_with_cache(tokens, want, return_type=None)
         stats = _non_bos(tokens, handle)
-        enc = _encode_all(bound, [cache[n][0] for n in names], top_k, stats)
+        enc = _encode_all(bound, [cache[n][0] for n in names], top_k, stats,
+                          outs=[cache[b.hook_out][0] for b in bound])
         ln_scale = float(_final_scale(handle, cache[final][0][stats]).mean()) if final in cache else 1.0
     return FeatureTrace(
         tokens=tokens[0].cpu(),
@@ -524,10 +575,10 @@ def residual_directions(model: Any, sae: BoundSAE, features: Sequence[int]) -> t
 
 
 def _to_residual(handle: ModelHandle, sae: BoundSAE, w: torch.Tensor) -> torch.Tensor:
-    """Decoder rows ``[n, d_in]`` (float) as what they add to the residual stream ``[n, d_model]``."""
-    if sae.d_in == handle.d_model and not sae.hook_name.endswith(("attn.hook_z", "mlp.hook_post")):
+    """Decoder rows ``[n, d_out]`` (float) as what they add to the residual stream ``[n, d_model]``."""
+    if sae.d_out == handle.d_model and not sae.hook_out.endswith(("attn.hook_z", "mlp.hook_post")):
         return w
-    m = re.match(r"blocks\.(\d+)\.(mlp\.hook_post|attn\.hook_z)$", sae.hook_name)
+    m = re.match(r"blocks\.(\d+)\.(mlp\.hook_post|attn\.hook_z)$", sae.hook_out)
     block = handle.model.blocks[int(m.group(1))] if m else None
     if m and m.group(2) == "mlp.hook_post" and block is not None:
         return w @ block.mlp.W_out.detach().float()
@@ -535,7 +586,7 @@ def _to_residual(handle: ModelHandle, sae: BoundSAE, w: torch.Tensor) -> torch.T
         w_o = block.attn.W_O.detach().float()  # [head, d_head, d_model]
         return w @ w_o.reshape(-1, w_o.shape[-1])
     raise SAEError(
-        f"the SAE on {sae.hook_name!r} writes {sae.d_in}-wide vectors, not the residual stream's "
+        f"the SAE on {sae.hook_out!r} writes {sae.d_out}-wide vectors, not the residual stream's "
         f"{handle.d_model}: its logit effects are only defined for residual-stream, attn_out, "
         f"mlp_out, mlp.hook_post and attn.hook_z SAEs."
     )
@@ -1150,12 +1201,15 @@ def splice_hooks(
     decode(f))`` (= ``decode(f_edit) + (x - decode(f))``): with no edit it returns ``x`` itself.
     Only SAEs with an intervention are spliced unless ``splice_all``. ``interventions`` must be
     normalised (:func:`normalise_interventions`). The edited code of each spliced SAE is put in
-    ``record[hook_name]`` (``[batch, pos, d_sae]``) when ``record`` is given.
+    ``record[hook_name]`` (``[batch, pos, d_sae]``) when ``record`` is given. A transcoder is
+    read at its ``hook_name`` and its edit ``decode(f_edit) - decode(f)`` added at its
+    ``hook_out`` (the model's own output there stands in for the error term).
     """
     by_hook: dict[str, list[FeatureIntervention]] = {}
     for iv in interventions:
         by_hook.setdefault(str(iv.hook_name), []).append(iv)
-    hooks = []
+    pending: dict[str, torch.Tensor] = {}  # a transcoder's edit, from the hook it reads to the one it writes
+    hooks: list[tuple[str, Any]] = []
     for b in bound:
         edits = by_hook.get(b.hook_name, [])
         if not edits and not splice_all:
@@ -1175,10 +1229,22 @@ def splice_hooks(
                 record[b.hook_name] = f_edit.detach()
             if not edits:
                 return act
-            out = x + (b.decode(f_edit) - b.decode(f)).to(x.dtype)
+            delta = b.decode(f_edit) - b.decode(f)
+            if b.is_transcoder:  # the edit reaches the hook the transcoder writes
+                pending[b.hook_out] = delta
+                return act
+            out = x + delta.to(x.dtype)
             return out.reshape(act.shape)
 
+        def write(act: torch.Tensor, hook: Any, b: BoundSAE = b) -> torch.Tensor:
+            delta = pending.pop(b.hook_out, None)
+            if delta is None:
+                return act
+            return act + delta.to(act.dtype).reshape(act.shape)
+
         hooks.append((b.hook_name, hook))
+        if b.is_transcoder and edits:
+            hooks.append((b.hook_out, write))
     return hooks
 
 
