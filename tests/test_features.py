@@ -24,6 +24,7 @@ from mechwidgets.analysis.features import (
     bind_saes,
     decoder_cosine_top_k,
     feature_activations,
+    feature_corpus,
     feature_links,
     feature_logit_effects,
     intervene_features,
@@ -525,6 +526,50 @@ def test_widget_with_lazy_links(model: Any, saes: list[SimpleSAE], unchanged: An
             assert edges[((1, f), (2, g))] == pytest.approx(float(dense[g]), abs=1e-5)
     with pytest.raises(SAEError, match="link_by="):
         show_features(model, saes, PROMPT, link_by="dense")
+
+
+
+def test_corpus_panel_equals_a_brute_force_pass(model: Any, unchanged: Any) -> None:
+    sae = make_sae(HOOKS[1], seed=11, arch="standard")
+    corpus = [*SAMPLE, "the store gave a cat to Mary and the mat to John", "F E D C B A"]
+    fc = feature_corpus(model, sae, corpus, k=4, batch_size=3)  # batches of 3 documents: 2 batches
+    handle = ModelHandle.wrap(model)
+    seen: list[tuple[float, int, int, int]] = []  # (value, feature, doc, pos) of every firing
+    n_tok = 0
+    for doc, text in enumerate(corpus):
+        toks = handle.tokens(text)
+        assert torch.equal(fc.tokens[doc], toks[0].cpu())
+        with handle.session():
+            _, cache = handle.run_with_cache(toks, [HOOKS[1]])
+        with torch.no_grad():
+            f = sae.encode(cache[HOOKS[1]][0])[1:]  # BOS excluded
+        n_tok += f.shape[0]
+        for p, feat in (f > 0).nonzero().tolist():
+            seen.append((float(f[p, feat]), feat, doc, p + 1))
+    assert fc.n_tokens == n_tok and fc.n_docs == len(corpus)
+    for feat in range(sae.d_sae):
+        mine = sorted([(v, d, p) for v, g, d, p in seen if g == feat], key=lambda t: -t[0])
+        assert int(fc.count[feat]) == len(mine)
+        assert fc.density(feat) == pytest.approx(len(mine) / n_tok)
+        got = fc.top_contexts(feat)
+        np.testing.assert_allclose([v for v, _, _ in got], [v for v, _, _ in mine[:4]], atol=1e-5, rtol=0)
+        where = {(d, p): v for v, d, p in mine}
+        # the same tokens (equal activations, e.g. the same first word in two documents, may swap)
+        assert len({(d, p) for _, d, p in got}) == len(got)
+        for v, d, p in got:
+            assert where[(d, p)] == pytest.approx(v, abs=1e-5)
+        want_hist = torch.bincount(torch.bucketize(torch.tensor([v for v, _, _ in mine], dtype=torch.float32),
+                                                   fc.hist_edges[1:-1]), minlength=fc.histogram.shape[1])
+        assert torch.equal(fc.histogram[feat].long(), want_hist)
+        # every sample lies in its bin, and comes from a token where the feature fires
+        for b in range(fc.histogram.shape[1]):
+            d, p = int(fc.example_doc[feat, b]), int(fc.example_pos[feat, b])
+            assert (d >= 0) == bool(fc.histogram[feat, b] > 0)
+            if d >= 0:
+                assert int(torch.bucketize(torch.tensor(where[(d, p)]), fc.hist_edges[1:-1])) == b
+        for q, lo, hi, d, p in fc.quantile_samples(feat):
+            assert (d, p) in where and 0 < q < 1 and lo < hi
+    assert any(fc.quantile_samples(f) for f in range(sae.d_sae))
 
 
 
