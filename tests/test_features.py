@@ -27,8 +27,10 @@ from mechwidgets.analysis.features import (
     feature_corpus,
     feature_links,
     feature_logit_effects,
+    features_promoting,
     intervene_features,
     lineage,
+    logit_effect_matrix,
     splice_hooks,
 )
 from mechwidgets.errors import ComponentError, SAEError
@@ -570,6 +572,48 @@ def test_corpus_panel_equals_a_brute_force_pass(model: Any, unchanged: Any) -> N
         for q, lo, hi, d, p in fc.quantile_samples(feat):
             assert (d, p) in where and 0 < q < 1 and lo < hi
     assert any(fc.quantile_samples(f) for f in range(sae.d_sae))
+
+
+
+def test_widget_corpus_panel_job_and_search(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    corpus = [*SAMPLE, "the store gave a cat to Mary"]
+    w = show_features(model, saes, PROMPT, corpus=corpus, link_by="cosine")
+    assert w.corpus_info == {"n_docs": len(corpus), "source": "corpus", "done": []}
+    f = int(w.trace.top_indices[1, 4, 0])
+    w.select_feature(1, f)
+    assert w.feature["corpus"] is None
+    steps: list[dict[str, Any]] = []
+    w.observe(lambda ch: steps.append(dict(ch["new"])) if ch["new"] else None, "progress")
+    sent = request(w, 1, "corpus", sae=1)  # a job: progress per batch, then the reply
+    assert sent[-1]["result"] == {"sae": 1, "n_tokens": w.corpus_stats[1].n_tokens}
+    assert steps and steps[-1]["kind"] == "corpus" and steps[-1]["done"] == steps[-1]["total"] == len(corpus)
+    assert w.progress == {} and w.corpus_info["done"] == [1]
+    want = feature_corpus(model, saes[1], corpus, k=20)
+    panel = w.feature["corpus"]  # the selected feature's detail was refreshed
+    assert panel["density"] == pytest.approx(want.density(f)) and panel["n_tokens"] == want.n_tokens
+    assert [(c["doc"], c["pos"]) for c in panel["top"]] == [(d, p) for _, d, p in want.top_contexts(f)]
+    top = panel["top"][0]
+    doc_strs = ModelHandle.wrap(model).str_tokens(want.tokens[top["doc"]][None])
+    assert top["tokens"][top["highlight"]] == doc_strs[top["pos"]]
+    np.testing.assert_array_equal(decode_array(panel["hist_counts"]), want.histogram[f].numpy())
+    assert encoded_nbytes(w.feature) <= MAX_UPDATE_BYTES
+    # search: a feature number selects it; a token lists the features promoting it most
+    w.search_features(0, "#7")
+    assert w.selected_feature == {"sae": 0, "feature": 7}
+    out = w.search_features(1, " Mary")
+    tok = int(model.to_tokens(" Mary", prepend_bos=False)[0, 0])
+    col = logit_effect_matrix(model, bind_saes(model, [saes[1]])[0], list(range(48)), ln_scale=w.trace.ln_scale)[:, tok]
+    v, i = col.topk(10)
+    assert [x["feature"] for x in out["features"]] == i.tolist() and w.search == out
+    np.testing.assert_allclose([x["effect"] for x in out["features"]], v.numpy(), atol=1e-5, rtol=0)
+    assert features_promoting(model, saes[1], tok, k=3, chunk=7)[0].tolist() == i[:3].tolist()
+    assert all(str(x["feature"]) in w.feature_labels[1] for x in out["features"])
+    with pytest.raises(SAEError, match="one token"):
+        w.search_features(1, " Mary went")
+    # no corpus: the request says what to pass
+    bare = show_features(model, saes, PROMPT, link_by="cosine")
+    with pytest.raises(SAEError, match="corpus="):
+        bare.compute_corpus(0)
 
 
 

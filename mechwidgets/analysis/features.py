@@ -592,13 +592,9 @@ def _to_residual(handle: ModelHandle, sae: BoundSAE, w: torch.Tensor) -> torch.T
     )
 
 
-def logit_effect_matrix(
-    model: Any, sae: BoundSAE, features: Sequence[int], *, ln_scale: float = 1.0
-) -> Float[torch.Tensor, "feature vocab"]:
-    """``[n, d_vocab]`` direct logit effect of a unit of each feature (see
-    :func:`feature_logit_effects` for the convention)."""
-    handle = ModelHandle.wrap(model)
-    d = residual_directions(handle, sae, features)
+def _through_final_norm(handle: ModelHandle, d: torch.Tensor) -> torch.Tensor:
+    """Residual directions ``[n, d_model]`` through the final norm's linear part (centred for
+    LayerNorm, times ``ln_final.w`` when the model has one unfolded)."""
     norm = str(getattr(handle.cfg, "normalization_type", None) or "")
     if norm.startswith("LN"):
         d = d - d.mean(-1, keepdim=True)  # the final LayerNorm removes the mean
@@ -606,8 +602,41 @@ def logit_effect_matrix(
     w_ln = getattr(ln, "w", None) if ln is not None else None
     if isinstance(w_ln, torch.Tensor):
         d = d * w_ln.detach().float()
+    return d
+
+
+def logit_effect_matrix(
+    model: Any, sae: BoundSAE, features: Sequence[int], *, ln_scale: float = 1.0
+) -> Float[torch.Tensor, "feature vocab"]:
+    """``[n, d_vocab]`` direct logit effect of a unit of each feature (see
+    :func:`feature_logit_effects` for the convention)."""
+    handle = ModelHandle.wrap(model)
+    d = _through_final_norm(handle, residual_directions(handle, sae, features))
     w_u = handle.model.W_U.detach().float()
     return (d @ w_u) * float(ln_scale)
+
+
+def features_promoting(
+    model: Any, sae: Any, token: int, *, k: int = 10, ln_scale: float = 1.0, chunk: int = 4096,
+) -> tuple[Int[torch.Tensor, " k"], Float[torch.Tensor, " k"]]:
+    """The ``k`` features whose direct logit effect (as :func:`feature_logit_effects`) raises
+    ``token`` most: one column of the effect matrix, computed a chunk of features at a time.
+
+    Returns:
+        ``(features, effects)``, largest effect first.
+    """
+    handle = ModelHandle.wrap(model)
+    b = sae if isinstance(sae, BoundSAE) else bind_saes(handle, [sae])[0]
+    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < handle.d_vocab:
+        raise SAEError(f"token id {token!r} is out of range: the vocabulary has ids 0..{handle.d_vocab - 1}.")
+    col = handle.model.W_U[:, token].detach().float()
+    with torch.no_grad():
+        scores = torch.cat([
+            _through_final_norm(handle, _to_residual(handle, b, b.W_dec[lo:lo + chunk].detach().float())) @ col
+            for lo in range(0, b.d_sae, chunk)
+        ]) * float(ln_scale)
+    v, f = scores.topk(min(int(k), b.d_sae))
+    return f, v
 
 
 def feature_logit_effects(
@@ -1617,6 +1646,7 @@ __all__ = [
     "feature_corpus",
     "feature_links",
     "feature_logit_effects",
+    "features_promoting",
     "intervene_features",
     "iter_feature_corpus",
     "lineage",

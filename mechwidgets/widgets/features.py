@@ -30,6 +30,7 @@ from ..analysis.features import (
     INTERVENTION_MODES,
     BoundSAE,
     DecoderLinks,
+    FeatureCorpus,
     FeatureIntervention,
     FeatureLinks,
     FeatureTrace,
@@ -38,7 +39,9 @@ from ..analysis.features import (
     default_link_prompts,
     feature_activations,
     feature_links,
+    features_promoting,
     intervene_features,
+    iter_feature_corpus,
     lineage,
     logit_effect_matrix,
 )
@@ -61,6 +64,10 @@ DENSE_LINK_BUDGET = 2**22
 #: otherwise a token's labels are computed when it is selected.
 LABEL_BUDGET = 2**31
 LINK_MODES = ("auto", "correlation", "cosine")
+#: Tokens shown before / after the activating token of a corpus context.
+CONTEXT_BEFORE, CONTEXT_AFTER = 10, 3
+#: Features listed by a search for a token.
+N_SEARCH = 10
 
 
 def _predictions_state(pred: Any) -> dict[str, Any]:
@@ -103,6 +110,11 @@ class FeaturesWidget(MechWidget):
       downstream features that changed, and the edited run's ``overview``
     - ``links_info``: what the cross-layer links were measured on (``by``: ``"correlation"`` or
       ``"cosine"``)
+    - ``corpus_info``: ``{n_docs, source, done: [SAE indices whose corpus panel is computed]}``;
+      the ``corpus`` request (a job with progress and cancel) computes one SAE's panel, which
+      ``feature["corpus"]`` then carries: top-activating contexts, quantile samples, density and
+      histogram
+    - ``search``: the last ``search`` request's answer (features promoting a token)
     """
 
     _bundle = "features.js"
@@ -123,6 +135,8 @@ class FeaturesWidget(MechWidget):
     interventions: traitlets.List[dict[str, Any]] = traitlets.List([]).tag(sync=True)
     intervention = traitlets.Dict({}).tag(sync=True)
     links_info = traitlets.Dict({}).tag(sync=True)
+    corpus_info = traitlets.Dict({}).tag(sync=True)
+    search = traitlets.Dict({}).tag(sync=True)
 
     def __init__(
         self,
@@ -137,6 +151,7 @@ class FeaturesWidget(MechWidget):
         link_by: str = "auto",
         colour_by: str = "auto",
         max_positions: int = 512,
+        corpus: Sequence[str] | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> None:
         if link_by not in LINK_MODES:
@@ -184,6 +199,16 @@ class FeaturesWidget(MechWidget):
                 f"({[b.hook_name for b in bound]}): recompute it with feature_links(model, saes)."
             )
         self.links: FeatureLinks | DecoderLinks | None = links
+        corpus_source = "corpus"
+        if corpus is None:
+            try:
+                corpus = default_link_prompts(handle)
+                corpus_source = "zoo sample text"
+            except SAEError:
+                corpus_source = ""
+        self._corpus = corpus
+        #: per SAE index, its corpus panel once the ``corpus`` job has computed it
+        self.corpus_stats: dict[int, FeatureCorpus] = {}
         self.last_intervention: InterventionResult | None = None
         self._clean_logits: torch.Tensor | None = None
         self._label_cache: list[dict[int, list[str]]] = [{} for _ in bound]
@@ -220,6 +245,7 @@ class FeaturesWidget(MechWidget):
                 "by": links.by if links else "",
                 "source": source if links else "no links: a single SAE",
             },
+            corpus_info={"n_docs": 0 if corpus is None else len(corpus), "source": corpus_source, "done": []},
             **kwargs,
         )
 
@@ -299,6 +325,7 @@ class FeaturesWidget(MechWidget):
             "frequency": freq,
             "max_activation": float(acts.max()),
             "ln_scale": t.ln_scale,
+            "corpus": self._corpus_state(i, feature),
         }
         with self.hold_sync():
             if labels != self.feature_labels:
@@ -306,6 +333,68 @@ class FeaturesWidget(MechWidget):
             self.feature = detail
             self.selected_feature = {"sae": i, "feature": feature}
         return {"sae": i, "feature": feature}
+
+    def _context(self, fc: FeatureCorpus, doc: int, pos: int) -> dict[str, Any]:
+        toks = fc.tokens[doc]
+        lo, hi = max(0, pos - CONTEXT_BEFORE), min(toks.shape[0], pos + CONTEXT_AFTER + 1)
+        strs = [str(x) for x in self._handle.model.to_str_tokens(toks[lo:hi])]
+        return {"doc": doc, "pos": pos, "tokens": strs, "highlight": pos - lo}
+
+    def _corpus_state(self, i: int, feature: int) -> dict[str, Any] | None:
+        fc = self.corpus_stats.get(i)
+        if fc is None:
+            return None
+        return {
+            "n_tokens": fc.n_tokens, "n_docs": fc.n_docs, "density": fc.density(feature),
+            "top": [{**self._context(fc, d, p), "value": v} for v, d, p in fc.top_contexts(feature)],
+            "quantiles": [{**self._context(fc, d, p), "q": q, "low": lo, "high": hi}
+                          for q, lo, hi, d, p in fc.quantile_samples(feature)],
+            "hist_edges": encode_array(fc.hist_edges),
+            "hist_counts": encode_array(fc.histogram[feature], "int32"),
+        }
+
+    def _req_corpus(self, sae: Any) -> Any:
+        """Compute one SAE's corpus panel (a job: progress after each batch, cancellable)."""
+        i = self._sae(sae)
+        if self._corpus is None:
+            raise SAEError(
+                "no corpus to compute the feature panel over: pass corpus= to show_features (a "
+                "list of texts like the SAEs' training data, or a [docs, pos] token tensor)."
+            )
+        return self._corpus_job(i)
+
+    def _corpus_job(self, i: int) -> Any:
+        fc = yield from iter_feature_corpus(self._handle, self._bound[i], self._corpus)  # type: ignore[arg-type]
+        self.corpus_stats[i] = fc
+        with self.hold_sync():
+            self.corpus_info = {**self.corpus_info, "done": sorted(self.corpus_stats)}
+            sel = self.selected_feature
+            if sel and sel.get("sae") == i and self.feature:
+                self.feature = {**self.feature, "corpus": self._corpus_state(i, int(sel["feature"]))}
+        return {"sae": i, "n_tokens": fc.n_tokens}
+
+    def _req_search(self, sae: Any, query: str) -> dict[str, Any]:
+        """``#123`` or ``123`` selects that feature; a token lists the features whose direct
+        logit effect raises it most (the column of the effect matrix: one product per feature)."""
+        i = self._sae(sae)
+        q = str(query)
+        number = q.strip().lstrip("#")
+        if number.isdigit():
+            self._req_select_feature(i, self._check_feature(i, int(number)))
+            out: dict[str, Any] = {"sae": i, "query": q, "feature": int(number), "features": []}
+        else:  # a token: its leading space is part of it (" Mary" is not "Mary")
+            ids = self._handle.model.to_tokens(q, prepend_bos=False)[0].tolist() if q.strip() else []
+            if len(ids) != 1:
+                raise SAEError(f"search {q!r}: give a feature number (#123) or one token (it is {len(ids)} tokens).")
+            f, v = features_promoting(self._handle, self._bound[i], ids[0], k=N_SEARCH,
+                                      ln_scale=self.trace.ln_scale)
+            labels = self._labels_for([f.tolist() if j == i else [] for j in range(len(self._bound))])
+            if labels != self.feature_labels:
+                self.feature_labels = labels
+            out = {"sae": i, "query": q, "token": str(self._handle.model.to_str_tokens(torch.tensor(ids))[0]),
+                   "features": [{"feature": int(a), "effect": float(e)} for a, e in zip(f, v, strict=True)]}
+        self.search = out
+        return out
 
     def _req_intervene(self, interventions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         edits = []
@@ -387,6 +476,16 @@ class FeaturesWidget(MechWidget):
         """
         self._call("select_feature", sae=sae, feature=feature)
 
+    def compute_corpus(self, sae: int | str) -> FeatureCorpus:
+        """Compute one SAE's corpus panel (top contexts, quantile samples, density, histogram)
+        over the widget's corpus, as the panel's button does; kept per SAE."""
+        self._call("corpus", sae=sae)
+        return self.corpus_stats[self._sae(sae)]
+
+    def search_features(self, sae: int | str, query: str) -> dict[str, Any]:
+        """Jump to a feature (``"#123"``) or list the features promoting a token (``" Mary"``)."""
+        return self._call("search", sae=sae, query=query)  # type: ignore[no-any-return]
+
     def _set_intervention(self, sae: int | str, feature: int, mode: str, value: float,
                           positions: Sequence[int] | None) -> InterventionResult | None:
         i = self._sae(sae)
@@ -460,6 +559,7 @@ def show_features(
     link_by: str = "auto",
     colour_by: str = "auto",
     max_positions: int = 512,
+    corpus: Sequence[str] | torch.Tensor | None = None,
 ) -> FeaturesWidget:
     """Show which SAE features fire on each token, their lineage across layers, and live edits.
 
@@ -485,6 +585,9 @@ def show_features(
             activation, or ``"auto"`` (default): the count, unless every token fires as many
             features (TopK SAEs), then the total.
         max_positions: refuse longer prompts (default 512).
+        corpus: texts (or a ``[docs, pos]`` token tensor) for the feature panel's top-activating
+            contexts, quantile samples and density, computed per SAE on request (a job with
+            progress); default: the zoo's generated text for zoo models, else none.
 
     Returns:
         The :class:`FeaturesWidget`; display it, or drive it from Python:
@@ -498,6 +601,7 @@ def show_features(
     return FeaturesWidget(
         model, saes, prompt, top_k=top_k, links=links, link_prompts=link_prompts,
         n_links=n_links, link_by=link_by, colour_by=colour_by, max_positions=max_positions,
+        corpus=corpus,
     )
 
 
