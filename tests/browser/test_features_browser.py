@@ -254,17 +254,22 @@ def test_python_driven_updates_reach_the_page(widget_harness: WidgetHarness, set
     assert_clean(widget_harness, m)
 
 
+def open_feature(harness: WidgetHarness, w: Any, pos: int = 5, sae: int = 1) -> Any:
+    """Mount the widget, click a token, then its SAE's top feature; the mounted widget."""
+    m = harness.mount(w)
+    m.el.locator(f'[data-testid="token-{pos}"]').click()
+    m.settle()
+    f0 = int(w.trace.top_indices[sae, pos, 0])
+    m.el.locator(f'[data-testid="bar-{sae}-{f0}"]').click()
+    expect(m.el.locator('[data-testid="feature-title"]')).to_contain_text(f"{w.sae_labels[sae]} #{f0} — fires on")
+    m.settle()
+    return m
+
+
 def test_lazy_cosine_links_drawn_on_click(widget_harness: WidgetHarness, model: Any) -> None:
     w = show_features(model, tiny_saes(), PROMPT, link_by="cosine")
-    m = widget_harness.mount(w)
+    m = open_feature(widget_harness, w)
     el = m.el
-    pos = 5
-    el.locator(f'[data-testid="token-{pos}"]').click()
-    m.settle()
-    f0 = int(w.trace.top_indices[1, pos, 0])
-    el.locator(f'[data-testid="bar-1-{f0}"]').click()
-    expect(el.locator('[data-testid="feature-title"]')).to_contain_text(f"{w.sae_labels[1]} #{f0} — fires on")
-    m.settle()
     expect(el.locator('[data-testid="lineage"] .mw-note')).to_contain_text("decoder cosine (line width)")
     edges = w.feature["lineage"]["edges"]
     assert edges and all(e["correlation"] is None for e in edges)
@@ -281,14 +286,8 @@ def test_lazy_cosine_links_drawn_on_click(widget_harness: WidgetHarness, model: 
 def test_corpus_panel_and_search_box(widget_harness: WidgetHarness, model: Any) -> None:
     corpus = [PROMPT, "the cat sat on the mat and then ran to the store", "A B C D A B C D", "Mary gave a drink to John"]
     w = show_features(model, tiny_saes(), PROMPT, link_by="cosine", corpus=corpus)
-    m = widget_harness.mount(w)
+    m = open_feature(widget_harness, w)
     el = m.el
-    pos = 5
-    el.locator(f'[data-testid="token-{pos}"]').click()
-    m.settle()
-    f0 = int(w.trace.top_indices[1, pos, 0])
-    el.locator(f'[data-testid="bar-1-{f0}"]').click()
-    m.settle()
     button = el.locator('[data-testid="corpus-compute"]')
     expect(button).to_contain_text(f"over {len(corpus)} documents")
     button.click()
