@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="toy (default; then gpt2 in a subprocess unless --no-scale), or only a real-size case")
     parser.add_argument("--no-scale", action="store_true", help="skip the real-size case")
     parser.add_argument("--gemma-saes", type=int, default=2, help="SAEs in the Gemma-width case (default 2)")
+    parser.add_argument("--corpus-tokens", type=int, default=4096,
+                        help="tokens of the corpus-panel row at real size (default 4096; issue 19 names 100k)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: steady on a shared 2-core machine)")
     args = parser.parse_args(argv if argv is not None else [])
@@ -361,6 +363,7 @@ def _run_scale(args: Any) -> None:
 
     from mechwidgets.widgets.features import show_features
 
+    shape: dict[str, Any]
     if args.scale == "gpt2":
         shape = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257)
         n_saes, d_sae, k, n_pos = 12, 24576, 32, N_POS
@@ -417,6 +420,21 @@ def _run_scale(args: Any) -> None:
             steers.append((time.perf_counter() - t0) * 1000)
     peak = _rss("VmHWM") if reset else 0
     budget = weights + 2**30
+    # the corpus panel of one SAE: documents of 128 tokens, as the widget's job runs it
+    n_docs = max(1, args.corpus_tokens // N_POS)
+    corpus = torch.randint(2, shape["d_vocab"], (n_docs, N_POS), generator=g)
+    corpus[:, 0] = 0
+    steps: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    widget._corpus = corpus
+    widget.observe(lambda ch: steps.append(ch["new"]) if ch["new"] else None, "progress")
+    fc = widget.compute_corpus(min(1, n_saes - 1))
+    corpus_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, n_docs, 8):
+            model(corpus[lo:lo + 8], return_type=None)
+    corpus_fwd = time.perf_counter() - t0
     med = statistics.median
     rows = [
         ("plain forward (same prompt)", f"{fwd:.0f} ms", "", f"{n_pos} tokens"),
@@ -436,6 +454,9 @@ def _run_scale(args: Any) -> None:
         ("peak resident (whole widget phase)", f"{peak / 2**30:.2f} GiB" if reset else "n/a",
          f"≤ {(rss0 - weights + budget) / 2**30:.2f} GiB",
          "budget: model and process before the SAEs + SAE weights + 1 GiB"),
+        (f"corpus panel, one SAE, {fc.n_tokens} tokens", f"{corpus_s:.1f} s", "",
+         f"{corpus_s / corpus_fwd:.2f}x the plain forward over the same batches ({corpus_fwd:.1f} s); "
+         f"{len(steps)} progress steps; at this rate 100k tokens: {corpus_s * 1e5 / max(1, fc.n_tokens):.0f} s"),
     ]
     if args.scale == "gemma":
         rows.append(("per SAE", f"{build / n_saes:.0f} ms built", "",
@@ -443,10 +464,10 @@ def _run_scale(args: Any) -> None:
                      f"{weights / n_saes / 2**30:.2f} GiB per SAE"))
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"\nSAE features at real size — {what}; torch threads {torch.get_num_threads()}{load}")
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [max(len(row[c]) for row in rows) for c in range(3)]
     print(f"{'measure':<{widths[0]}}  {'value':>{widths[1]}}  {'target':<{widths[2]}}  notes")
-    for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
 
 
 if __name__ == "__main__":

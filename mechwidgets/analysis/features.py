@@ -610,8 +610,16 @@ def logit_effect_matrix(
 ) -> Float[torch.Tensor, "feature vocab"]:
     """``[n, d_vocab]`` direct logit effect of a unit of each feature (see
     :func:`feature_logit_effects` for the convention)."""
+    return logit_effects_of(model, residual_directions(model, sae, features), ln_scale=ln_scale)
+
+
+def logit_effects_of(
+    model: Any, directions: Float[torch.Tensor, "n d_model"], *, ln_scale: float = 1.0
+) -> Float[torch.Tensor, "n vocab"]:
+    """``[n, d_vocab]`` direct logit effect of residual directions (e.g. several SAEs' features
+    from :func:`residual_directions`, concatenated: one pass over ``W_U`` for all of them)."""
     handle = ModelHandle.wrap(model)
-    d = _through_final_norm(handle, residual_directions(handle, sae, features))
+    d = _through_final_norm(handle, directions.float())
     w_u = handle.model.W_U.detach().float()
     return (d @ w_u) * float(ln_scale)
 
@@ -1651,6 +1659,7 @@ __all__ = [
     "iter_feature_corpus",
     "lineage",
     "logit_effect_matrix",
+    "logit_effects_of",
     "normalise_interventions",
     "residual_directions",
     "sae_hook_name",

@@ -44,6 +44,8 @@ from ..analysis.features import (
     iter_feature_corpus,
     lineage,
     logit_effect_matrix,
+    logit_effects_of,
+    residual_directions,
 )
 from ..errors import SAEError
 from ._base import MechWidget
@@ -251,17 +253,21 @@ class FeaturesWidget(MechWidget):
 
     # ------------------------------------------------------------ helpers
     def _labels_for(self, features: Sequence[Sequence[int]]) -> list[dict[str, list[str]]]:
-        """Top promoted tokens of features (cached), as the ``feature_labels`` trait's shape."""
-        for i, feats in enumerate(features):
-            new = [f for f in feats if f not in self._label_cache[i]]
-            if not new:
-                continue
+        """Top promoted tokens of features (cached), as the ``feature_labels`` trait's shape.
+        The new features of every SAE go through the unembedding together (one pass over
+        ``W_U``, the largest matrix read here)."""
+        new = [(i, f) for i, feats in enumerate(features) for f in dict.fromkeys(feats)
+               if f not in self._label_cache[i]]
+        if new:
             with torch.no_grad():
-                eff = logit_effect_matrix(self._handle, self._bound[i], new, ln_scale=self.trace.ln_scale)
+                dirs = torch.cat([residual_directions(self._handle, self._bound[i], [f for j, f in new if j == i])
+                                  for i in sorted({i for i, _ in new})])
+                eff = logit_effects_of(self._handle, dirs, ln_scale=self.trace.ln_scale)
             ids = eff.topk(min(LABEL_TOKENS, eff.shape[-1]), dim=-1).indices
             uniq = sorted(set(ids.flatten().tolist()))
             strs = dict(zip(uniq, self._handle.model.to_str_tokens(torch.tensor(uniq)), strict=True))
-            for f, row in zip(new, ids.tolist(), strict=True):
+            order = sorted(new, key=lambda t: t[0])  # the rows of dirs: by SAE, then as asked
+            for (i, f), row in zip(order, ids.tolist(), strict=True):
                 self._label_cache[i][f] = [str(strs[t]) for t in row]
         return [{str(f): toks for f, toks in sorted(cache.items())} for cache in self._label_cache]
 
