@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> None:
 
             cmd = [sys.executable, "-m", "benchmarks.bench_features", "--scale", "gpt2",
                    "--threads", str(max(args.threads, 2)), "--repeats", str(min(args.repeats, 5))]
-            subprocess.run(cmd, cwd=str(REPO), check=False)
+            done = subprocess.run(cmd, cwd=str(REPO), check=False, capture_output=True, text=True)
+            print(done.stdout)  # through sys.stdout, so that benchmarks.run records it too
+            if done.returncode:
+                print(f"(the real-size case failed: {done.stderr.strip().splitlines()[-1:]})")
     finally:
         torch.set_num_threads(threads_before)
 
