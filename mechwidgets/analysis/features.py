@@ -959,12 +959,15 @@ def feature_links(
     )
 
 
-#: Decoder rows scanned at once by the lazy links (:class:`DecoderLinks`): ``chunk x d_in`` floats.
-LINK_CHUNK = 4096
+#: Decoder rows scanned at once by the lazy links (:class:`DecoderLinks`): at most a
+#: ``chunk x d_model`` copy (for SAEs whose rows are mapped into the residual stream) and a
+#: ``queries x chunk`` block of cosines are held at a time.
+LINK_CHUNK = 16384
 
 
 def decoder_cosine_top_k(
     queries: Float[torch.Tensor, "n d"], rows: Any, n_rows: int, k: int, *, chunk: int = LINK_CHUNK,
+    norms: torch.Tensor | None = None,
 ) -> tuple[Int[torch.Tensor, "n k"], Float[torch.Tensor, "n k"]]:
     """The ``k`` rows most cosine-similar to each query, scanning the rows one chunk at a time.
 
@@ -975,6 +978,7 @@ def decoder_cosine_top_k(
         n_rows: how many rows there are.
         k: how many to keep per query (at most ``n_rows``).
         chunk: rows per step (default :data:`LINK_CHUNK`).
+        norms: ``[n_rows]`` the rows' norms, if known (saves a pass over each chunk).
 
     Returns:
         ``(indices, cosines)``, each ``[n, k]``, most similar first: exactly the top-k of the dense
@@ -987,7 +991,8 @@ def decoder_cosine_top_k(
     for lo in range(0, n_rows, chunk):
         hi = min(n_rows, lo + chunk)
         w = rows(lo, hi)
-        cos = (q @ w.T) / w.norm(dim=-1).clamp(min=1e-12)  # [n, hi - lo]
+        norm = w.norm(dim=-1) if norms is None else norms[lo:hi]
+        cos = (w @ q.T).T / norm.clamp(min=1e-12)  # [n, hi - lo]
         v, i = cos.topk(min(k, hi - lo), dim=1)
         v, order = torch.cat([best_v, v], 1).topk(min(k, best_v.shape[1] + v.shape[1]), dim=1)
         best_i = torch.cat([best_i, i + lo], 1).gather(1, order)
@@ -1032,6 +1037,17 @@ class DecoderLinks:
         self.n_links = int(n_links)
         self.chunk = int(chunk)
         self._cache: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+        self._norms: dict[int, torch.Tensor] = {}
+
+    def _row_norms(self, i: int) -> torch.Tensor:
+        """``[d_sae]`` the norms of SAE ``i``'s rows in the residual stream (one chunked pass,
+        the first time they are needed)."""
+        if i not in self._norms:
+            rows, d = self._rows(i), self.saes[i].d_sae
+            with torch.no_grad():
+                self._norms[i] = torch.cat([rows(lo, min(d, lo + self.chunk)).norm(dim=-1)
+                                            for lo in range(0, d, self.chunk)])
+        return self._norms[i]
 
     def _writes_residual(self, i: int) -> bool:
         try:
@@ -1039,6 +1055,14 @@ class DecoderLinks:
         except SAEError:
             return False
         return True
+
+    def prepare(self) -> DecoderLinks:
+        """Compute every SAE's row norms now (one pass over each decoder), so that the first
+        click costs no more than later ones; returns ``self``."""
+        for i in range(len(self.saes)):
+            if self._writes_residual(i):
+                self._row_norms(i)
+        return self
 
     def _rows(self, i: int) -> Any:
         b = self.saes[i]
@@ -1068,7 +1092,7 @@ class DecoderLinks:
                 q = self._rows(i)
                 queries = torch.cat([q(f, f + 1) for f in todo])
                 idx, cos = decoder_cosine_top_k(queries, self._rows(other), self.saes[other].d_sae,
-                                                self.n_links, chunk=self.chunk)
+                                                self.n_links, chunk=self.chunk, norms=self._row_norms(other))
             for row, f in enumerate(todo):
                 self._cache[(i, f, direction)] = [
                     {"sae": other, "hook_name": self.hook_names[other], "feature": int(g),

@@ -182,7 +182,7 @@ class FeaturesWidget(MechWidget):
             pairs = sum(a.d_sae * b.d_sae for a, b in itertools.pairwise(bound))
             link_by = "correlation" if pairs <= DENSE_LINK_BUDGET else "cosine"
         if links is None and link_by == "cosine":
-            links = DecoderLinks(handle, bound, n_links=n_links) if len(bound) > 1 else None
+            links = DecoderLinks(handle, bound, n_links=n_links).prepare() if len(bound) > 1 else None
             source = "decoder weights, computed for the feature you select"
         elif links is None:
             if link_prompts is None:
