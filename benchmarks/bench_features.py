@@ -20,6 +20,18 @@ Rows (median of ``--repeats``; torch on ``--threads`` CPU threads, default 1):
 - **largest update**: the biggest kernel → page message seen (target ≤ 4 MiB); the initial state
   (with the ESM and CSS) is listed separately.
 
+Real size (issue 19), run in a fresh process so that its memory figures are its own
+(``--scale gpt2``; ``main()`` runs it after the toy rows unless ``--no-scale``): a randomly
+initialised GPT-2-small-shaped model (12 layers, d_model 768, vocabulary 50,257) with 12 random
+TopK SAEs (24,576 features, k 32) on every ``hook_resid_pre``, a 128-token prompt: widget built
+(target ≤ 5 s), feature click with its lineage (≤ 300 ms of kernel time), token click (labels),
+steer click (≤ 500 ms), each also as a multiple of the plain forward on the same prompt in the
+same run; peak memory (VmHWM, reset after the model and SAEs are built) above the resident size
+before the widget, against a budget of the SAEs' weights + 1 GB. ``--scale gemma`` measures a
+scaled-down Gemma-2-2B width case (d_model 2,304, 65,536-feature TopK SAEs, 64 tokens; see
+``--gemma-saes``): the full 26 SAEs (about 31 GB of weights) do not fit a 24 GB machine, so the
+figures are reported per SAE.
+
 Run: ``python benchmarks/bench_features.py [--repeats 15]`` (``make bench`` runs every bench).
 """
 
@@ -198,13 +210,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--scale", choices=("toy", "gpt2", "gemma"), default="toy",
+                        help="toy (default; then gpt2 in a subprocess unless --no-scale), or only a real-size case")
+    parser.add_argument("--no-scale", action="store_true", help="skip the real-size case")
+    parser.add_argument("--gemma-saes", type=int, default=2, help="SAEs in the Gemma-width case (default 2)")
+    parser.add_argument("--corpus-tokens", type=int, default=4096,
+                        help="tokens of the corpus-panel row at real size (default 4096; issue 19 names 100k)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: steady on a shared 2-core machine)")
     args = parser.parse_args(argv if argv is not None else [])
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
+        if args.scale != "toy":
+            _run_scale(args)
+            return
         _run(args)
+        if not args.no_scale:
+            import subprocess
+
+            cmd = [sys.executable, "-m", "benchmarks.bench_features", "--scale", "gpt2",
+                   "--threads", str(max(args.threads, 2)), "--repeats", str(min(args.repeats, 5))]
+            done = subprocess.run(cmd, cwd=str(REPO), check=False, capture_output=True, text=True)
+            print(done.stdout)  # through sys.stdout, so that benchmarks.run records it too
+            if done.returncode:
+                print(f"(the real-size case failed: {done.stderr.strip().splitlines()[-1:]})")
     finally:
         torch.set_num_threads(threads_before)
 
@@ -269,6 +299,178 @@ def _run(args: Any) -> None:
     print(f"{'measure':<{widths[0]}}  {'value':>{widths[1]}}  {'target':<{widths[2]}}  notes")
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+
+
+# ----------------------------------------------------------------------------------- real size
+def _word_tokenizer(n_vocab: int) -> Any:
+    """A word-level tokenizer of ``n_vocab`` tokens (``w0``, `` w1``, ...; BOS is 0), offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<unk>": 1}
+    for i in range(2, n_vocab):
+        vocab[f" w{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_next")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>", unk_token="<unk>", pad_token="<|endoftext|>")
+    folder = Path(tempfile.mkdtemp(prefix="mw-bench-words-"))
+    fast.save_pretrained(str(folder))
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
+
+
+def _random_saes(hooks: list[str], d_in: int, d_sae: int, k: int, seed: int = 0,
+                 jumprelu_scale: dict[str, float] | None = None) -> dict[str, Any]:
+    """Random TopK SAEs, or JumpReLU SAEs (threshold 3, encoder scaled by ``1 / |x|`` of each
+    hook so that about 0.1% of the features fire) when ``jumprelu_scale`` gives each hook's
+    mean activation norm."""
+    from mechwidgets.zoo import SimpleSAE, SimpleSAEConfig
+
+    g = torch.Generator().manual_seed(seed)
+    saes = {}
+    for hook in hooks:
+        arch = "jumprelu" if jumprelu_scale else "topk"
+        sae = SimpleSAE(SimpleSAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch,
+                                        k=k if arch == "topk" else None,
+                                        metadata=SimpleNamespace(hook_name=hook)))
+        with torch.no_grad():
+            if jumprelu_scale:
+                sae.W_enc.normal_(0.0, 1.0 / jumprelu_scale[hook], generator=g)
+                sae.threshold.fill_(3.0)
+            else:
+                sae.W_enc.normal_(0.0, d_in**-0.5, generator=g)
+            sae.W_dec.normal_(0.0, 1.0, generator=g)
+            sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
+        saes[hook] = sae.eval()
+    return saes
+
+
+def _rss(field: str = "VmRSS") -> int:
+    """Bytes of ``field`` (VmRSS, VmHWM) from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return False
+    return True
+
+
+def _run_scale(args: Any) -> None:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from mechwidgets.widgets.features import show_features
+
+    shape: dict[str, Any]
+    if args.scale == "gpt2":
+        shape = dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257)
+        n_saes, d_sae, k, n_pos = 12, 24576, 32, N_POS
+        what = "GPT-2-small shape, 12 TopK SAEs x 24,576 features on hook_resid_pre"
+    else:  # Gemma-2-2B width; a 50,257 vocabulary (Gemma's 256k embedding alone is 2.4 GB)
+        shape = dict(n_layers=max(2, args.gemma_saes), d_model=2304, n_heads=8, d_head=256,
+                     d_mlp=9216, d_vocab=50257)
+        n_saes, d_sae, k, n_pos = args.gemma_saes, 65536, 64, 64
+        what = (f"Gemma-2-2B width (d_model 2304, {shape['n_layers']} layers, vocabulary 50,257), "
+                f"{n_saes} JumpReLU SAEs x 65,536 features")
+    tok = _word_tokenizer(shape["d_vocab"])
+    torch.manual_seed(0)
+    model = HookedTransformer(HookedTransformerConfig(
+        **shape, n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=0), tokenizer=tok).eval()
+    hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(n_saes)]
+    g = torch.Generator().manual_seed(1)
+    toks = torch.cat([torch.tensor([0]), torch.randint(2, shape["d_vocab"], (n_pos - 1,), generator=g)])
+    scale = None
+    if args.scale == "gemma":
+        with torch.no_grad():
+            _, cache = model.run_with_cache(toks[None], names_filter=lambda n: n in hooks)
+        scale = {h: float(cache[h][0, 1:].norm(dim=-1).mean()) for h in hooks}
+        del cache
+    saes = _random_saes(hooks, shape["d_model"], d_sae, k, jumprelu_scale=scale)
+    weights = sum(p.numel() * p.element_size() for s in saes.values() for p in s.parameters())
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(toks[None])
+
+    fwd = _median_ms(forward, args.repeats)
+    rss0 = _rss()
+    reset = _reset_peak()
+    t0 = time.perf_counter()
+    widget = show_features(model, saes, toks, max_positions=n_pos)
+    build = (time.perf_counter() - t0) * 1000
+    tokens_ms, clicks, steers = [], [], []
+    for r in range(args.repeats):
+        pos = n_pos - 1 - r
+        t0 = time.perf_counter()
+        widget.select_token(pos)
+        tokens_ms.append((time.perf_counter() - t0) * 1000)
+        sae = min(n_saes - 1, 1 + r % max(1, n_saes - 1))
+        f = int(widget.trace.top_indices[sae, pos, 0])
+        t0 = time.perf_counter()
+        widget.select_feature(sae, f)  # a feature not clicked before: its links are computed now
+        clicks.append((time.perf_counter() - t0) * 1000)
+    n_nodes = len(widget.feature["lineage"]["nodes"])
+    f = int(widget.trace.top_indices[min(1, n_saes - 1), n_pos - 1, 0])
+    for r in range(args.repeats + 1):
+        t0 = time.perf_counter()
+        widget.steer(min(1, n_saes - 1), f, 2.0 + r)
+        if r:  # the first also runs the clean forward it keeps
+            steers.append((time.perf_counter() - t0) * 1000)
+    peak = _rss("VmHWM") if reset else 0
+    budget = weights + 2**30
+    # the corpus panel of one SAE: documents of 128 tokens, as the widget's job runs it
+    n_docs = max(1, args.corpus_tokens // N_POS)
+    corpus = torch.randint(2, shape["d_vocab"], (n_docs, N_POS), generator=g)
+    corpus[:, 0] = 0
+    steps: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    widget._corpus = corpus
+    widget.observe(lambda ch: steps.append(ch["new"]) if ch["new"] else None, "progress")
+    fc = widget.compute_corpus(min(1, n_saes - 1))
+    corpus_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, n_docs, 8):
+            model(corpus[lo:lo + 8], return_type=None)
+    corpus_fwd = time.perf_counter() - t0
+    med = statistics.median
+    rows = [
+        ("plain forward (same prompt)", f"{fwd:.0f} ms", "", f"{n_pos} tokens"),
+        ("features firing per token (median over SAEs)",
+         f"{float(widget.trace.n_active[:, 1:].float().median()):.0f}", "", f"of {d_sae}"),
+        ("widget built", f"{build:.0f} ms", "≤ 5000 ms" if args.scale == "gpt2" else "≤ 30000 ms",
+         f"{build / fwd:.1f}x forward; links: {widget.links_info['by']}"),
+        ("token click (labels of its features)", f"{med(tokens_ms):.0f} ms", "", f"{med(tokens_ms) / fwd:.2f}x forward"),
+        ("feature click (links, lineage, logit effects)", f"{med(clicks):.0f} ms",
+         "≤ 300 ms" if args.scale == "gpt2" else "≤ 1000 ms",
+         f"{med(clicks) / fwd:.2f}x forward; max {max(clicks):.0f} ms; lineage of {n_nodes} nodes"),
+        ("steer click (all positions)", f"{med(steers):.0f} ms", "≤ 500 ms" if args.scale == "gpt2" else "",
+         f"{med(steers) / fwd:.2f}x forward; max {max(steers):.0f} ms"),
+        ("peak memory above the resident size before the widget",
+         f"{(peak - rss0) / 2**30:.2f} GiB" if reset else "n/a", "",
+         f"resident before: {rss0 / 2**30:.2f} GiB (model + SAE weights {weights / 2**30:.2f} GiB)"),
+        ("peak resident (whole widget phase)", f"{peak / 2**30:.2f} GiB" if reset else "n/a",
+         f"≤ {(rss0 - weights + budget) / 2**30:.2f} GiB",
+         "budget: model and process before the SAEs + SAE weights + 1 GiB"),
+        (f"corpus panel, one SAE, {fc.n_tokens} tokens", f"{corpus_s:.1f} s", "",
+         f"{corpus_s / corpus_fwd:.2f}x the plain forward over the same batches ({corpus_fwd:.1f} s); "
+         f"{len(steps)} progress steps; at this rate 100k tokens: {corpus_s * 1e5 / max(1, fc.n_tokens):.0f} s"),
+    ]
+    if args.scale == "gemma":
+        rows.append(("per SAE", f"{build / n_saes:.0f} ms built", "",
+                     f"{(peak - rss0) / n_saes / 2**30:.2f} GiB above resident; weights "
+                     f"{weights / n_saes / 2**30:.2f} GiB per SAE"))
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"\nSAE features at real size — {what}; torch threads {torch.get_num_threads()}{load}")
+    widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    print(f"{'measure':<{widths[0]}}  {'value':>{widths[1]}}  {'target':<{widths[2]}}  notes")
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ interface LineageNode {
 interface LineageEdge {
   from: [number, number];
   to: [number, number];
-  correlation: number;
+  correlation: number | null;
   cosine: number;
 }
 
@@ -73,6 +73,36 @@ interface FeatureDetail {
   lineage?: { nodes: LineageNode[]; edges: LineageEdge[] };
   frequency?: number | null;
   max_activation?: number;
+  corpus?: CorpusPanel | null;
+}
+
+interface CorpusContext {
+  doc: number;
+  pos: number;
+  tokens: string[];
+  highlight: number;
+  value?: number;
+  q?: number;
+  low?: number;
+  high?: number;
+}
+
+interface CorpusPanel {
+  n_tokens: number;
+  n_docs: number;
+  density: number;
+  top: CorpusContext[];
+  quantiles: CorpusContext[];
+  hist_edges: Encoded;
+  hist_counts: Encoded;
+}
+
+interface SearchAnswer {
+  sae?: number;
+  query?: string;
+  token?: string;
+  feature?: number;
+  features?: { feature: number; effect: number }[];
 }
 
 export interface FeaturesModel extends ModelLike {
@@ -160,9 +190,14 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
   const controls = h("div", { class: "mw-feat-controls", "data-testid": "controls" });
   const chips = h("div", { class: "mw-chips", "data-testid": "interventions" });
   const results = h("div", { class: "mw-feat-results", "data-testid": "intervention-results" });
+  const searchSae = h("select", { class: "mw-select", "aria-label": "SAE to search", "data-testid": "search-sae" }) as HTMLSelectElement;
+  const searchBox = h("input", { type: "search", class: "mw-input", placeholder: "#feature or a token", "aria-label": "find a feature", "data-testid": "search" }) as HTMLInputElement;
+  const searchResults = h("div", { class: "mw-feat-search", "data-testid": "search-results" });
 
   root.append(
-    h("div", { class: "mw-row mw-controls" }, title, h("label", {}, "colour: ", colourSelect)),
+    h("div", { class: "mw-row mw-controls" }, title, h("label", {}, "colour: ", colourSelect),
+      h("label", {}, "find: ", searchSae, searchBox)),
+    searchResults,
     reconBox,
     h(
       "div",
@@ -320,7 +355,10 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
     const ls = labels();
     const info = model.get("links_info") ?? {};
     box.append(h("div", { class: "mw-subtitle" }, "Lineage across SAEs"));
-    box.append(h("div", { class: "mw-note" }, `Links: activation correlation (line width) over ${info.n_tokens ?? 0} tokens of ${info.source ?? "a sample"}; hover a link for its decoder cosine. Click a feature to follow it.`));
+    const byCosine = info.by === "cosine";
+    box.append(h("div", { class: "mw-note" }, byCosine
+      ? `Links: decoder cosine (line width) between features of adjacent SAEs, from the ${info.source ?? "decoder weights"}. Click a feature to follow it.`
+      : `Links: activation correlation (line width) over ${info.n_tokens ?? 0} tokens of ${info.source ?? "a sample"}; hover a link for its decoder cosine. Click a feature to follow it.`));
     if (!lin || !lin.nodes.length) return box;
     const cols = new Map<number, LineageNode[]>();
     for (const nd of lin.nodes) {
@@ -354,15 +392,17 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
       const x2 = b.x;
       const y2 = b.y + 11;
       const mid = (x1 + x2) / 2;
+      const strength = (byCosine ? e.cosine : e.correlation) ?? 0;
       const path = svg("path", {
         d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`,
         class: "mw-feat-edge",
-        "stroke-width": (1 + 5 * Math.min(1, Math.abs(e.correlation))).toFixed(2),
-        stroke: css(diverging(e.correlation >= 0 ? 0.35 + 0.65 * Math.min(1, e.correlation) : -0.8)),
+        "stroke-width": (1 + 5 * Math.min(1, Math.abs(strength))).toFixed(2),
+        stroke: css(diverging(strength >= 0 ? 0.35 + 0.65 * Math.min(1, strength) : -0.8)),
         "data-testid": `edge-${e.from[0]}-${e.from[1]}-${e.to[0]}-${e.to[1]}`,
       });
       const tip = svg("title");
-      tip.textContent = `${featureName(ls, e.from[0], e.from[1])} → ${featureName(ls, e.to[0], e.to[1])}: correlation ${fmt(e.correlation, 3)}, decoder cosine ${fmt(e.cosine, 3)}`;
+      const corr = e.correlation === null ? "" : `correlation ${fmt(e.correlation, 3)}, `;
+      tip.textContent = `${featureName(ls, e.from[0], e.from[1])} → ${featureName(ls, e.to[0], e.to[1])}: ${corr}decoder cosine ${fmt(e.cosine, 3)}`;
       path.append(tip);
       root.append(path);
     }
@@ -438,7 +478,96 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
       h("div", { class: "mw-row", "data-testid": "logit-effects" }, effectTable("promotes", d.promoted, "promoted"), effectTable("suppresses", d.suppressed, "suppressed")),
     );
     featurePanel.append(drawLineage(d));
+    featurePanel.append(drawCorpus(d));
   };
+
+  // ------------------------------------------------------------------ drawing: corpus panel and search
+  const contextRow = (c: CorpusContext, testid: string, what: string): HTMLElement => {
+    const row = h("div", { class: "mw-feat-context", "data-testid": testid }, h("span", { class: "mw-num" }, what));
+    c.tokens.forEach((tok, k) => {
+      const span = h("span", { class: "mw-token" + (k === c.highlight ? " mw-feat-hit" : ""), title: JSON.stringify(tok) }, showToken(tok));
+      if (k === c.highlight) span.style.background = css(sequential(0.75));
+      row.append(span);
+    });
+    return row;
+  };
+
+  const drawCorpus = (d: FeatureDetail): HTMLElement => {
+    const box = h("div", { class: "mw-feat-corpus", "data-testid": "corpus" });
+    box.append(h("div", { class: "mw-subtitle" }, "Over the corpus"));
+    const info = model.get("corpus_info") ?? {};
+    const c = d.corpus;
+    if (!c) {
+      if (!info.n_docs) {
+        box.append(h("div", { class: "mw-note" }, "No corpus: pass corpus= to show_features for top-activating contexts, density and histogram."));
+        return box;
+      }
+      const btn = h("button", { class: "mw-btn", "data-testid": "corpus-compute" }, `Compute this SAE's features over ${info.n_docs} documents of ${info.source || "the corpus"}`);
+      btn.addEventListener("click", () => {
+        status.setLocalError("");
+        client.request("corpus", { sae: d.sae }).catch(fail);
+      });
+      box.append(btn);
+      return box;
+    }
+    box.append(h("div", { class: "mw-note", "data-testid": "corpus-density" }, `fires on ${fmt(100 * c.density, 3)}% of ${c.n_tokens} tokens (${c.n_docs} documents)`));
+    const edges = decodeArray(c.hist_edges);
+    const counts = decodeArray(c.hist_counts);
+    let lo = counts.data.length;
+    let hi = -1;
+    let peak = 0;
+    for (let k = 0; k < counts.data.length; k++) if (counts.data[k] > 0) { lo = Math.min(lo, k); hi = k; peak = Math.max(peak, counts.data[k]); }
+    if (hi >= 0) {
+      const w = 8;
+      const H = 40;
+      const plot = svg("svg", { width: (hi - lo + 1) * w + 2, height: H + 2, class: "mw-feat-hist", "data-testid": "corpus-hist" });
+      for (let k = lo; k <= hi; k++) {
+        const bh = (counts.data[k] / (peak || 1)) * H;
+        const bar = svg("rect", { x: (k - lo) * w + 1, y: H + 1 - bh, width: w - 1, height: bh, fill: css(sequential(0.6)), "data-count": counts.data[k] });
+        const tip = svg("title");
+        tip.textContent = `${fmt(edges.data[k], 3)}–${fmt(edges.data[k + 1], 3)}: ${counts.data[k]} tokens`;
+        bar.append(tip);
+        plot.append(bar);
+      }
+      box.append(h("div", { class: "mw-note" }, "Histogram of its non-zero activations (log-spaced bins):"), plot);
+    }
+    const topBox = h("div", { "data-testid": "corpus-top" }, h("div", { class: "mw-note" }, "Top-activating contexts:"));
+    c.top.forEach((ctx, k) => topBox.append(contextRow(ctx, `context-${k}`, fmt(ctx.value ?? 0, 2))));
+    const qBox = h("div", { "data-testid": "corpus-quantiles" }, h("div", { class: "mw-note" }, "Samples from lower quantiles:"));
+    c.quantiles.forEach((ctx, k) => qBox.append(contextRow(ctx, `quantile-${k}`, `q${Math.round(100 * (ctx.q ?? 0))} ${fmt(ctx.low ?? 0, 2)}–${fmt(ctx.high ?? 0, 2)}`)));
+    box.append(topBox, qBox);
+    return box;
+  };
+
+  const drawSearch = (): void => {
+    const ls = labels();
+    if (searchSae.options.length !== ls.length) {
+      searchSae.replaceChildren(...ls.map((lab, i) => h("option", { value: String(i) }, lab)));
+    }
+    searchResults.replaceChildren();
+    const a: SearchAnswer = model.get("search") ?? {};
+    if (!a.features || !a.features.length || a.sae === undefined) return;
+    const sae = a.sae;
+    searchResults.append(h("span", { class: "mw-note" }, `Features of ${ls[sae] ?? sae} promoting ${showToken(a.token ?? "")}: `));
+    for (const r of a.features) {
+      const btn = h("button", { class: "mw-chip", "data-testid": `found-${sae}-${r.feature}`, title: `direct effect ${fmt(r.effect, 3)}` }, `#${r.feature} ${labelText(sae, r.feature)}`);
+      btn.addEventListener("click", () => selectFeature(sae, r.feature));
+      searchResults.append(btn);
+    }
+  };
+
+  searchBox.addEventListener("keydown", (ev: KeyboardEvent) => {
+    if (ev.key !== "Enter" || !searchBox.value.trim()) return;
+    status.setLocalError("");
+    const sae = Number(searchSae.value || 0);
+    const q = searchBox.value;
+    const num = q.trim().replace(/^#/, "");
+    if (/^\d+$/.test(num)) {
+      selectFeature(sae, Number(num));
+      return;
+    }
+    client.request("search", { sae, query: q }).catch(fail);
+  });
 
   // ------------------------------------------------------------------ controls
   const currentInterventions = (): Intervention[] => (model.get("interventions") ?? []).map((iv: Intervention) => ({ sae: iv.sae, feature: iv.feature, mode: iv.mode, value: iv.value, positions: iv.positions ?? null }));
@@ -584,6 +713,7 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
     drawControls();
     drawChips();
     drawResults();
+    drawSearch();
   };
 
   // ------------------------------------------------------------------ actions
@@ -662,7 +792,8 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
     }
     later(drawGrid, drawChips, drawResults);
   };
-  const onLabels = (): void => later(drawTokenPanel, drawFeaturePanel, drawResults);
+  const onLabels = (): void => later(drawTokenPanel, drawFeaturePanel, drawResults, drawSearch);
+  const onSearch = (): void => later(drawSearch);
   const onColour = (): void => later(drawTitle, drawGrid);
   const onData = (): void => {
     decoded.clear();
@@ -675,6 +806,8 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
     ["change:intervention", onIntervention],
     ["change:interventions", onIntervention],
     ["change:feature_labels", onLabels],
+    ["change:search", onSearch],
+    ["change:corpus_info", onFeature],
     ["change:colour_by", onColour],
     ["change:overview", onData],
     ["change:top", onData],

@@ -19,13 +19,18 @@ from support import request
 from mechwidgets._model import ModelHandle, hook_count
 from mechwidgets._tensor import decode_array, encoded_nbytes
 from mechwidgets.analysis.features import (
+    DecoderLinks,
     FeatureIntervention,
     bind_saes,
+    decoder_cosine_top_k,
     feature_activations,
+    feature_corpus,
     feature_links,
     feature_logit_effects,
+    features_promoting,
     intervene_features,
     lineage,
+    logit_effect_matrix,
     splice_hooks,
 )
 from mechwidgets.errors import ComponentError, SAEError
@@ -139,6 +144,168 @@ def test_activations_equal_sae_lens_encode(model: Any, saes: list[SimpleSAE], un
     b = intervene_features(model, saes, PROMPT, edit)
     torch.testing.assert_close(a.logits_after, b.logits_after, rtol=0, atol=1e-5)
     assert a.max_abs_logit_change > 1e-3
+
+
+# ------------------------------------------------------------------------------------- sae-lens architectures
+LENS_HOOKS = ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.0.hook_mlp_out", "blocks.1.hook_resid_post"]
+
+
+def _sae_lens_sae(arch: str, hook: str, seed: int, d_in: int = 32, d_sae: int = 40) -> Any:
+    """An sae-lens SAE of one architecture built from its config (no download), random weights."""
+    from sae_lens.saes.gated_sae import GatedSAE, GatedSAEConfig
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    common = dict(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook),
+                  reshape_activations="hook_z" if hook.endswith("hook_z") else "none")
+    sae: Any = {
+        "standard": lambda: StandardSAE(StandardSAEConfig(**common)),
+        "gated": lambda: GatedSAE(GatedSAEConfig(**common)),
+        "topk": lambda: TopKSAE(TopKSAEConfig(k=5, **common)),
+        "jumprelu": lambda: JumpReLUSAE(JumpReLUSAEConfig(**common)),
+    }[arch]()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.4 if name == "W_enc" else 0.1))
+        sae.W_dec.copy_(torch.nn.functional.normalize(sae.W_dec, dim=-1))
+        if arch == "jumprelu":
+            sae.threshold.copy_(torch.rand(d_sae, generator=g) * 0.6)
+    return sae.eval()
+
+
+def _lens_hidden_pre(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """JumpReLU's pre-activation written out: ``(x - b_dec) @ W_enc + b_enc``."""
+    x = x.flatten(-2) if x.shape[-1] != sae.cfg.d_in else x
+    return (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+
+
+@pytest.mark.parametrize("arch", ["standard", "gated", "topk", "jumprelu"])
+def test_every_sae_lens_architecture_encodes_and_splices_exactly(model: Any, unchanged: Any, arch: str) -> None:
+    pytest.importorskip("sae_lens")
+    lens = [_sae_lens_sae(arch, h, seed=40 + i) for i, h in enumerate(LENS_HOOKS)]
+    assert [b.hook_name for b in bind_saes(model, lens)] == LENS_HOOKS
+    trace = feature_activations(model, lens, PROMPT)
+    _, cache = cached(model, LENS_HOOKS)
+    for i, sae in enumerate(lens):
+        x = cache[LENS_HOOKS[i]][0]  # hook_z as [pos, head, d_head], as sae-lens takes it
+        with torch.no_grad():
+            f = sae.encode(x)
+        torch.testing.assert_close(trace.dense(i), f, rtol=0, atol=1e-6)
+        assert int((f > 0).sum()) > 0
+        if arch == "jumprelu":  # the thresholds cut: some positive pre-activations stay off
+            with torch.no_grad():
+                pre = _lens_hidden_pre(sae, x)
+            assert bool(((pre > 0) & (f == 0)).any()) and bool((f[f > 0] > sae.threshold.expand_as(f)[f > 0]).all())
+    # a splice at every SAE with an edit that changes no code reproduces the logits
+    zeros = [torch.nonzero(trace.dense(i) == 0)[0].tolist() for i in range(len(LENS_HOOKS))]
+    noop = [FeatureIntervention(h, zeros[i][1], "ablate", positions=[zeros[i][0]])
+            for i, h in enumerate(LENS_HOOKS)]
+    res0 = intervene_features(model, lens, PROMPT, noop, before=trace)
+    assert res0.max_abs_logit_change <= 1e-5
+    # a clamp equals sae-lens's own forward with its error term and the code edited at its hook
+    handle = ModelHandle.wrap(model)
+    toks = handle.tokens(PROMPT)
+    where = [2, toks.shape[1] - 1]  # the last position too: the logits are read there
+    for i, hook in enumerate(LENS_HOOKS):
+        feat = int(trace.top_indices[i, 4, 0])
+        res = intervene_features(model, lens, PROMPT, [FeatureIntervention(hook, feat, "clamp", 3.0, where)], before=trace)
+        sae = lens[i]
+
+        def edit(acts: torch.Tensor, hook: Any, feat: int = feat) -> torch.Tensor:
+            acts = acts.clone()
+            acts[:, where, feat] = 3.0
+            return acts
+
+        sae.use_error_term = True
+        try:
+            with torch.no_grad(), sae.hooks(fwd_hooks=[("hook_sae_acts_post", edit)]):
+                want = model.run_with_hooks(toks, fwd_hooks=[(hook, lambda x, hook, sae=sae: sae(x))])[0, -1]
+        finally:
+            sae.use_error_term = False
+        torch.testing.assert_close(res.logits_after, want, rtol=0, atol=1e-5)
+        assert res.max_abs_logit_change > 1e-4
+
+
+def test_sae_lens_transcoder_reads_one_hook_and_edits_another(model: Any, unchanged: Any) -> None:
+    pytest.importorskip("sae_lens")
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
+
+    hook_in, hook_out = "blocks.0.ln2.hook_normalized", "blocks.0.hook_mlp_out"
+    tc = Transcoder(TranscoderConfig(d_in=32, d_sae=40, d_out=32, apply_b_dec_to_input=False,
+                                     metadata=SAEMetadata(hook_name=hook_in, hook_name_out=hook_out)))
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for _, p in tc.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    tc.eval()
+    saes = [tc, make_sae(HOOKS[2], seed=3)]
+    bound = bind_saes(model, saes)
+    assert bound[0].hook_out == hook_out and bound[0].is_transcoder and bound[0].label == "L0 ln2.normalized→mlp"
+    trace = feature_activations(model, saes, PROMPT)
+    _, cache = cached(model, [hook_in, hook_out])
+    with torch.no_grad():
+        f = tc.encode(cache[hook_in][0])
+        err = (cache[hook_out][0] - tc.decode(f)).norm(dim=-1)
+    torch.testing.assert_close(trace.dense(0), f, rtol=0, atol=1e-6)
+    torch.testing.assert_close(trace.error_norm[0], err, rtol=0, atol=1e-5)
+    torch.testing.assert_close(trace.act_norm[0], cache[hook_out][0].norm(dim=-1), rtol=0, atol=1e-5)
+    # an edit: the code read at ln2, the change of its decode added to mlp_out
+    feat = int(trace.top_indices[0, 4, 0])
+    handle = ModelHandle.wrap(model)
+    toks = handle.tokens(PROMPT)
+    where = [2, toks.shape[1] - 1]
+    res = intervene_features(model, saes, PROMPT, [FeatureIntervention(hook_in, feat, "clamp", 4.0, where)], before=trace)
+    seen: dict[str, torch.Tensor] = {}
+
+    def read(x: torch.Tensor, hook: Any) -> None:
+        seen["x"] = x.clone()
+
+    def write(y: torch.Tensor, hook: Any) -> torch.Tensor:
+        f0 = tc.encode(seen["x"])
+        f1 = f0.clone()
+        f1[:, where, feat] = 4.0
+        return y + tc.decode(f1) - tc.decode(f0)
+
+    with torch.no_grad():
+        want = model.run_with_hooks(toks, fwd_hooks=[(hook_in, read), (hook_out, write)])[0, -1]
+    torch.testing.assert_close(res.logits_after, want, rtol=0, atol=1e-5)
+    assert res.max_abs_logit_change > 1e-4
+    assert all(c.sae >= 0 for c in res.changes)
+    # the label and the lazy links read the transcoder's decoder in the residual stream
+    links = DecoderLinks(model, saes, n_links=3)
+    dense = (torch.nn.functional.normalize(tc.W_dec.detach().double(), dim=-1)
+             @ torch.nn.functional.normalize(saes[1].W_dec.detach().double(), dim=-1).T)[feat]
+    assert [lk["feature"] for lk in links.links(0, feat, "successors")] == dense.topk(3).indices.tolist()
+    w = show_features(model, saes, PROMPT, link_by="cosine")
+    w.select_feature(0, feat)
+    assert w.feature["hook_name"] == hook_in
+
+
+def test_simple_sae_jumprelu_equals_sae_lens(tmp_path: Any) -> None:
+    pytest.importorskip("sae_lens")
+    from sae_lens import SAE
+
+    lens = _sae_lens_sae("jumprelu", HOOKS[0], seed=5)
+    mine = SimpleSAE(SimpleSAEConfig(d_in=32, d_sae=40, architecture="jumprelu",
+                                     metadata=SimpleNamespace(hook_name=HOOKS[0])))
+    mine.load_state_dict({k: v.detach().clone() for k, v in lens.state_dict().items()})
+    x = torch.randn(7, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        f = mine.encode(x)
+        torch.testing.assert_close(f, lens.encode(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(mine.decode(f), lens.decode(f), rtol=0, atol=1e-6)
+    assert 0 < int((f > 0).sum()) < f.numel()
+    mine.save_model(tmp_path / "sae")
+    back = SAE.load_from_disk(str(tmp_path / "sae"))
+    assert type(back).__name__ == "JumpReLUSAE"
+    again = SimpleSAE.load_from_disk(tmp_path / "sae")
+    with torch.no_grad():
+        torch.testing.assert_close(back.encode(x), f, rtol=0, atol=1e-6)
+        torch.testing.assert_close(again.encode(x), f, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------- splicing
@@ -294,6 +461,160 @@ def test_cross_layer_statistics_equal_a_direct_computation(model: Any, saes: lis
 # ------------------------------------------------------------------------------------- bad input
 class NotAnSAE:
     hook_name = "blocks.0.hook_resid_pre"
+
+
+def test_chunked_cosine_top_k_equals_the_dense_top_k() -> None:
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randn(1000, 24, generator=g)
+    rows[17] = 0.0  # a dead feature: cosine 0, as the dense normalize gives
+    q = torch.randn(9, 24, generator=g)
+    dense = torch.nn.functional.normalize(q.double(), dim=-1) @ torch.nn.functional.normalize(rows.double(), dim=-1).T
+    for chunk, k in ((64, 7), (1000, 5), (333, 1), (50, 1000)):
+        idx, cos = decoder_cosine_top_k(q, lambda lo, hi: rows[lo:hi], rows.shape[0], k, chunk=chunk)
+        v, i = dense.topk(min(k, 1000), dim=1)
+        assert torch.equal(idx, i), (chunk, k)
+        assert float((cos.double() - v).abs().max()) <= 1e-5
+
+
+def test_lazy_decoder_links_equal_a_dense_computation(model: Any, unchanged: Any) -> None:
+    hooks = ["blocks.0.hook_resid_pre", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post"]
+    saes = [make_sae(h, d_sae=300, seed=20 + i) for i, h in enumerate(hooks)]
+    links = DecoderLinks(model, saes, n_links=6, chunk=64)
+    # the dense reference: every pair of features, in the residual stream (hook_z through W_O,
+    # which TransformerLens's W_O holds per head as [head, d_head, d_model])
+    w_o = model.blocks[1].attn.W_O.detach().double()
+    dirs = [saes[0].W_dec.detach().double(),
+            torch.einsum("fhd,hdm->fm", saes[1].W_dec.detach().double().reshape(300, 4, 8), w_o),
+            saes[2].W_dec.detach().double()]
+    unit = [torch.nn.functional.normalize(d, dim=-1) for d in dirs]
+    feats = [0, 5, 64, 123, 299]
+    for p in range(2):
+        dense = unit[p] @ unit[p + 1].T  # [300, 300]
+        v, i = dense[feats].topk(6, dim=1)
+        got = links.links_many(p, feats, "successors")
+        for r in range(len(feats)):
+            assert [lk["feature"] for lk in got[r]] == i[r].tolist()
+            assert all(lk["sae"] == p + 1 and lk["correlation"] is None for lk in got[r])
+            np.testing.assert_allclose([lk["cosine"] for lk in got[r]], v[r].numpy(), atol=1e-5, rtol=0)
+        v, i = dense[:, feats].T.topk(6, dim=1)
+        got = links.links_many(p + 1, feats, "predecessors")
+        for r in range(len(feats)):
+            assert [lk["feature"] for lk in got[r]] == i[r].tolist()
+            np.testing.assert_allclose([lk["cosine"] for lk in got[r]], v[r].numpy(), atol=1e-5, rtol=0)
+        assert links.links(p, 5, "successors") == links.links_many(p, [5], "successors")[0]
+    assert links.links(0, 3, "predecessors") == [] and links.links(2, 3, "successors") == []
+    with pytest.raises(SAEError, match=r"features 0\.\.299"):
+        links.links(0, 300, "successors")
+    # the lineage follows the lazy links
+    graph = lineage(links, 1, 7, per_node=2)
+    succ = [lk["feature"] for lk in links.links(1, 7, "successors")[:2]]
+    pred = [lk["feature"] for lk in links.links(1, 7, "predecessors")[:2]]
+    edges = {(tuple(e["from"]), tuple(e["to"])) for e in graph["edges"]}
+    assert {((1, 7), (2, g)) for g in succ if links.links(1, 7, "successors")[succ.index(g)]["cosine"] > 0} <= edges
+    assert {((0, g), (1, 7)) for g in pred if links.links(1, 7, "predecessors")[pred.index(g)]["cosine"] > 0} <= edges
+
+
+def test_widget_with_lazy_links(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    w = show_features(model, saes, PROMPT, link_by="cosine")
+    assert isinstance(w.links, DecoderLinks) and w.links_info["by"] == "cosine"
+    f = int(w.trace.top_indices[1, 4, 0])
+    w.select_feature(1, f)
+    assert w.feature["frequency"] is None
+    edges = {(tuple(e["from"]), tuple(e["to"])): e["cosine"] for e in w.feature["lineage"]["edges"]}
+    dense = (torch.nn.functional.normalize(saes[1].W_dec.detach().double(), dim=-1)
+             @ torch.nn.functional.normalize(saes[2].W_dec.detach().double(), dim=-1).T)[f]
+    for g in dense.topk(3).indices.tolist():
+        if float(dense[g]) > 0:
+            assert edges[((1, f), (2, g))] == pytest.approx(float(dense[g]), abs=1e-5)
+    with pytest.raises(SAEError, match="link_by="):
+        show_features(model, saes, PROMPT, link_by="dense")
+
+
+
+def test_corpus_panel_equals_a_brute_force_pass(model: Any, unchanged: Any) -> None:
+    sae = make_sae(HOOKS[1], seed=11, arch="standard")
+    corpus = [*SAMPLE, "the store gave a cat to Mary and the mat to John", "F E D C B A"]
+    fc = feature_corpus(model, sae, corpus, k=4, batch_size=3)  # batches of 3 documents: 2 batches
+    handle = ModelHandle.wrap(model)
+    seen: list[tuple[float, int, int, int]] = []  # (value, feature, doc, pos) of every firing
+    n_tok = 0
+    for doc, text in enumerate(corpus):
+        toks = handle.tokens(text)
+        assert torch.equal(fc.tokens[doc], toks[0].cpu())
+        with handle.session():
+            _, cache = handle.run_with_cache(toks, [HOOKS[1]])
+        with torch.no_grad():
+            f = sae.encode(cache[HOOKS[1]][0])[1:]  # BOS excluded
+        n_tok += f.shape[0]
+        for p, feat in (f > 0).nonzero().tolist():
+            seen.append((float(f[p, feat]), feat, doc, p + 1))
+    assert fc.n_tokens == n_tok and fc.n_docs == len(corpus)
+    for feat in range(sae.d_sae):
+        mine = sorted([(v, d, p) for v, g, d, p in seen if g == feat], key=lambda t: -t[0])
+        assert int(fc.count[feat]) == len(mine)
+        assert fc.density(feat) == pytest.approx(len(mine) / n_tok)
+        got = fc.top_contexts(feat)
+        np.testing.assert_allclose([v for v, _, _ in got], [v for v, _, _ in mine[:4]], atol=1e-5, rtol=0)
+        where = {(d, p): v for v, d, p in mine}
+        # the same tokens (equal activations, e.g. the same first word in two documents, may swap)
+        assert len({(d, p) for _, d, p in got}) == len(got)
+        for v, d, p in got:
+            assert where[(d, p)] == pytest.approx(v, abs=1e-5)
+        want_hist = torch.bincount(torch.bucketize(torch.tensor([v for v, _, _ in mine], dtype=torch.float32),
+                                                   fc.hist_edges[1:-1]), minlength=fc.histogram.shape[1])
+        assert torch.equal(fc.histogram[feat].long(), want_hist)
+        # every sample lies in its bin, and comes from a token where the feature fires
+        for b in range(fc.histogram.shape[1]):
+            d, p = int(fc.example_doc[feat, b]), int(fc.example_pos[feat, b])
+            assert (d >= 0) == bool(fc.histogram[feat, b] > 0)
+            if d >= 0:
+                assert int(torch.bucketize(torch.tensor(where[(d, p)]), fc.hist_edges[1:-1])) == b
+        for q, lo, hi, d, p in fc.quantile_samples(feat):
+            assert (d, p) in where and 0 < q < 1 and lo < hi
+    assert any(fc.quantile_samples(f) for f in range(sae.d_sae))
+
+
+
+def test_widget_corpus_panel_job_and_search(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    corpus = [*SAMPLE, "the store gave a cat to Mary"]
+    w = show_features(model, saes, PROMPT, corpus=corpus, link_by="cosine")
+    assert w.corpus_info == {"n_docs": len(corpus), "source": "corpus", "done": []}
+    f = int(w.trace.top_indices[1, 4, 0])
+    w.select_feature(1, f)
+    assert w.feature["corpus"] is None
+    steps: list[dict[str, Any]] = []
+    w.observe(lambda ch: steps.append(dict(ch["new"])) if ch["new"] else None, "progress")
+    sent = request(w, 1, "corpus", sae=1)  # a job: progress per batch, then the reply
+    assert sent[-1]["result"] == {"sae": 1, "n_tokens": w.corpus_stats[1].n_tokens}
+    assert steps and steps[-1]["kind"] == "corpus" and steps[-1]["done"] == steps[-1]["total"] == len(corpus)
+    assert w.progress == {} and w.corpus_info["done"] == [1]
+    want = feature_corpus(model, saes[1], corpus, k=20)
+    panel = w.feature["corpus"]  # the selected feature's detail was refreshed
+    assert panel["density"] == pytest.approx(want.density(f)) and panel["n_tokens"] == want.n_tokens
+    assert [(c["doc"], c["pos"]) for c in panel["top"]] == [(d, p) for _, d, p in want.top_contexts(f)]
+    top = panel["top"][0]
+    doc_strs = ModelHandle.wrap(model).str_tokens(want.tokens[top["doc"]][None])
+    assert top["tokens"][top["highlight"]] == doc_strs[top["pos"]]
+    np.testing.assert_array_equal(decode_array(panel["hist_counts"]), want.histogram[f].numpy())
+    assert encoded_nbytes(w.feature) <= MAX_UPDATE_BYTES
+    # search: a feature number selects it; a token lists the features promoting it most
+    w.search_features(0, "#7")
+    assert w.selected_feature == {"sae": 0, "feature": 7}
+    out = w.search_features(1, " Mary")
+    tok = int(model.to_tokens(" Mary", prepend_bos=False)[0, 0])
+    col = logit_effect_matrix(model, bind_saes(model, [saes[1]])[0], list(range(48)), ln_scale=w.trace.ln_scale)[:, tok]
+    v, i = col.topk(10)
+    assert [x["feature"] for x in out["features"]] == i.tolist() and w.search == out
+    np.testing.assert_allclose([x["effect"] for x in out["features"]], v.numpy(), atol=1e-5, rtol=0)
+    assert features_promoting(model, saes[1], tok, k=3, chunk=7)[0].tolist() == i[:3].tolist()
+    assert all(str(x["feature"]) in w.feature_labels[1] for x in out["features"])
+    with pytest.raises(SAEError, match="one token"):
+        w.search_features(1, " Mary went")
+    # no corpus: the request says what to pass
+    bare = show_features(model, saes, PROMPT, link_by="cosine")
+    with pytest.raises(SAEError, match="corpus="):
+        bare.compute_corpus(0)
+
 
 
 @pytest.mark.parametrize(

@@ -237,7 +237,10 @@ def features_spec(model: Any) -> Spec:
         "select_token": lambda rng, w: {"pos": _int(rng, 0, n - 1)},
         "select_feature": lambda rng, w: {"sae": rng.randrange(len(names)), "feature": _int(rng, 0, min(d) - 1)},
         "intervene": lambda rng, w: {"interventions": [intervention(rng) for _ in range(rng.randint(0, 2))]},
-    }, {"select_feature": 40, "intervene": 30})
+        "corpus": lambda rng, w: {"sae": rng.randrange(len(names))},
+        "search": lambda rng, w: {"sae": rng.randrange(len(names)),
+                                  "query": rng.choice([" Mary", " the", f"#{_int(rng, 0, min(d) - 1)}", "two words"])},
+    }, {"select_feature": 40, "intervene": 30, "corpus": 1, "search": 20})
 
 
 def scrubbing_spec() -> Spec:

@@ -29,8 +29,17 @@ What this module computes, headless (the feature widget draws it):
 SAEs accepted (see :func:`bind_saes`): sae-lens ``SAE`` objects (sae-lens 6: ``cfg.metadata
 .hook_name``; older: ``cfg.hook_name``) and any object with ``encode``, ``decode``, ``W_dec``
 (``[d_sae, d_in]``), ``hook_name`` and ``d_sae``, such as :class:`mechwidgets.zoo.SimpleSAE`
-(for TransformerLens 4.x users, where sae-lens does not install). Pass them as a list or as a
-dict keyed by hook name; one SAE per hook, any subset of layers.
+(for TransformerLens 4.x users, where sae-lens does not install). Every architecture is
+encoded by its own ``encode`` (ReLU, gated, TopK, JumpReLU with its thresholds); sae-lens SAEs
+that take ``hook_z`` as ``[head, d_head]`` get it in that shape; sae-lens transcoders (read
+``hook_name``, write ``hook_name_out``) are read at one hook and edited at the other. Pass them
+as a list or as a dict keyed by hook name; one SAE per hook, any subset of layers.
+
+At real dictionary sizes (24k–1M features) nothing here is quadratic in ``d_sae`` unless asked:
+:func:`feature_activations` is one forward and one encode per SAE, and :class:`DecoderLinks`
+finds a feature's cross-layer links when it is looked at, by a chunked top-k over the adjacent
+decoder. :func:`feature_links` (activation correlations over a sample) compares every feature
+with every feature of the next SAE: use it for small SAEs.
 """
 
 from __future__ import annotations
@@ -125,6 +134,16 @@ def sae_hook_name(sae: Any) -> str | None:
     return None
 
 
+def sae_hook_name_out(sae: Any) -> str | None:
+    """The hook a transcoder writes (``hook_name_out``, sae-lens: ``cfg.metadata.hook_name_out``);
+    None for an SAE, which writes the hook it reads."""
+    for path in ("hook_name_out", "cfg.metadata.hook_name_out"):
+        value = _attr_path(sae, path)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 @dataclass
 class BoundSAE:
     """One SAE checked against a model: its hook, widths, and encode/decode.
@@ -134,6 +153,13 @@ class BoundSAE:
         sae: the SAE object itself (sae-lens ``SAE`` or the package's protocol).
         d_in, d_sae: input width and number of features.
         label: a short name for views (``"L1 pre"``).
+        z_heads: for an SAE that takes ``hook_z`` as ``[..., head, d_head]`` and returns its
+            reconstruction in that shape (sae-lens's ``reshape_activations="hook_z"``), the number
+            of heads; 0 for SAEs that read and write ``[..., d_in]``.
+        hook_out: the hook it writes: ``hook_name`` for an SAE; for a transcoder (sae-lens's
+            ``Transcoder``: reads ``hook_name``, e.g. ``ln2.hook_normalized``, and predicts
+            ``hook_name_out``, e.g. ``hook_mlp_out``) the later hook whose activation its
+            decoder reconstructs. ``d_out`` is that hook's width.
     """
 
     hook_name: str
@@ -141,6 +167,17 @@ class BoundSAE:
     d_in: int
     d_sae: int
     label: str
+    z_heads: int = 0
+    hook_out: str = ""
+    d_out: int = 0
+
+    def __post_init__(self) -> None:
+        self.hook_out = self.hook_out or self.hook_name
+        self.d_out = self.d_out or self.d_in
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.hook_out != self.hook_name
 
     @property
     def W_dec(self) -> Float[torch.Tensor, "d_sae d_in"]:
@@ -163,10 +200,18 @@ class BoundSAE:
             )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., d_sae]`` the SAE's own encode (thresholds, gates, top-k included) of ``x``
+        ``[..., d_in]`` (given to the SAE in the shape it takes)."""
+        if self.z_heads and x.shape[-1] == self.d_in:
+            x = x.unflatten(-1, (self.z_heads, self.d_in // self.z_heads))
         return self.sae.encode(x)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return self.sae.decode(f)
+        """``[..., d_out]`` the SAE's own decode of ``f`` (``hook_z``'s ``[head, d_head]`` flattened)."""
+        out = self.sae.decode(f)
+        if out.shape[-1] != self.d_out and out.ndim >= 2 and out.shape[-2] * out.shape[-1] == self.d_out:
+            return out.flatten(-2)
+        return out
 
 
 def _model_dtype(handle: ModelHandle) -> torch.dtype:
@@ -262,7 +307,20 @@ def bind_saes(model: Any, saes: Any) -> list[BoundSAE]:
         d_sae = int(d_sae_attr) if d_sae_attr else int(w_dec.shape[0])
         if d_sae != w_dec.shape[0]:
             raise SAEError(f"{where} ({hook}) says d_sae={d_sae} but W_dec has {w_dec.shape[0]} rows.")
-        bound.append(BoundSAE(hook, sae, int(w_dec.shape[1]), d_sae, short_hook_label(hook)))
+        reshapes = _attr_path(sae, "cfg.reshape_activations") == "hook_z"
+        z_heads = int(handle.cfg.n_heads) if reshapes and hook.endswith("hook_z") else 0
+        hook_out = sae_hook_name_out(sae) or hook
+        if hook_out != hook and not handle.has_hook(hook_out):
+            raise SAEError(
+                f"{where} (a transcoder reading {hook!r}) writes the hook {hook_out!r}, which this "
+                f"model does not have: pass the transcoders trained on this model."
+            )
+        w_enc = _attr_path(sae, "W_enc")
+        d_in = int(w_dec.shape[1])
+        if hook_out != hook and isinstance(w_enc, torch.Tensor) and w_enc.ndim == 2:
+            d_in = int(w_enc.shape[0])
+        label = short_hook_label(hook) if hook_out == hook else f"{short_hook_label(hook)}→{short_hook_label(hook_out).split(' ', 1)[-1]}"
+        bound.append(BoundSAE(hook, sae, d_in, d_sae, label, z_heads, hook_out, int(w_dec.shape[1])))
     bound.sort(key=lambda b: _hook_position(b.hook_name, handle.n_layers))
     return bound
 
@@ -380,10 +438,11 @@ def _final_scale(handle: ModelHandle, resid: torch.Tensor) -> torch.Tensor:
 
 def _encode_all(
     bound: Sequence[BoundSAE], acts: Sequence[torch.Tensor], top_k: int, stats: slice,
-    errors: bool = True,
+    errors: bool = True, outs: Sequence[torch.Tensor | None] | None = None,
 ) -> dict[str, Any]:
     """Encode each SAE's activation ``[pos, ...]``: top-k, counts, sparse values, and (unless
-    ``errors`` is False, when they are NaN) the reconstruction errors."""
+    ``errors`` is False, when they are NaN) the reconstruction errors, against ``outs[i]`` for a
+    transcoder (the activation of the hook it writes)."""
     n_pos = acts[0].shape[0]
     k = max(1, int(top_k))
     top_idx = torch.full((len(bound), n_pos, k), -1, dtype=torch.int32)
@@ -399,7 +458,8 @@ def _encode_all(
         b.check_width(act)
         x = b.flat(act)
         f = b.encode(x)
-        xf = x.float()
+        target = outs[i] if outs is not None and b.is_transcoder else None
+        xf = x.float() if target is None else target.reshape(*x.shape[:-1], b.d_out).float()
         err = (xf - b.decode(f).float()) if errors else torch.full_like(xf, math.nan)
         f = f.float()
         kk = min(k, f.shape[-1])
@@ -457,11 +517,13 @@ def feature_activations(
     tokens = handle.tokens(prompt, max_positions=max_positions)
     final = f"blocks.{handle.n_layers - 1}.hook_resid_post"
     names = [b.hook_name for b in bound]
-    want = [*names, final] if handle.has_hook(final) else names
+    outs = [b.hook_out for b in bound if b.is_transcoder]
+    want = list(dict.fromkeys([*names, *outs, *([final] if handle.has_hook(final) else [])]))
     with handle.session():
         _, cache = handle.run_with_cache(tokens, want, return_type=None)
         stats = _non_bos(tokens, handle)
-        enc = _encode_all(bound, [cache[n][0] for n in names], top_k, stats)
+        enc = _encode_all(bound, [cache[n][0] for n in names], top_k, stats,
+                          outs=[cache[b.hook_out][0] for b in bound])
         ln_scale = float(_final_scale(handle, cache[final][0][stats]).mean()) if final in cache else 1.0
     return FeatureTrace(
         tokens=tokens[0].cpu(),
@@ -509,10 +571,14 @@ def residual_directions(model: Any, sae: BoundSAE, features: Sequence[int]) -> t
     """
     handle = ModelHandle.wrap(model)
     w = sae.W_dec[torch.as_tensor(list(features), dtype=torch.long, device=sae.W_dec.device)]
-    w = w.detach().float()
-    if sae.d_in == handle.d_model:
+    return _to_residual(handle, sae, w.detach().float())
+
+
+def _to_residual(handle: ModelHandle, sae: BoundSAE, w: torch.Tensor) -> torch.Tensor:
+    """Decoder rows ``[n, d_out]`` (float) as what they add to the residual stream ``[n, d_model]``."""
+    if sae.d_out == handle.d_model and not sae.hook_out.endswith(("attn.hook_z", "mlp.hook_post")):
         return w
-    m = re.match(r"blocks\.(\d+)\.(mlp\.hook_post|attn\.hook_z)$", sae.hook_name)
+    m = re.match(r"blocks\.(\d+)\.(mlp\.hook_post|attn\.hook_z)$", sae.hook_out)
     block = handle.model.blocks[int(m.group(1))] if m else None
     if m and m.group(2) == "mlp.hook_post" and block is not None:
         return w @ block.mlp.W_out.detach().float()
@@ -520,19 +586,15 @@ def residual_directions(model: Any, sae: BoundSAE, features: Sequence[int]) -> t
         w_o = block.attn.W_O.detach().float()  # [head, d_head, d_model]
         return w @ w_o.reshape(-1, w_o.shape[-1])
     raise SAEError(
-        f"the SAE on {sae.hook_name!r} writes {sae.d_in}-wide vectors, not the residual stream's "
+        f"the SAE on {sae.hook_out!r} writes {sae.d_out}-wide vectors, not the residual stream's "
         f"{handle.d_model}: its logit effects are only defined for residual-stream, attn_out, "
         f"mlp_out, mlp.hook_post and attn.hook_z SAEs."
     )
 
 
-def logit_effect_matrix(
-    model: Any, sae: BoundSAE, features: Sequence[int], *, ln_scale: float = 1.0
-) -> Float[torch.Tensor, "feature vocab"]:
-    """``[n, d_vocab]`` direct logit effect of a unit of each feature (see
-    :func:`feature_logit_effects` for the convention)."""
-    handle = ModelHandle.wrap(model)
-    d = residual_directions(handle, sae, features)
+def _through_final_norm(handle: ModelHandle, d: torch.Tensor) -> torch.Tensor:
+    """Residual directions ``[n, d_model]`` through the final norm's linear part (centred for
+    LayerNorm, times ``ln_final.w`` when the model has one unfolded)."""
     norm = str(getattr(handle.cfg, "normalization_type", None) or "")
     if norm.startswith("LN"):
         d = d - d.mean(-1, keepdim=True)  # the final LayerNorm removes the mean
@@ -540,8 +602,49 @@ def logit_effect_matrix(
     w_ln = getattr(ln, "w", None) if ln is not None else None
     if isinstance(w_ln, torch.Tensor):
         d = d * w_ln.detach().float()
+    return d
+
+
+def logit_effect_matrix(
+    model: Any, sae: BoundSAE, features: Sequence[int], *, ln_scale: float = 1.0
+) -> Float[torch.Tensor, "feature vocab"]:
+    """``[n, d_vocab]`` direct logit effect of a unit of each feature (see
+    :func:`feature_logit_effects` for the convention)."""
+    return logit_effects_of(model, residual_directions(model, sae, features), ln_scale=ln_scale)
+
+
+def logit_effects_of(
+    model: Any, directions: Float[torch.Tensor, "n d_model"], *, ln_scale: float = 1.0
+) -> Float[torch.Tensor, "n vocab"]:
+    """``[n, d_vocab]`` direct logit effect of residual directions (e.g. several SAEs' features
+    from :func:`residual_directions`, concatenated: one pass over ``W_U`` for all of them)."""
+    handle = ModelHandle.wrap(model)
+    d = _through_final_norm(handle, directions.float())
     w_u = handle.model.W_U.detach().float()
     return (d @ w_u) * float(ln_scale)
+
+
+def features_promoting(
+    model: Any, sae: Any, token: int, *, k: int = 10, ln_scale: float = 1.0, chunk: int = 4096,
+) -> tuple[Int[torch.Tensor, " k"], Float[torch.Tensor, " k"]]:
+    """The ``k`` features whose direct logit effect (as :func:`feature_logit_effects`) raises
+    ``token`` most: one column of the effect matrix, computed a chunk of features at a time.
+
+    Returns:
+        ``(features, effects)``, largest effect first.
+    """
+    handle = ModelHandle.wrap(model)
+    b = sae if isinstance(sae, BoundSAE) else bind_saes(handle, [sae])[0]
+    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < handle.d_vocab:
+        raise SAEError(f"token id {token!r} is out of range: the vocabulary has ids 0..{handle.d_vocab - 1}.")
+    col = handle.model.W_U[:, token].detach().float()
+    with torch.no_grad():
+        scores = torch.cat([
+            _through_final_norm(handle, _to_residual(handle, b, b.W_dec[lo:lo + chunk].detach().float())) @ col
+            for lo in range(0, b.d_sae, chunk)
+        ]) * float(ln_scale)
+    v, f = scores.topk(min(int(k), b.d_sae))
+    return f, v
 
 
 def feature_logit_effects(
@@ -669,6 +772,12 @@ class FeatureLinks:
                 "cosine": float(table.cosine[feature, j]),
             })
         return out
+
+    def links_many(
+        self, sae: int | str, features: Sequence[int], direction: Literal["successors", "predecessors"]
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`links` of several features of one SAE."""
+        return [self.links(sae, f, direction) for f in features]
 
 
 def default_link_prompts(model: Any, n: int = 48, seed: int = 12345) -> list[str]:
@@ -850,8 +959,151 @@ def feature_links(
     )
 
 
+#: Decoder rows scanned at once by the lazy links (:class:`DecoderLinks`): at most a
+#: ``chunk x d_model`` copy (for SAEs whose rows are mapped into the residual stream) and a
+#: ``queries x chunk`` block of cosines are held at a time.
+LINK_CHUNK = 16384
+
+
+def decoder_cosine_top_k(
+    queries: Float[torch.Tensor, "n d"], rows: Any, n_rows: int, k: int, *, chunk: int = LINK_CHUNK,
+    norms: torch.Tensor | None = None,
+) -> tuple[Int[torch.Tensor, "n k"], Float[torch.Tensor, "n k"]]:
+    """The ``k`` rows most cosine-similar to each query, scanning the rows one chunk at a time.
+
+    Args:
+        queries: ``[n, d]`` query directions.
+        rows: ``rows(lo, hi)`` returns rows ``lo..hi-1`` as a ``[hi - lo, d]`` float tensor
+            (e.g. a slice of ``W_dec``); nothing larger than one chunk is ever built.
+        n_rows: how many rows there are.
+        k: how many to keep per query (at most ``n_rows``).
+        chunk: rows per step (default :data:`LINK_CHUNK`).
+        norms: ``[n_rows]`` the rows' norms, if known (saves a pass over each chunk).
+
+    Returns:
+        ``(indices, cosines)``, each ``[n, k]``, most similar first: exactly the top-k of the dense
+        ``normalize(queries) @ normalize(all rows).T`` (a zero row has cosine 0).
+    """
+    q = torch.nn.functional.normalize(queries.detach().float(), dim=-1)
+    k = min(int(k), n_rows)
+    best_v = torch.empty(q.shape[0], 0, device=q.device)
+    best_i = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
+    for lo in range(0, n_rows, chunk):
+        hi = min(n_rows, lo + chunk)
+        w = rows(lo, hi)
+        norm = w.norm(dim=-1) if norms is None else norms[lo:hi]
+        cos = (w @ q.T).T / norm.clamp(min=1e-12)  # [n, hi - lo]
+        v, i = cos.topk(min(k, hi - lo), dim=1)
+        v, order = torch.cat([best_v, v], 1).topk(min(k, best_v.shape[1] + v.shape[1]), dim=1)
+        best_i = torch.cat([best_i, i + lo], 1).gather(1, order)
+        best_v = v
+    return best_i, best_v
+
+
+class DecoderLinks:
+    """Links between features of adjacent SAEs by decoder cosine, computed lazily, on demand.
+
+    The cost of :func:`feature_links` grows with ``d_sae^2`` (every feature against every
+    feature of the next SAE, over a sample); at real dictionary sizes (24k–1M features) that is
+    minutes and gigabytes. This object computes nothing up front: asking for a feature's links
+    scans the adjacent SAE's decoder once, one chunk of :data:`LINK_CHUNK` rows at a time, and
+    keeps a running top-k (:func:`decoder_cosine_top_k`), so a click costs one pass over one
+    decoder per hop and memory of one chunk. Results are cached per (SAE, feature, direction).
+
+    Directions are compared in the residual stream (:func:`residual_directions`: ``W_dec`` for
+    residual-width hooks, through ``W_O`` for ``attn.hook_z`` and ``W_out`` for
+    ``mlp.hook_post``), so SAEs on different hooks compare. An SAE whose features do not write the
+    residual stream has no links (an empty list).
+
+    It answers the same questions as :class:`FeatureLinks` (``links``, ``links_many``, what
+    :func:`lineage` uses), ranked by cosine; ``correlation`` is None (no activation sample).
+
+    Args:
+        model: a TransformerLens model or handle.
+        saes: SAEs as :func:`bind_saes` takes them.
+        n_links: links kept per feature and direction (default 5).
+        chunk: decoder rows per step (default :data:`LINK_CHUNK`).
+    """
+
+    by = "cosine"
+    n_tokens = 0
+    n_prompts = 0
+    frequency = None
+
+    def __init__(self, model: Any, saes: Any, *, n_links: int = 5, chunk: int = LINK_CHUNK) -> None:
+        self._handle = ModelHandle.wrap(model)
+        self.saes = _as_bound(self._handle, saes)
+        self.hook_names = [b.hook_name for b in self.saes]
+        self.n_links = int(n_links)
+        self.chunk = int(chunk)
+        self._cache: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
+        self._norms: dict[int, torch.Tensor] = {}
+
+    def _row_norms(self, i: int) -> torch.Tensor:
+        """``[d_sae]`` the norms of SAE ``i``'s rows in the residual stream (one chunked pass,
+        the first time they are needed)."""
+        if i not in self._norms:
+            rows, d = self._rows(i), self.saes[i].d_sae
+            with torch.no_grad():
+                self._norms[i] = torch.cat([rows(lo, min(d, lo + self.chunk)).norm(dim=-1)
+                                            for lo in range(0, d, self.chunk)])
+        return self._norms[i]
+
+    def _writes_residual(self, i: int) -> bool:
+        try:
+            _to_residual(self._handle, self.saes[i], self.saes[i].W_dec[:1].detach().float())
+        except SAEError:
+            return False
+        return True
+
+    def prepare(self) -> DecoderLinks:
+        """Compute every SAE's row norms now (one pass over each decoder), so that the first
+        click costs no more than later ones; returns ``self``."""
+        for i in range(len(self.saes)):
+            if self._writes_residual(i):
+                self._row_norms(i)
+        return self
+
+    def _rows(self, i: int) -> Any:
+        b = self.saes[i]
+        return lambda lo, hi: _to_residual(self._handle, b, b.W_dec[lo:hi].detach().float())
+
+    def links(
+        self, sae: int | str, feature: int, direction: Literal["successors", "predecessors"]
+    ) -> list[dict[str, Any]]:
+        """Links of one feature: ``[{"sae", "hook_name", "feature", "correlation", "cosine"}]``."""
+        return self.links_many(sae, [feature], direction)[0]
+
+    def links_many(
+        self, sae: int | str, features: Sequence[int], direction: Literal["successors", "predecessors"]
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`links` of several features of one SAE, with one pass over the other decoder."""
+        i = _sae_index(self.hook_names, sae)
+        for f in features:
+            _check_feature(self.hook_names[i], self.saes[i].d_sae, f)
+        other = i + 1 if direction == "successors" else i - 1
+        if direction not in ("successors", "predecessors"):
+            raise SAEError(f"direction={direction!r}: use 'successors' or 'predecessors'.")
+        if not 0 <= other < len(self.saes) or not (self._writes_residual(i) and self._writes_residual(other)):
+            return [[] for _ in features]
+        todo = sorted({int(f) for f in features if (i, int(f), direction) not in self._cache})
+        if todo:
+            with torch.no_grad():
+                q = self._rows(i)
+                queries = torch.cat([q(f, f + 1) for f in todo])
+                idx, cos = decoder_cosine_top_k(queries, self._rows(other), self.saes[other].d_sae,
+                                                self.n_links, chunk=self.chunk, norms=self._row_norms(other))
+            for row, f in enumerate(todo):
+                self._cache[(i, f, direction)] = [
+                    {"sae": other, "hook_name": self.hook_names[other], "feature": int(g),
+                     "correlation": None, "cosine": float(c)}
+                    for g, c in zip(idx[row].tolist(), cos[row].tolist(), strict=True)
+                ]
+        return [list(self._cache[(i, int(f), direction)]) for f in features]
+
+
 def lineage(
-    links: FeatureLinks, sae: int | str, feature: int, *, per_node: int = 3, per_layer: int = 6,
+    links: FeatureLinks | DecoderLinks, sae: int | str, feature: int, *, per_node: int = 3, per_layer: int = 6,
     min_correlation: float = 0.0,
 ) -> dict[str, Any]:
     """The feature's links followed through every earlier and later SAE (a small flow graph).
@@ -872,8 +1124,9 @@ def lineage(
         layer = start
         while frontier:
             nxt: dict[int, float] = {}
-            for s, f in frontier:
-                for link in links.links(s, f, direction)[:per_node]:  # type: ignore[arg-type]
+            found = links.links_many(layer, [f for _, f in frontier], direction)  # type: ignore[arg-type]
+            for (s, f), out in zip(frontier, found, strict=True):
+                for link in out[:per_node]:
                     value = link[key]
                     if not math.isfinite(value) or value <= min_correlation:
                         continue
@@ -895,6 +1148,188 @@ def lineage(
         "nodes": [{"sae": s, "feature": f, "score": v} for (s, f), v in sorted(nodes.items())],
         "edges": list(edges.values()),
     }
+
+
+# --------------------------------------------------------------------------------------- corpus
+#: Edges of the activation histograms: log-spaced, 6 bins a decade from 1e-3 to 1e3 (values
+#: outside fall in the first or last bin).
+HIST_EDGES = torch.logspace(-3, 3, 37)
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+@dataclass
+class FeatureCorpus:
+    """Every feature of one SAE over a corpus: what SAEDashboard and Neuronpedia show per feature.
+
+    Attributes:
+        hook_name: the SAE's hook; ``d_sae`` its features.
+        tokens: per document, its ``[pos]`` token ids (BOS first when the tokenizer adds one).
+        n_tokens: tokens measured (BOS excluded); ``n_docs`` documents.
+        top_values: ``[k, d_sae]`` each feature's largest activations over the corpus, largest
+            first (0 where it fired fewer than ``k`` times); ``top_doc`` / ``top_pos``
+            ``[k, d_sae]`` where they are (-1: none).
+        count: ``[d_sae]`` how many tokens each feature fires on (density = count / n_tokens).
+        hist_edges: ``[n_bins + 1]`` bin edges of :attr:`histogram`.
+        histogram: ``[d_sae, n_bins]`` counts of each feature's non-zero activations per bin.
+        example_doc / example_pos: ``[d_sae, n_bins]`` one token whose activation falls in that
+            bin (-1: none): the samples from lower quantiles are drawn from these.
+    """
+
+    hook_name: str
+    d_sae: int
+    tokens: list[torch.Tensor]
+    n_tokens: int
+    n_docs: int
+    top_values: Float[torch.Tensor, "k d_sae"]
+    top_doc: Int[torch.Tensor, "k d_sae"]
+    top_pos: Int[torch.Tensor, "k d_sae"]
+    count: Int[torch.Tensor, " d_sae"]
+    hist_edges: Float[torch.Tensor, " bins_plus_1"]
+    histogram: Int[torch.Tensor, "d_sae bins"]
+    example_doc: Int[torch.Tensor, "d_sae bins"]
+    example_pos: Int[torch.Tensor, "d_sae bins"]
+
+    def density(self, feature: int) -> float:
+        """The fraction of corpus tokens the feature fires on."""
+        _check_feature(self.hook_name, self.d_sae, feature)
+        return float(self.count[feature]) / max(1, self.n_tokens)
+
+    def top_contexts(self, feature: int) -> list[tuple[float, int, int]]:
+        """``[(activation, doc, pos)]`` the feature's top activations, largest first."""
+        _check_feature(self.hook_name, self.d_sae, feature)
+        return [(float(v), int(d), int(p)) for v, d, p in zip(
+            self.top_values[:, feature], self.top_doc[:, feature], self.top_pos[:, feature], strict=True)
+            if int(d) >= 0]
+
+    def quantile_samples(self, feature: int, quantiles: Sequence[float] = QUANTILES
+                         ) -> list[tuple[float, float, float, int, int]]:
+        """``[(quantile, bin_low, bin_high, doc, pos)]``: for each quantile of the feature's
+        non-zero activations, a token whose activation lies in the histogram bin holding it."""
+        _check_feature(self.hook_name, self.d_sae, feature)
+        hist = self.histogram[feature].double()
+        total = float(hist.sum())
+        out: list[tuple[float, float, float, int, int]] = []
+        if total == 0:
+            return out
+        cum = hist.cumsum(0) / total
+        for q in quantiles:
+            b = int(torch.searchsorted(cum, torch.tensor(float(q), dtype=torch.float64)).clamp(max=hist.shape[0] - 1))
+            if int(self.example_doc[feature, b]) >= 0:
+                out.append((float(q), float(self.hist_edges[b]), float(self.hist_edges[b + 1]),
+                            int(self.example_doc[feature, b]), int(self.example_pos[feature, b])))
+        return out
+
+
+def _corpus_tokens(handle: ModelHandle, corpus: Any, max_positions: int) -> list[torch.Tensor]:
+    if isinstance(corpus, torch.Tensor):
+        docs = [corpus] if corpus.ndim == 1 else list(corpus)
+    elif isinstance(corpus, (list, tuple)):
+        docs = list(corpus)
+    else:
+        raise PromptError(f"corpus is a list of texts or a [docs, pos] token tensor, got {type(corpus).__name__}.")
+    if not docs:
+        raise PromptError("the corpus is empty: pass some texts or a token tensor.")
+    return [handle.tokens(d, what="corpus document")[0, :max_positions].cpu() for d in docs]
+
+
+def iter_feature_corpus(
+    model: Any, sae: Any, corpus: Sequence[str] | torch.Tensor, *, k: int = 20, batch_size: int = 8,
+    max_positions: int = 128,
+) -> Any:
+    """:func:`feature_corpus` as a generator (for a widget job): yields
+    ``{"done", "total", "message"}`` after each batch, returns the :class:`FeatureCorpus`."""
+    handle = ModelHandle.wrap(model)
+    b = sae if isinstance(sae, BoundSAE) else bind_saes(handle, [sae])[0]
+    docs = _corpus_tokens(handle, corpus, max_positions)
+    d = b.d_sae
+    n_bins = HIST_EDGES.shape[0] - 1
+    top_v = torch.zeros(0, d)
+    top_doc = torch.zeros(0, d, dtype=torch.int32)
+    top_pos = torch.zeros(0, d, dtype=torch.int32)
+    count = torch.zeros(d, dtype=torch.int64)
+    hist = torch.zeros(d * n_bins, dtype=torch.int32)
+    # one token per (feature, bin), as doc * width + pos: one write per cell, so that the doc
+    # and the position of a sample always come from the same token
+    width = max(t.shape[0] for t in docs)
+    example = torch.full((d * n_bins,), -1, dtype=torch.int64)
+    inner = HIST_EDGES[1:-1]
+    bos = getattr(handle.model.tokenizer, "bos_token_id", None)
+    pad = getattr(handle.model.tokenizer, "pad_token_id", None)
+    n_tok = 0
+    total = len(docs)
+    for start in range(0, total, batch_size):
+        group = docs[start:start + batch_size]
+        length = max(t.shape[0] for t in group)
+        batch = torch.full((len(group), length), int(pad) if pad is not None else 0, dtype=torch.long)
+        keep = torch.zeros(len(group), length, dtype=torch.bool)
+        for r, t in enumerate(group):
+            batch[r, : t.shape[0]] = t
+            keep[r, : t.shape[0]] = True
+            if bos is not None and t.shape[0] > 1 and int(t[0]) == int(bos):
+                keep[r, 0] = False
+        with handle.session():  # right padding: no real token attends to a pad
+            _, cache = handle.run_with_cache(batch.to(handle.device), [b.hook_name], return_type=None)
+            act = cache[b.hook_name]
+            b.check_width(act)
+            with torch.no_grad():
+                f = b.encode(b.flat(act)[keep.to(handle.device)]).float().cpu()  # [n, d_sae]
+        del cache, act
+        rows, cols = keep.nonzero(as_tuple=True)
+        doc_of = (rows + start).to(torch.int32)
+        pos_of = cols.to(torch.int32)
+        n_tok += f.shape[0]
+        kk = min(k, f.shape[0])
+        v, i = f.topk(kk, dim=0)
+        v = torch.cat([top_v, v])
+        order = v.topk(min(k, v.shape[0]), dim=0).indices
+        top_v = v.gather(0, order)
+        top_doc = torch.cat([top_doc, doc_of[i]]).gather(0, order)
+        top_pos = torch.cat([top_pos, pos_of[i]]).gather(0, order)
+        fired = f > 0
+        count += fired.sum(0)
+        nz_row, nz_feat = fired.nonzero(as_tuple=True)
+        cell = nz_feat * n_bins + torch.bucketize(f[nz_row, nz_feat], inner)
+        hist.index_add_(0, cell, torch.ones_like(cell, dtype=torch.int32))
+        empty = example[cell] < 0
+        example[cell[empty]] = doc_of[nz_row[empty]].long() * width + pos_of[nz_row[empty]].long()
+        yield {"done": min(total, start + batch_size), "total": total,
+               "message": f"{b.label}: {n_tok} tokens of {total} documents"}
+    none = top_v <= 0
+    return FeatureCorpus(
+        hook_name=b.hook_name, d_sae=d, tokens=docs, n_tokens=n_tok, n_docs=total,
+        top_values=top_v.masked_fill(none, 0.0), top_doc=top_doc.masked_fill(none, -1),
+        top_pos=top_pos.masked_fill(none, -1), count=count, hist_edges=HIST_EDGES.clone(),
+        histogram=hist.view(d, n_bins),
+        example_doc=torch.where(example >= 0, example // width, -1).to(torch.int32).view(d, n_bins),
+        example_pos=torch.where(example >= 0, example % width, -1).to(torch.int32).view(d, n_bins),
+    )
+
+
+def feature_corpus(
+    model: Any, sae: Any, corpus: Sequence[str] | torch.Tensor, *, k: int = 20, batch_size: int = 8,
+    max_positions: int = 128,
+) -> FeatureCorpus:
+    """Every feature of one SAE over a corpus, in one pass: top-activating contexts, density,
+    activation histogram and samples from lower quantiles (SAEDashboard's and Neuronpedia's
+    feature panel).
+
+    Memory is that of one batch's codes (``batch tokens x d_sae``) plus ``d_sae x (3k + 3 x
+    36)`` numbers; time is one forward pass and one encode per batch.
+
+    Args:
+        model: a TransformerLens model or handle.
+        sae: one SAE (or a :class:`BoundSAE`).
+        corpus: texts (BOS prepended) or a ``[docs, pos]`` token tensor.
+        k: top activations kept per feature (default 20).
+        batch_size: documents per forward pass (default 8).
+        max_positions: each document is cut to this many tokens (default 128).
+    """
+    gen = iter_feature_corpus(model, sae, corpus, k=k, batch_size=batch_size, max_positions=max_positions)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------------------- interventions
@@ -1009,12 +1444,15 @@ def splice_hooks(
     decode(f))`` (= ``decode(f_edit) + (x - decode(f))``): with no edit it returns ``x`` itself.
     Only SAEs with an intervention are spliced unless ``splice_all``. ``interventions`` must be
     normalised (:func:`normalise_interventions`). The edited code of each spliced SAE is put in
-    ``record[hook_name]`` (``[batch, pos, d_sae]``) when ``record`` is given.
+    ``record[hook_name]`` (``[batch, pos, d_sae]``) when ``record`` is given. A transcoder is
+    read at its ``hook_name`` and its edit ``decode(f_edit) - decode(f)`` added at its
+    ``hook_out`` (the model's own output there stands in for the error term).
     """
     by_hook: dict[str, list[FeatureIntervention]] = {}
     for iv in interventions:
         by_hook.setdefault(str(iv.hook_name), []).append(iv)
-    hooks = []
+    pending: dict[str, torch.Tensor] = {}  # a transcoder's edit, from the hook it reads to the one it writes
+    hooks: list[tuple[str, Any]] = []
     for b in bound:
         edits = by_hook.get(b.hook_name, [])
         if not edits and not splice_all:
@@ -1034,10 +1472,22 @@ def splice_hooks(
                 record[b.hook_name] = f_edit.detach()
             if not edits:
                 return act
-            out = x + (b.decode(f_edit) - b.decode(f)).to(x.dtype)
+            delta = b.decode(f_edit) - b.decode(f)
+            if b.is_transcoder:  # the edit reaches the hook the transcoder writes
+                pending[b.hook_out] = delta
+                return act
+            out = x + delta.to(x.dtype)
             return out.reshape(act.shape)
 
+        def write(act: torch.Tensor, hook: Any, b: BoundSAE = b) -> torch.Tensor:
+            delta = pending.pop(b.hook_out, None)
+            if delta is None:
+                return act
+            return act + delta.to(act.dtype).reshape(act.shape)
+
         hooks.append((b.hook_name, hook))
+        if b.is_transcoder and edits:
+            hooks.append((b.hook_out, write))
     return hooks
 
 
@@ -1212,7 +1662,9 @@ def _feature_changes(
 __all__ = [
     "INTERVENTION_MODES",
     "BoundSAE",
+    "DecoderLinks",
     "FeatureChange",
+    "FeatureCorpus",
     "FeatureIntervention",
     "FeatureLinks",
     "FeatureTrace",
@@ -1220,13 +1672,18 @@ __all__ = [
     "LinkTable",
     "LogitEffects",
     "bind_saes",
+    "decoder_cosine_top_k",
     "default_link_prompts",
     "feature_activations",
+    "feature_corpus",
     "feature_links",
     "feature_logit_effects",
+    "features_promoting",
     "intervene_features",
+    "iter_feature_corpus",
     "lineage",
     "logit_effect_matrix",
+    "logit_effects_of",
     "normalise_interventions",
     "residual_directions",
     "sae_hook_name",

@@ -17,6 +17,7 @@ The maths is in :mod:`mechwidgets.analysis.features`.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,6 +32,8 @@ from .._tensor import encode_array
 from ..analysis.features import (
     INTERVENTION_MODES,
     BoundSAE,
+    DecoderLinks,
+    FeatureCorpus,
     FeatureIntervention,
     FeatureLinks,
     FeatureTrace,
@@ -39,9 +42,13 @@ from ..analysis.features import (
     default_link_prompts,
     feature_activations,
     feature_links,
+    features_promoting,
     intervene_features,
+    iter_feature_corpus,
     lineage,
     logit_effect_matrix,
+    logit_effects_of,
+    residual_directions,
 )
 from ..errors import SAEError
 from ._base import MechWidget
@@ -54,6 +61,19 @@ LABEL_TOKENS = 3
 DETAIL_TOKENS = 8
 #: Downstream features listed after an intervention.
 N_CHANGES = 12
+#: ``link_by="auto"`` measures activation correlations over a sample (dense, every feature
+#: against every feature of the next SAE) only while the adjacent SAEs' ``d_a x d_b`` products
+#: sum to at most this (well under a second); larger SAEs get lazy decoder-cosine links.
+DENSE_LINK_BUDGET = 2**22
+#: Feature labels (one ``d_model x d_vocab`` product per feature) are all computed when the widget
+#: is built only while ``features x d_model x d_vocab`` stays under this (about a second);
+#: otherwise a token's labels are computed when it is selected.
+LABEL_BUDGET = 2**31
+LINK_MODES = ("auto", "correlation", "cosine")
+#: Tokens shown before / after the activating token of a corpus context.
+CONTEXT_BEFORE, CONTEXT_AFTER = 10, 3
+#: Features listed by a search for a token.
+N_SEARCH = 10
 
 
 def _n_pos(w: FeaturesWidget) -> int:
@@ -111,11 +131,17 @@ class FeaturesWidget(MechWidget):
     - ``selected_token`` (-1: none), ``selected_feature`` (``{sae, feature}`` or ``{}``)
     - ``feature``: the selected feature's detail: ``activations`` ``[pos]``, ``promoted`` /
       ``suppressed`` logit effects, ``lineage`` (``nodes``, ``edges`` across the SAEs),
-      ``frequency`` on the link sample
+      ``frequency`` on the link sample (None for decoder-cosine links)
     - ``interventions``: ``[{sae, hook_name, feature, mode, value, positions}]`` in force
     - ``intervention``: the last run's predictions, per-token loss before vs after, the
       downstream features that changed, and the edited run's ``overview``
-    - ``links_info``: what the cross-layer links were measured on
+    - ``links_info``: what the cross-layer links were measured on (``by``: ``"correlation"`` or
+      ``"cosine"``)
+    - ``corpus_info``: ``{n_docs, source, done: [SAE indices whose corpus panel is computed]}``;
+      the ``corpus`` request (a job with progress and cancel) computes one SAE's panel, which
+      ``feature["corpus"]`` then carries: top-activating contexts, quantile samples, density and
+      histogram
+    - ``search``: the last ``search`` request's answer (features promoting a token)
     """
 
     _bundle = "features.js"
@@ -136,6 +162,8 @@ class FeaturesWidget(MechWidget):
     interventions: traitlets.List[dict[str, Any]] = traitlets.List([]).tag(sync=True)
     intervention = traitlets.Dict({}).tag(sync=True)
     links_info = traitlets.Dict({}).tag(sync=True)
+    corpus_info = traitlets.Dict({}).tag(sync=True)
+    search = traitlets.Dict({}).tag(sync=True)
 
     def __init__(
         self,
@@ -144,13 +172,21 @@ class FeaturesWidget(MechWidget):
         prompt: str | torch.Tensor,
         *,
         top_k: int = 8,
-        links: FeatureLinks | None = None,
+        links: FeatureLinks | DecoderLinks | None = None,
         link_prompts: Sequence[str] | None = None,
         n_links: int = 5,
+        link_by: str = "auto",
         colour_by: str = "auto",
         max_positions: int = 512,
+        corpus: Sequence[str] | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> None:
+        if link_by not in LINK_MODES:
+            raise SAEError(
+                f"link_by={link_by!r}: use 'correlation' (activations over a sample: every feature "
+                f"against every feature, slow for large SAEs), 'cosine' (decoder directions, "
+                f"computed for the feature you click) or 'auto'."
+            )
         if colour_by not in ("auto", "count", "total"):
             raise SAEError(
                 f"colour_by={colour_by!r}: use 'count' (features firing), 'total' (their summed "
@@ -169,7 +205,16 @@ class FeaturesWidget(MechWidget):
         )
         self._tokens = self.trace.tokens[None].to(handle.device)
         source = "given"
-        if links is None:
+        if links is None and link_by == "auto":
+            pairs = sum(a.d_sae * b.d_sae for a, b in itertools.pairwise(bound))
+            link_by = "correlation" if pairs <= DENSE_LINK_BUDGET else "cosine"
+        #: how the widget measured its links (recomputed when the model changes), None: given
+        self._link_args: tuple[str, Any, int] | None
+        if links is None and link_by == "cosine":
+            links = DecoderLinks(handle, bound, n_links=n_links).prepare() if len(bound) > 1 else None
+            source = "decoder weights, computed for the feature you select"
+            self._link_args = ("cosine", None, n_links)
+        elif links is None:
             if link_prompts is None:
                 try:
                     link_prompts = default_link_prompts(handle)
@@ -180,7 +225,7 @@ class FeaturesWidget(MechWidget):
             else:
                 source = "link_prompts"
             links = feature_links(handle, bound, link_prompts, n_links=n_links) if len(bound) > 1 else None
-            self._link_args: tuple[Any, int] | None = (link_prompts, n_links)
+            self._link_args = ("correlation", link_prompts, n_links)
         elif list(links.hook_names) != [b.hook_name for b in bound]:
             raise SAEError(
                 f"links= was computed for the SAEs {links.hook_names}, not for these "
@@ -192,7 +237,17 @@ class FeaturesWidget(MechWidget):
         #: the model and SAEs as the trace and links saw them (taken after the first runs: a
         #: TransformerBridge wires hooks of its own on its first forward)
         self._stamp = Stamp(handle.model, *(b.sae for b in bound))
-        self.links: FeatureLinks | None = links
+        self.links: FeatureLinks | DecoderLinks | None = links
+        corpus_source = "corpus"
+        if corpus is None:
+            try:
+                corpus = default_link_prompts(handle)
+                corpus_source = "zoo sample text"
+            except SAEError:
+                corpus_source = ""
+        self._corpus = corpus
+        #: per SAE index, its corpus panel once the ``corpus`` job has computed it
+        self.corpus_stats: dict[int, FeatureCorpus] = {}
         self.last_intervention: InterventionResult | None = None
         self._clean_logits: torch.Tensor | None = None
         self._label_cache: list[dict[int, list[str]]] = [{} for _ in bound]
@@ -218,6 +273,7 @@ class FeaturesWidget(MechWidget):
                 "by": links.by if links else "",
                 "source": source if links else "no links: a single SAE",
             },
+            corpus_info={"n_docs": 0 if corpus is None else len(corpus), "source": corpus_source, "done": []},
             **kwargs,
         )
 
@@ -237,10 +293,12 @@ class FeaturesWidget(MechWidget):
         }
 
     def _top_labels(self) -> list[dict[str, list[str]]]:
-        return self._labels_for(
-            [sorted({int(f) for f in self.trace.top_indices[i].flatten().tolist() if f >= 0})
-             for i in range(len(self._bound))]
-        )
+        """Labels of every feature in the trace's top lists, where that costs little (else none:
+        each token's are computed when it is selected)."""
+        shown = [sorted({int(f) for f in self.trace.top_indices[i].flatten().tolist() if f >= 0})
+                 for i in range(len(self._bound))]
+        cost = sum(map(len, shown)) * self._handle.d_model * self._handle.d_vocab
+        return self._labels_for(shown if cost <= LABEL_BUDGET else [[] for _ in self._bound])
 
     def _before_request(self, kind: str) -> None:
         """The model or an SAE changed since the trace was taken: recompute the trace, the
@@ -255,8 +313,11 @@ class FeaturesWidget(MechWidget):
             self.trace = feature_activations(handle, bound, self._prompt_input, top_k=self._top_k,
                                              max_positions=self._max_positions)
             if self._link_args is not None and self.links is not None:
-                prompts, n_links = self._link_args
-                self.links = feature_links(handle, bound, prompts, n_links=n_links)
+                by, prompts, n_links = self._link_args
+                self.links = (DecoderLinks(handle, bound, n_links=n_links).prepare() if by == "cosine"
+                              else feature_links(handle, bound, prompts, n_links=n_links))
+            self.corpus_stats = {}  # the corpus panels are of the old model: asked for again
+            self.corpus_info = {**self.corpus_info, "done": []}
             self._clean_logits = None
             self._label_cache = [{} for _ in bound]
             self._stamp.renew()
@@ -272,17 +333,21 @@ class FeaturesWidget(MechWidget):
 
     # ------------------------------------------------------------ helpers
     def _labels_for(self, features: Sequence[Sequence[int]]) -> list[dict[str, list[str]]]:
-        """Top promoted tokens of features (cached), as the ``feature_labels`` trait's shape."""
-        for i, feats in enumerate(features):
-            new = [f for f in feats if f not in self._label_cache[i]]
-            if not new:
-                continue
+        """Top promoted tokens of features (cached), as the ``feature_labels`` trait's shape.
+        The new features of every SAE go through the unembedding together (one pass over
+        ``W_U``, the largest matrix read here)."""
+        new = [(i, f) for i, feats in enumerate(features) for f in dict.fromkeys(feats)
+               if f not in self._label_cache[i]]
+        if new:
             with torch.no_grad():
-                eff = logit_effect_matrix(self._handle, self._bound[i], new, ln_scale=self.trace.ln_scale)
+                dirs = torch.cat([residual_directions(self._handle, self._bound[i], [f for j, f in new if j == i])
+                                  for i in sorted({i for i, _ in new})])
+                eff = logit_effects_of(self._handle, dirs, ln_scale=self.trace.ln_scale)
             ids = eff.topk(min(LABEL_TOKENS, eff.shape[-1]), dim=-1).indices
             uniq = sorted(set(ids.flatten().tolist()))
             strs = dict(zip(uniq, self._handle.model.to_str_tokens(torch.tensor(uniq)), strict=True))
-            for f, row in zip(new, ids.tolist(), strict=True):
+            order = sorted(new, key=lambda t: t[0])  # the rows of dirs: by SAE, then as asked
+            for (i, f), row in zip(order, ids.tolist(), strict=True):
                 self._label_cache[i][f] = [str(strs[t]) for t in row]
         return [{str(f): toks for f, toks in sorted(cache.items())} for cache in self._label_cache]
 
@@ -300,7 +365,12 @@ class FeaturesWidget(MechWidget):
         n = len(self.trace.str_tokens)
         pos = as_int(pos, "token position", lo=0, hi=n - 1, error=SAEError,
                      hint=f" The prompt has positions 0..{n - 1}.")
-        self.selected_token = pos
+        labels = self._labels_for([[int(f) for f in self.trace.top_indices[i, pos].tolist() if f >= 0]
+                                   for i in range(len(self._bound))])
+        with self.hold_sync():
+            if labels != self.feature_labels:
+                self.feature_labels = labels
+            self.selected_token = pos
         return {"pos": pos}
 
     @page_request(sae=_SAE, feature=_FEATURE)
@@ -320,7 +390,8 @@ class FeaturesWidget(MechWidget):
         freq = None
         if self.links is not None:
             graph = lineage(self.links, i, feature)
-            freq = float(self.links.frequency[i][feature])
+            if self.links.frequency is not None:
+                freq = float(self.links.frequency[i][feature])
         # labels for every node of the lineage, so the flow is readable
         wanted: list[list[int]] = [[] for _ in self._bound]
         for node in graph["nodes"]:
@@ -338,6 +409,7 @@ class FeaturesWidget(MechWidget):
             "frequency": freq,
             "max_activation": float(acts.max()),
             "ln_scale": t.ln_scale,
+            "corpus": self._corpus_state(i, feature),
         }
         with self.hold_sync():
             if labels != self.feature_labels:
@@ -345,6 +417,70 @@ class FeaturesWidget(MechWidget):
             self.feature = detail
             self.selected_feature = {"sae": i, "feature": feature}
         return {"sae": i, "feature": feature}
+
+    def _context(self, fc: FeatureCorpus, doc: int, pos: int) -> dict[str, Any]:
+        toks = fc.tokens[doc]
+        lo, hi = max(0, pos - CONTEXT_BEFORE), min(toks.shape[0], pos + CONTEXT_AFTER + 1)
+        strs = [str(x) for x in self._handle.model.to_str_tokens(toks[lo:hi])]
+        return {"doc": doc, "pos": pos, "tokens": strs, "highlight": pos - lo}
+
+    def _corpus_state(self, i: int, feature: int) -> dict[str, Any] | None:
+        fc = self.corpus_stats.get(i)
+        if fc is None:
+            return None
+        return {
+            "n_tokens": fc.n_tokens, "n_docs": fc.n_docs, "density": fc.density(feature),
+            "top": [{**self._context(fc, d, p), "value": v} for v, d, p in fc.top_contexts(feature)],
+            "quantiles": [{**self._context(fc, d, p), "q": q, "low": lo, "high": hi}
+                          for q, lo, hi, d, p in fc.quantile_samples(feature)],
+            "hist_edges": encode_array(fc.hist_edges),
+            "hist_counts": encode_array(fc.histogram[feature], "int32"),
+        }
+
+    @page_request(sae=_SAE)
+    def _req_corpus(self, sae: Any) -> Any:
+        """Compute one SAE's corpus panel (a job: progress after each batch, cancellable)."""
+        i = self._sae(sae)
+        if self._corpus is None:
+            raise SAEError(
+                "no corpus to compute the feature panel over: pass corpus= to show_features (a "
+                "list of texts like the SAEs' training data, or a [docs, pos] token tensor)."
+            )
+        return self._corpus_job(i)
+
+    def _corpus_job(self, i: int) -> Any:
+        fc = yield from iter_feature_corpus(self._handle, self._bound[i], self._corpus)  # type: ignore[arg-type]
+        self.corpus_stats[i] = fc
+        with self.hold_sync():
+            self.corpus_info = {**self.corpus_info, "done": sorted(self.corpus_stats)}
+            sel = self.selected_feature
+            if sel and sel.get("sae") == i and self.feature:
+                self.feature = {**self.feature, "corpus": self._corpus_state(i, int(sel["feature"]))}
+        return {"sae": i, "n_tokens": fc.n_tokens}
+
+    @page_request(sae=_SAE, query=Str(max_len=200))
+    def _req_search(self, sae: Any, query: str) -> dict[str, Any]:
+        """``#123`` or ``123`` selects that feature; a token lists the features whose direct
+        logit effect raises it most (the column of the effect matrix: one product per feature)."""
+        i = self._sae(sae)
+        q = str(query)
+        number = q.strip().lstrip("#")
+        if number.isdigit():
+            self._req_select_feature(i, self._check_feature(i, int(number)))
+            out: dict[str, Any] = {"sae": i, "query": q, "feature": int(number), "features": []}
+        else:  # a token: its leading space is part of it (" Mary" is not "Mary")
+            ids = self._handle.model.to_tokens(q, prepend_bos=False)[0].tolist() if q.strip() else []
+            if len(ids) != 1:
+                raise SAEError(f"search {q!r}: give a feature number (#123) or one token (it is {len(ids)} tokens).")
+            f, v = features_promoting(self._handle, self._bound[i], ids[0], k=N_SEARCH,
+                                      ln_scale=self.trace.ln_scale)
+            labels = self._labels_for([f.tolist() if j == i else [] for j in range(len(self._bound))])
+            if labels != self.feature_labels:
+                self.feature_labels = labels
+            out = {"sae": i, "query": q, "token": str(self._handle.model.to_str_tokens(torch.tensor(ids))[0]),
+                   "features": [{"feature": int(a), "effect": float(e)} for a, e in zip(f, v, strict=True)]}
+        self.search = out
+        return out
 
     @page_request(interventions=ListOf(_INTERVENTION, max_len=lambda w: sum(w.trace.d_sae)))
     def _req_intervene(self, interventions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -427,6 +563,16 @@ class FeaturesWidget(MechWidget):
         """
         self._call("select_feature", sae=sae, feature=feature)
 
+    def compute_corpus(self, sae: int | str) -> FeatureCorpus:
+        """Compute one SAE's corpus panel (top contexts, quantile samples, density, histogram)
+        over the widget's corpus, as the panel's button does; kept per SAE."""
+        self._call("corpus", sae=sae)
+        return self.corpus_stats[self._sae(sae)]
+
+    def search_features(self, sae: int | str, query: str) -> dict[str, Any]:
+        """Jump to a feature (``"#123"``) or list the features promoting a token (``" Mary"``)."""
+        return self._call("search", sae=sae, query=query)  # type: ignore[no-any-return]
+
     def _set_intervention(self, sae: int | str, feature: int, mode: str, value: float,
                           positions: Sequence[int] | None) -> InterventionResult | None:
         i = self._sae(sae)
@@ -494,11 +640,13 @@ def show_features(
     prompt: str | torch.Tensor,
     *,
     top_k: int = 8,
-    links: FeatureLinks | None = None,
+    links: FeatureLinks | DecoderLinks | None = None,
     link_prompts: Sequence[str] | None = None,
     n_links: int = 5,
+    link_by: str = "auto",
     colour_by: str = "auto",
     max_positions: int = 512,
+    corpus: Sequence[str] | torch.Tensor | None = None,
 ) -> FeaturesWidget:
     """Show which SAE features fire on each token, their lineage across layers, and live edits.
 
@@ -509,14 +657,24 @@ def show_features(
             list or a dict keyed by hook name; any subset of layers.
         prompt: the text to analyse (BOS is prepended), or a token tensor.
         top_k: features kept per token and SAE for the bars (default 8).
-        links: precomputed :func:`~mechwidgets.analysis.features.feature_links` for these SAEs.
+        links: precomputed :func:`~mechwidgets.analysis.features.feature_links` for these SAEs
+            (or a :class:`~mechwidgets.analysis.features.DecoderLinks`).
         link_prompts: sample texts to measure the cross-layer links on (default: the zoo's
             generated text for zoo models, else this prompt alone).
         n_links: links kept per feature and direction (default 5).
+        link_by: how features of adjacent SAEs are linked: ``"correlation"`` of their
+            activations over ``link_prompts`` (computed for every feature when the widget is
+            built; its cost grows with ``d_sae^2``), ``"cosine"`` of their decoder directions
+            (computed lazily, for the feature you select: one chunked pass over the next SAE's
+            decoder, any dictionary size), or ``"auto"`` (default): correlation for small SAEs
+            (adjacent ``d_sae`` products summing to at most 4M), cosine otherwise.
         colour_by: the overview's colour: ``"count"`` of features firing, ``"total"``
             activation, or ``"auto"`` (default): the count, unless every token fires as many
             features (TopK SAEs), then the total.
         max_positions: refuse longer prompts (default 512).
+        corpus: texts (or a ``[docs, pos]`` token tensor) for the feature panel's top-activating
+            contexts, quantile samples and density, computed per SAE on request (a job with
+            progress); default: the zoo's generated text for zoo models, else none.
 
     Returns:
         The :class:`FeaturesWidget`; display it, or drive it from Python:
@@ -529,7 +687,8 @@ def show_features(
     """
     return FeaturesWidget(
         model, saes, prompt, top_k=top_k, links=links, link_prompts=link_prompts,
-        n_links=n_links, colour_by=colour_by, max_positions=max_positions,
+        n_links=n_links, link_by=link_by, colour_by=colour_by, max_positions=max_positions,
+        corpus=corpus,
     )
 
 

@@ -2,13 +2,14 @@
 
 sae-lens stores an SAE as a folder with ``cfg.json`` (``SAEConfig.to_dict()``, with
 ``architecture`` and ``metadata.hook_name``) and ``sae_weights.safetensors`` (``W_enc``
-``[d_in, d_sae]``, ``b_enc`` ``[d_sae]``, ``W_dec`` ``[d_sae, d_in]``, ``b_dec`` ``[d_in]``).
-:class:`SimpleSAE` loads those folders without sae-lens and encodes and decodes exactly as
-sae-lens's ``StandardSAE`` (ReLU) and ``TopKSAE`` do, so code written against either works with
-both. :func:`save_sae` writes the same files sae-lens's ``SAE.save_model`` writes.
+``[d_in, d_sae]``, ``b_enc`` ``[d_sae]``, ``W_dec`` ``[d_sae, d_in]``, ``b_dec`` ``[d_in]``; and
+``threshold`` ``[d_sae]`` for JumpReLU). :class:`SimpleSAE` loads those folders without sae-lens
+and encodes and decodes exactly as sae-lens's ``StandardSAE`` (ReLU), ``TopKSAE`` and
+``JumpReLUSAE`` (Gemma Scope's) do, so code written against either works with both. :func:`save_sae` writes the same files sae-lens's ``SAE.save_model`` writes.
 
 Sparse autoencoders for dictionary learning: Bricken et al. 2023, "Towards Monosemanticity";
-TopK SAEs: Gao et al. 2024, "Scaling and evaluating sparse autoencoders".
+TopK SAEs: Gao et al. 2024, "Scaling and evaluating sparse autoencoders"; JumpReLU SAEs: Rajamanoharan
+et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU Sparse Autoencoders".
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
 #: The sae-lens version whose format :func:`save_sae` writes (6.x; loads with 6.0 and later).
 SAE_LENS_FORMAT_VERSION = "6.54.12"
-SUPPORTED_ARCHITECTURES = ("standard", "topk")
+SUPPORTED_ARCHITECTURES = ("standard", "topk", "jumprelu")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
@@ -92,10 +93,12 @@ class SimpleSAEConfig:
 
 
 class SimpleSAE(nn.Module):
-    """A ReLU ("standard") or TopK sparse autoencoder with sae-lens's parameter names.
+    """A ReLU ("standard"), TopK or JumpReLU sparse autoencoder with sae-lens's parameter names.
 
     Attributes:
-        W_enc: ``[d_in, d_sae]``; b_enc: ``[d_sae]``; W_dec: ``[d_sae, d_in]``; b_dec: ``[d_in]``.
+        W_enc: ``[d_in, d_sae]``; b_enc: ``[d_sae]``; W_dec: ``[d_sae, d_in]``; b_dec: ``[d_in]``;
+            threshold: ``[d_sae]`` (JumpReLU only: a feature fires where its pre-activation
+            exceeds it).
         hook_name: the TransformerLens hook whose activations it reads (``cfg.metadata.hook_name``).
         d_in, d_sae: input width and number of features.
         cfg: a :class:`SimpleSAEConfig` (``cfg.metadata.hook_name`` as in sae-lens).
@@ -121,6 +124,16 @@ class SimpleSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
         self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        if cfg.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
+
+    def _weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        cfg = self.cfg
+        shapes: dict[str, tuple[int, ...]] = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,),
+                                              "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+        if cfg.architecture == "jumprelu":
+            shapes["threshold"] = (cfg.d_sae,)
+        return shapes
 
     @property
     def hook_name(self) -> str:
@@ -153,6 +166,8 @@ class SimpleSAE(nn.Module):
             out = torch.zeros_like(hidden_pre)
             out.scatter_(-1, indices, values.relu())
             return out
+        if self.cfg.architecture == "jumprelu":  # as sae-lens: relu(pre) where pre > threshold
+            return hidden_pre.relu() * (hidden_pre > self.threshold).to(hidden_pre.dtype)
         return hidden_pre.relu()
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
@@ -166,10 +181,8 @@ class SimpleSAE(nn.Module):
 
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``cfg.json`` and ``sae_weights.safetensors`` as sae-lens's ``save_model`` does."""
-        return save_sae(path, self.cfg.to_dict(), {
-            "W_dec": self.W_dec.detach(), "W_enc": self.W_enc.detach(),
-            "b_dec": self.b_dec.detach(), "b_enc": self.b_enc.detach(),
-        })
+        return save_sae(path, self.cfg.to_dict(),
+                        {k: v.detach() for k, v in self.state_dict().items()})
 
     @classmethod
     def load_from_disk(cls, path: str | Path, device: str = "cpu",
@@ -187,8 +200,7 @@ class SimpleSAE(nn.Module):
         cfg = SimpleSAEConfig.from_dict(read_json(cfg_path))
         state = load_safetensors(path / SAE_WEIGHTS_FILENAME, hashes.get(SAE_WEIGHTS_FILENAME))
         sae = cls(cfg)
-        expected = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,),
-                    "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+        expected = sae._weight_shapes()
         for key, shape in expected.items():
             if key not in state or tuple(state[key].shape) != shape:
                 raise ZooError(

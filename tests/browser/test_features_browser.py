@@ -18,6 +18,7 @@ from harness import WidgetHarness, clip, js_fmt, show_token
 from playwright.sync_api import expect
 
 from mechwidgets._model import hook_count
+from mechwidgets._tensor import decode_array
 from mechwidgets.errors import SAEError
 from mechwidgets.widgets._base import MAX_UPDATE_BYTES
 from mechwidgets.widgets.features import show_features
@@ -251,4 +252,79 @@ def test_python_driven_updates_reach_the_page(widget_harness: WidgetHarness, set
     assert res is not None
     changed = int((res.trace_after.n_active != w.trace.n_active).sum())
     expect(m.el.locator(".mw-feat-changed")).to_have_count(changed)
+    assert_clean(widget_harness, m)
+
+
+def open_feature(harness: WidgetHarness, w: Any, pos: int = 5, sae: int = 1) -> Any:
+    """Mount the widget, click a token, then its SAE's top feature; the mounted widget."""
+    m = harness.mount(w)
+    m.el.locator(f'[data-testid="token-{pos}"]').click()
+    m.settle()
+    f0 = int(w.trace.top_indices[sae, pos, 0])
+    m.el.locator(f'[data-testid="bar-{sae}-{f0}"]').click()
+    expect(m.el.locator('[data-testid="feature-title"]')).to_contain_text(f"{w.sae_labels[sae]} #{f0} — fires on")
+    m.settle()
+    return m
+
+
+def test_lazy_cosine_links_drawn_on_click(widget_harness: WidgetHarness, model: Any) -> None:
+    w = show_features(model, tiny_saes(), PROMPT, link_by="cosine")
+    m = open_feature(widget_harness, w)
+    el = m.el
+    expect(el.locator('[data-testid="lineage"] .mw-note')).to_contain_text("decoder cosine (line width)")
+    edges = w.feature["lineage"]["edges"]
+    assert edges and all(e["correlation"] is None for e in edges)
+    paths = el.locator('[data-testid="lineage"] path.mw-feat-edge')
+    expect(paths).to_have_count(len(edges))
+    widths = paths.evaluate_all("els => els.map(e => Number(e.getAttribute('stroke-width')))")
+    want = sorted(round(1 + 5 * min(1.0, abs(e["cosine"])), 2) for e in edges)
+    assert sorted(round(x, 2) for x in widths) == want
+    tip = paths.first.locator("title").text_content() or ""
+    assert "decoder cosine" in tip and "correlation" not in tip
+    assert_clean(widget_harness, m)
+
+
+def test_corpus_panel_and_search_box(widget_harness: WidgetHarness, model: Any) -> None:
+    corpus = [PROMPT, "the cat sat on the mat and then ran to the store", "A B C D A B C D", "Mary gave a drink to John"]
+    w = show_features(model, tiny_saes(), PROMPT, link_by="cosine", corpus=corpus)
+    m = open_feature(widget_harness, w)
+    el = m.el
+    button = el.locator('[data-testid="corpus-compute"]')
+    expect(button).to_contain_text(f"over {len(corpus)} documents")
+    button.click()
+    m.settle()  # the job's progress and result reach the page
+    expect(el.locator('[data-testid="corpus-density"]')).to_be_visible()
+    panel = w.feature["corpus"]
+    assert panel is not None and w.corpus_info["done"] == [1]
+    expect(el.locator('[data-testid="corpus-density"]')).to_contain_text(f"of {panel['n_tokens']} tokens")
+    contexts = el.locator('[data-testid="corpus-top"] .mw-feat-context')
+    expect(contexts).to_have_count(len(panel["top"]))
+    first = panel["top"][0]
+    expect(contexts.first.locator(".mw-feat-hit")).to_have_text(show_token(first["tokens"][first["highlight"]]))
+    expect(el.locator('[data-testid="corpus-quantiles"] .mw-feat-context')).to_have_count(len(panel["quantiles"]))
+    counts = [int(c) for c in decode_array(panel["hist_counts"]) if c > 0]
+    bars = el.locator('[data-testid="corpus-hist"] rect')
+    assert [int(x) for x in bars.evaluate_all("els => els.map(e => e.dataset.count)") if int(x) > 0] == counts
+    # the search box: a token lists the features promoting it; a click selects one
+    el.locator('[data-testid="search-sae"]').select_option("1")
+    box = el.locator('[data-testid="search"]')
+    box.fill(" Mary")
+    box.press("Enter")
+    found = el.locator('[data-testid="search-results"] button')
+    expect(found).to_have_count(10)
+    m.settle()
+    assert w.search["query"] == " Mary"
+    ids = found.evaluate_all("els => els.map(e => e.dataset.testid)")
+    assert ids == [f"found-1-{x['feature']}" for x in w.search["features"]]
+    g = w.search["features"][0]["feature"]
+    found.first.click()
+    expect(el.locator('[data-testid="feature-title"]')).to_contain_text(f"{w.sae_labels[1]} #{g} — fires on")
+    m.settle()
+    assert w.selected_feature == {"sae": 1, "feature": g}
+    # a number jumps to that feature
+    box.fill("#7")
+    box.press("Enter")
+    expect(el.locator('[data-testid="feature-title"]')).to_contain_text(f"{w.sae_labels[1]} #7 — fires on")
+    m.settle()
+    assert w.selected_feature == {"sae": 1, "feature": 7}
     assert_clean(widget_harness, m)
