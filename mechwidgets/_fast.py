@@ -40,6 +40,7 @@ import os
 import sys
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -280,6 +281,53 @@ def norm_vjp(kind: str, eps: float, w: torch.Tensor | None, x: torch.Tensor,
     return g.addcmul_(normed, along, value=-1).mul_(inv)
 
 
+@dataclass
+class FinalNorm:
+    """The model's final norm as a function of a given scale, for decompositions (direct logit
+    attribution, the lens, SAE features' logit effects: TransformerLens's ``apply_ln_to_stack``
+    freezes the scale the same way): ``kind`` is ``"LN"`` (centre, divide by
+    ``sqrt(var + eps)``), ``"RMS"`` (divide by ``sqrt(mean(x²) + eps)``) or ``None``; then
+    ``* w + b`` where the norm has them."""
+
+    kind: str | None
+    eps: float
+    w: torch.Tensor | None
+    b: torch.Tensor | None
+
+    @classmethod
+    def of(cls, handle: Any) -> FinalNorm:
+        cfg, model = handle.cfg, handle.model
+        ntype = getattr(cfg, "normalization_type", None)
+        kind = None if ntype is None else ("RMS" if str(ntype).startswith("RMS") else "LN")
+        ln = getattr(model, "ln_final", None)
+        w = b = None
+        if ln is not None and kind is not None:
+            w = getattr(ln, "w", None)
+            b = getattr(ln, "b", None)
+            if w is None and isinstance(getattr(ln, "weight", None), torch.Tensor):
+                w, b = ln.weight, getattr(ln, "bias", None)
+        eps_value: Any = getattr(ln, "eps", None) or getattr(cfg, "eps", None) or 1e-5
+        eps = float(eps_value)
+        return cls(kind, eps, None if w is None else w.detach().float(), None if b is None else b.detach().float())
+
+    def center(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(-1, keepdim=True) if self.kind == "LN" else x
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., 1]`` the norm's divisor of streams ``x`` (``[..., d_model]``)."""
+        if self.kind is None:
+            return torch.ones_like(x[..., :1])
+        return (self.center(x).pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def linear(self, parts: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The norm's linear part (centre, divide by ``scale``, times ``w``), no bias."""
+        out = self.center(parts) / scale
+        return out * self.w if self.w is not None else out
+
+    def bias(self, d_model: int, device: torch.device) -> torch.Tensor:
+        return self.b if self.b is not None else torch.zeros(d_model, device=device)
+
+
 def qkv_weights(attn: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(w [d_model, (q k v) (head d_head)], b [(q k v) (head d_head)], n_kv_heads)``: every
     head's query, key and value weights as one matrix (keys and values per key/value head under
@@ -364,6 +412,14 @@ def _foreign(hook: Any) -> bool:
     """Whether a hook function is someone else's than TransformerLens's own code."""
     fn = getattr(hook, "__func__", hook)
     return not str(getattr(fn, "__module__", "") or "").startswith("transformer_lens")
+
+
+def restart_hooked(model: Any, layer: int) -> bool:
+    """Whether a hook is attached where a run restarted at ``layer`` would enter it
+    (``blocks.{layer}.hook_resid_pre``): the residual cached there already went through that
+    hook, and TransformerLens's ``start_at_layer`` forward would apply it a second time."""
+    hp = model.hook_dict.get(f"blocks.{layer}.hook_resid_pre")
+    return hp is not None and has_hooks(hp)
 
 
 def hooked_modules(model: torch.nn.Module) -> list[str]:

@@ -606,14 +606,18 @@ class ModelHandle:
         """Last-position logits of ``resid.shape[0]`` runs of ``tokens`` (``[1, pos]``) whose
         hooks act only at block ``start`` or later; ``resid`` (``[batch, pos, d_model]``) is the
         residual entering block ``start`` (with the user's own hooks applied). A model the
-        execution core covers skips the earlier blocks: by its own arithmetic, or where only
-        hooks are in the way, through TransformerLens's own forward from ``start`` (hooks and
-        unembedding included); other models run a full forward of the repeated tokens."""
+        execution core covers skips the earlier blocks: through TransformerLens's forward from
+        ``start`` and the core's last-position unembedding where no hook is attached, through
+        TransformerLens's forward from ``start`` and its own unembedding where hooks are attached
+        but none at the restart point (``blocks.{start}.hook_resid_pre``, which would apply a
+        second time); other models, and that case, run a full forward of the repeated tokens."""
         why = self.fast_path_blocker("blocks")
         if why is None:
             final = self.run_layers(resid, start, self.n_layers, fwd_hooks=fwd_hooks)
             return self.last_logits(final[:, -1], columns)
-        if why == _fast.HOOKED:  # an architecture TransformerLens can start at a layer
+        if why == _fast.HOOKED and not _fast.restart_hooked(self.model, start):
+            # an architecture TransformerLens can start at a layer, where the restart point
+            # itself is not hooked (its cached residual went through that hook already)
             with self.model.hooks(fwd_hooks=list(fwd_hooks)):
                 logits = self.model(resid, start_at_layer=start)[:, -1]
             return logits if columns is None else logits[:, list(columns)]

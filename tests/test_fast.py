@@ -55,7 +55,8 @@ def test_flow_1_a_users_hook_is_seen_by_every_patched_run() -> None:
         model.reset_hooks(including_permanent=True)
 
 
-@pytest.mark.parametrize("hook_name", ["blocks.1.hook_mlp_out", "ln_final.hook_normalized", "blocks.0.attn.hook_z"])
+@pytest.mark.parametrize("hook_name", ["blocks.1.hook_mlp_out", "ln_final.hook_normalized", "blocks.0.attn.hook_z",
+                                       "blocks.1.hook_resid_pre"])
 @pytest.mark.parametrize("component", ["resid_pre", "attn_out", "head_out", "head_q"])
 def test_users_hooks_anywhere_are_honoured(make_model: Callable[..., Any], hook_name: str, component: str) -> None:
     """A hook on any hook point (before, inside or after the patched layers, on the final norm,
@@ -65,8 +66,13 @@ def test_users_hooks_anywhere_are_honoured(make_model: Callable[..., Any], hook_
 
     model = make_model()
 
-    def scale(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        return act * 0.5 + 0.1
+    gen = torch.Generator().manual_seed(2)
+    mul = 1 + 0.5 * torch.rand(model.cfg.d_model, generator=gen)
+    add = 0.3 * torch.randn(model.cfg.d_model, generator=gen)
+
+    def scale(act: torch.Tensor, hook: Any) -> torch.Tensor:  # per dimension: a norm cannot undo it
+        fits = act.shape[-1] == mul.shape[0]
+        return act * (mul if fits else 0.7) + (add if fits else 0.1)
 
     model.add_hook(hook_name, scale, is_permanent=True)
     try:
@@ -160,3 +166,30 @@ def test_scrubbing_refuses_hooks(make_model: Callable[..., Any]) -> None:
     finally:
         model.reset_hooks(including_permanent=True)
     assert hook_count(model) == 0
+
+
+def test_a_hook_where_a_patched_run_restarts_is_applied_once(make_model: Callable[..., Any],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """EdgePatcher restarts patched runs at the first layer an edge enters, from the cached
+    residual, which has been through a user's hook at that layer's hook_resid_pre already: such
+    a run starts from the embeddings instead (TransformerLens would apply the hook again).
+    Reference: the same patched run as one whole forward pass."""
+    from mechwidgets.analysis.circuits import EdgePatcher
+
+    model = make_model()
+    steer = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))  # not a constant:
+    model.add_hook("blocks.1.hook_resid_pre", lambda act, hook: act + steer, is_permanent=True)  # LN removes those
+    try:
+        patcher = EdgePatcher(model, CLEAN, CORRUPTED, **ANSWERS)
+        removed = torch.zeros_like(patcher._allowed)
+        dst = int((patcher._dest_layer == 1).nonzero()[0])  # an edge into layer 1
+        removed[:, dst] = True
+        value = patcher.patched_metric(removed)
+        monkeypatch.setattr(_fast, "restart_hooked", lambda m, layer: True)  # always a whole forward
+        whole = patcher.patched_metric(removed)
+        monkeypatch.setattr(_fast, "restart_hooked", lambda m, layer: False)  # the old restart
+        twice = patcher.patched_metric(removed)
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert abs(value - whole) < 1e-4
+    assert abs(twice - whole) > 1e-3  # the hook applied twice is a different number

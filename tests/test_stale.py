@@ -581,7 +581,7 @@ def test_scrubbing_widget_job_stops_and_restore_recomputes(toy: Any) -> None:
 @circuits_only
 def test_a_click_that_recomputes_does_not_let_a_running_acdc_go_on(toy: Any) -> None:
     """A click on a changed model recomputes the patcher's runs while ACDC is between two
-    steps: ACDC (whose earlier edges were measured on the old model) still stops."""
+    steps: ACDC (whose earlier edges were measured on the old model) is cancelled by it."""
     from mechwidgets.widgets.circuit import show_circuit
 
     w = show_circuit(toy, CLEAN, CORRUPTED, answer=" John", wrong_answer=" Mary")
@@ -602,7 +602,66 @@ def test_a_click_that_recomputes_does_not_let_a_running_acdc_go_on(toy: Any) -> 
     asyncio.run(scenario())
     replies = {c["id"]: c for c in sent if c.get("type") == "reply"}
     assert "error" not in replies[2]  # the click recomputed on the new model
-    assert "model changed while ACDC was running" in replies[1]["error"]
+    # ACDC stopped: the recomputing click cancelled it (no banner: the view was recomputed)
+    assert replies[1].get("cancelled") and "the model changed" in replies[1]["error"]
     a, wr = int(w.patcher.answer_ids[0]), int(w.patcher.wrong_ids[0])
     assert abs(w.faithfulness["metric"] - tl_logit_diff(toy, CLEAN, a, wr)) < TOL and w.method == "eap"
     assert hook_count(toy) == 0
+
+
+# ----------------------------------------------------------------------------- from the page
+def test_a_page_click_recomputes_too(toy: Any) -> None:
+    """The page's requests go through the same stale-cache check as Python's calls (a merge
+    once lost it for the page path: every click then served the old model's caches)."""
+    from mechwidgets import show_logit_lens
+    from mechwidgets.analysis.lens import lens_view
+
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    w = show_logit_lens(toy, prompt, answer=" Mary", wrong_answer=" John")
+    zero_w_o(toy)
+    sent = request(w, 1, "layer_topk", layer=0)
+    assert "error" not in sent[-1], sent[-1]
+    fresh = lens_view(toy, prompt, answer=" Mary", wrong_answer=" John", by="position")
+    assert w.view.dla is not None and fresh.dla is not None
+    torch.testing.assert_close(w.view.dla.values, fresh.dla.values, atol=TOL, rtol=0)
+
+
+def test_page_written_traits_never_reach_a_recompute(toy: Any) -> None:
+    """What a recompute re-applies (the selected feature, the interventions in force) is
+    Python's own record, not the page-writable traits: garbage written there by a page is
+    never passed to a handler."""
+    from mechwidgets import show_features
+
+    saes = list(zoo.load_saes("toy-lm").values())[:2]
+    w = show_features(toy, saes, "When Mary and John went to the store", link_prompts=["When Mary and John"])
+    w.set_state({"interventions": [5], "selected_feature": {"sae": "x", "feature": None}})
+    zero_w_o(toy)
+    sent = request(w, 1, "select_token", pos=2)
+    assert "error" not in sent[-1], sent[-1]
+    assert w.error == ""
+
+
+def test_the_corpus_job_stops_when_the_model_changes(toy: Any) -> None:
+    """A corpus panel being computed when the model changes is never stored (it would mix
+    batches of the old model and the new one)."""
+    from mechwidgets import show_features
+
+    saes = list(zoo.load_saes("toy-lm").values())[:1]
+    w = show_features(toy, saes, "When Mary and John went to the store",
+                      corpus=[f"When Mary and John went to the store number {i}" for i in range(400)])
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        sent.extend(request(w, 1, "corpus", sae=0))
+        w.send = lambda content, buffers=None: sent.append(content)
+        await asyncio.sleep(0)
+        zero_w_o(toy)
+        for _ in range(2000):
+            if any(c.get("type") == "reply" and c.get("id") == 1 for c in sent):
+                break
+            await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    reply = next(c for c in sent if c.get("type") == "reply" and c.get("id") == 1)
+    assert "model changed" in reply.get("error", ""), reply
+    assert 0 not in w.corpus_stats

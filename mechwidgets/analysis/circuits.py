@@ -839,6 +839,8 @@ class EdgePatcher:
         ``hook_resid_post`` is read (the blocks before ``start`` compute the clean run)."""
         model, L = self.handle.model, self.graph.n_layers
         mask = self._mask(tokens)
+        if start and _fast.restart_hooked(model, start):
+            start = 0  # a user's hook there would see the cached residual a second time
         if self.handle.kind == "hooked":
             with self._hooks(hooks):
                 if start == 0:

@@ -53,6 +53,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 
+from .._fast import FinalNorm
 from .._model import ModelHandle
 from ..errors import ComponentError, PromptError, SAEError
 from .attention import Predictions, per_token_loss, top_predictions
@@ -426,14 +427,7 @@ def _non_bos(tokens: torch.Tensor, handle: ModelHandle) -> slice:
 
 def _final_scale(handle: ModelHandle, resid: torch.Tensor) -> torch.Tensor:
     """``[...]`` the final norm's ``1/sigma`` for residual vectors ``[..., d_model]``."""
-    norm = str(getattr(handle.cfg, "normalization_type", None) or "")
-    eps = float(getattr(handle.cfg, "eps", 1e-5) or 1e-5)
-    x = resid.float()
-    if norm.startswith("LN"):
-        x = x - x.mean(-1, keepdim=True)
-    elif not norm.startswith("RMS"):
-        return torch.ones(x.shape[:-1])
-    return (x.pow(2).mean(-1) + eps).rsqrt()
+    return 1.0 / FinalNorm.of(handle).scale(resid.float())[..., 0]
 
 
 def _encode_all(

@@ -50,6 +50,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 
+from .._fast import FinalNorm
 from .._model import ModelHandle
 from ..errors import ComponentError, PromptError
 from .attention import ABLATION_MODES, head_ablation_hooks
@@ -58,52 +59,6 @@ LnScale = Literal["final", "own"]
 DLABy = Literal["component", "head", "position"]
 LN_SCALES: tuple[str, ...] = ("final", "own")
 DLA_BY: tuple[str, ...] = ("component", "head", "position")
-
-
-# ---------------------------------------------------------------------------- the final norm
-@dataclass
-class FinalNorm:
-    """The model's final norm, as the lens applies it: ``kind`` is ``"LN"`` (centre, divide by
-    ``sqrt(var + eps)``), ``"RMS"`` (divide by ``sqrt(mean(x²) + eps)``) or ``None``; then
-    ``* w + b`` where the norm has them."""
-
-    kind: str | None
-    eps: float
-    w: torch.Tensor | None
-    b: torch.Tensor | None
-
-    @classmethod
-    def of(cls, handle: ModelHandle) -> FinalNorm:
-        cfg, model = handle.cfg, handle.model
-        ntype = getattr(cfg, "normalization_type", None)
-        kind = None if ntype is None else ("RMS" if str(ntype).startswith("RMS") else "LN")
-        ln = getattr(model, "ln_final", None)
-        w = b = None
-        if ln is not None and kind is not None:
-            w = getattr(ln, "w", None)
-            b = getattr(ln, "b", None)
-            if w is None and isinstance(getattr(ln, "weight", None), torch.Tensor):
-                w, b = ln.weight, getattr(ln, "bias", None)
-        eps_value: Any = getattr(ln, "eps", None) or getattr(cfg, "eps", None) or 1e-5
-        eps = float(eps_value)
-        return cls(kind, eps, None if w is None else w.detach().float(), None if b is None else b.detach().float())
-
-    def center(self, x: torch.Tensor) -> torch.Tensor:
-        return x - x.mean(-1, keepdim=True) if self.kind == "LN" else x
-
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., 1]`` the norm's divisor of streams ``x`` (``[..., d_model]``)."""
-        if self.kind is None:
-            return torch.ones_like(x[..., :1])
-        return (self.center(x).pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-
-    def linear(self, parts: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """The norm's linear part (centre, divide by ``scale``, times ``w``), no bias."""
-        out = self.center(parts) / scale
-        return out * self.w if self.w is not None else out
-
-    def bias(self, d_model: int, device: torch.device) -> torch.Tensor:
-        return self.b if self.b is not None else torch.zeros(d_model, device=device)
 
 
 def _unembed_weights(handle: ModelHandle) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,7 +186,8 @@ class LensResult:
         answer: the answer token id, or None; ``answer_rank`` (0 = top) and ``answer_prob``:
             ``[layer, pos]`` where an answer was given.
         logits: ``[pos, d_vocab]`` the model's own logits (float32; the last row equals the
-            lens's last layer up to float error).
+            lens's last layer up to float error, except that a model's output soft cap, as
+            Gemma 2 has, applies to these and not to the lens).
     """
 
     tokens: Int[torch.Tensor, " pos"]

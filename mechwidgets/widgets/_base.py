@@ -158,8 +158,11 @@ class MechWidget(anywidget.AnyWidget):
 
     @contextlib.contextmanager
     def _recomputing(self, change: str, expected_seconds: float) -> Iterator[None]:
-        """Around a recomputation forced by a changed model: when it is expected to take more
-        than a second, the status line says so while it runs."""
+        """Around a recomputation forced by a changed model: running jobs are of the old model,
+        so they are cancelled (what they would write is recomputed here or by the next click);
+        when the recomputation is expected to take more than a second, the status line says so
+        while it runs."""
+        self._invalidate_jobs(f"the model changed ({change})")
         slow = expected_seconds > 1.0
         if slow:
             self.progress = {"kind": "recompute", "id": None, "done": 0, "total": 1,
@@ -230,6 +233,7 @@ class MechWidget(anywidget.AnyWidget):
             self._latest[kind] = req_id
         try:
             handler, checked = checked_page_request(self, kind, args)
+            self._before_request(kind)  # caches of a changed model are recomputed first
             out = handler(**checked)
         except Exception as exc:
             self._reply_error(req_id, kind, exc)

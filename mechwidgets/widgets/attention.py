@@ -136,6 +136,9 @@ class AttentionWidget(MechWidget):
         self._ablation_prompt = ablation_prompt
         self._max_positions = max_positions
         self.last_ablation: AblationResult | None = None
+        #: what is on screen, as Python recorded it (the traits are the page's to write)
+        self._selected_head: tuple[int, int] | None = None
+        self._ablated_heads: tuple[list[tuple[int, int]], str] | None = None
         self.scores_tensors = head_scores(result.patterns, result.tokens)
         n_layers = handle.n_layers if handle else max(result.layers) + 1
         MechWidget.__init__(
@@ -192,10 +195,10 @@ class AttentionWidget(MechWidget):
             with self.hold_sync():
                 self.thumbnails = self._thumbnails(result.patterns)
                 self.scores = {k: encode_array(v) for k, v in self.scores_tensors.items()}
-            if self.selected and kind != "select_head":
-                self._req_select_head(self.selected["layer"], self.selected["head"])
-            if self.ablation and kind != "ablate":
-                self._req_ablate(self.ablation["heads"], self.ablation["mode"])
+            if self._selected_head is not None and kind != "select_head":
+                self._req_select_head(*self._selected_head)
+            if self._ablated_heads is not None and kind != "ablate":
+                self._req_ablate(*self._ablated_heads)
 
     # ------------------------------------------------------------ helpers
     @property
@@ -249,6 +252,7 @@ class AttentionWidget(MechWidget):
         pat = self.patterns[self._layer_index(layer), head]
         self.pattern = encode_array(pat)
         self.selected = {"layer": layer, "head": head}
+        self._selected_head = (layer, head)
         return {"layer": layer, "head": head}
 
     @page_request(
@@ -289,6 +293,7 @@ class AttentionWidget(MechWidget):
         ]
         self.ablation_mode = mode
         self.ablated = [list(p) for p in pairs]
+        self._ablated_heads = (pairs, mode)
         self.ablation = {
             "heads": [list(p) for p in pairs],
             "mode": mode,
@@ -316,10 +321,7 @@ class AttentionWidget(MechWidget):
         self._call("ablate", heads=[], mode=self.ablation_mode)
 
     def _static_svg(self) -> str | None:
-        if self.selected:
-            layer, head = self.selected["layer"], self.selected["head"]
-        else:
-            layer, head = self._result.layers[0], 0
+        layer, head = self._selected_head or (self._result.layers[0], 0)
         pat = self.patterns[self._result.layers.index(layer), head]
         return heatmap_svg(
             pat,

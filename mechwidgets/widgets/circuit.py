@@ -25,6 +25,7 @@ import torch
 import traitlets
 
 from .._args import Bool, Float, Str, as_int
+from .._fingerprint import Stamp
 from .._steps import run_to_end
 from .._tensor import encode_array
 from ..analysis.circuits import (
@@ -166,6 +167,9 @@ class CircuitWidget(MechWidget):
         patcher = EdgePatcher(model, clean, corrupted, metric=metric, answer=answer,
                               wrong_answer=wrong_answer, max_positions=max_positions)
         self._patcher = patcher
+        #: the model as what is on screen saw it: the widget's own (the patcher renews its stamp
+        #: whenever any call refreshes it, also a call from Python on ``w.patcher``)
+        self._stamp = Stamp(patcher.handle.model)
         #: seconds the patcher's set-up and the last ACDC run took (a recompute's expected cost)
         self._seconds = {"setup": time.perf_counter() - t0, "acdc": 0.0}
         self._max_edges = max_edges
@@ -210,7 +214,7 @@ class CircuitWidget(MechWidget):
         """The model changed since the patcher's runs: redo them, and the scores on screen (EAP's
         at once; ACDC's by running it again at its threshold, unless this request runs ACDC or
         EAP itself), so that nothing shown mixes the old model's numbers with the new one's."""
-        change = self._patcher._stamp.stale()
+        change = self._stamp.stale()
         if change is None:
             return
         method = self._result.method
@@ -218,6 +222,7 @@ class CircuitWidget(MechWidget):
         expected = self._seconds["setup"] + (self._seconds["acdc"] if rescore and method == "acdc" else 0.0)
         with self._recomputing(change, expected):
             self._patcher.refresh()
+            self._stamp.renew()
             self.baseline = self._baseline()
             if not rescore:
                 return

@@ -26,7 +26,7 @@ import torch
 import traitlets
 
 from .._args import Float, Int, ListOf, OneOf, Record, Str, as_int
-from .._fingerprint import Stamp
+from .._fingerprint import JOB_BUDGET, Stamp, check_unchanged
 from .._model import ModelHandle
 from .._tensor import encode_array
 from ..analysis.features import (
@@ -249,6 +249,9 @@ class FeaturesWidget(MechWidget):
         #: per SAE index, its corpus panel once the ``corpus`` job has computed it
         self.corpus_stats: dict[int, FeatureCorpus] = {}
         self.last_intervention: InterventionResult | None = None
+        #: what is on screen, as Python recorded it (the traits are the page's to write)
+        self._selected: tuple[int, int] | None = None
+        self._interventions: list[dict[str, Any]] = []
         self._clean_logits: torch.Tensor | None = None
         self._label_cache: list[dict[int, list[str]]] = [{} for _ in bound]
         labels = self._top_labels()
@@ -325,11 +328,10 @@ class FeaturesWidget(MechWidget):
             with self.hold_sync():
                 for name, value in self._trace_state(self._top_labels()).items():
                     setattr(self, name, value)
-            selected = dict(self.selected_feature)
-            if selected and kind != "select_feature":
-                self._req_select_feature(selected["sae"], selected["feature"])
-            if self.interventions and kind != "intervene":
-                self._req_intervene([dict(iv) for iv in self.interventions])
+            if self._selected is not None and kind != "select_feature":
+                self._req_select_feature(*self._selected)
+            if self._interventions and kind != "intervene":
+                self._req_intervene([dict(iv) for iv in self._interventions])
 
     # ------------------------------------------------------------ helpers
     def _labels_for(self, features: Sequence[Sequence[int]]) -> list[dict[str, list[str]]]:
@@ -416,6 +418,7 @@ class FeaturesWidget(MechWidget):
                 self.feature_labels = labels
             self.feature = detail
             self.selected_feature = {"sae": i, "feature": feature}
+        self._selected = (i, feature)
         return {"sae": i, "feature": feature}
 
     def _context(self, fc: FeatureCorpus, doc: int, pos: int) -> dict[str, Any]:
@@ -449,7 +452,17 @@ class FeaturesWidget(MechWidget):
         return self._corpus_job(i)
 
     def _corpus_job(self, i: int) -> Any:
-        fc = yield from iter_feature_corpus(self._handle, self._bound[i], self._corpus)  # type: ignore[arg-type]
+        job = self._stamp.fork()  # the model the panel is of, even if a click recomputes
+        steps = iter_feature_corpus(self._handle, self._bound[i], self._corpus)  # type: ignore[arg-type]
+        while True:
+            try:
+                progress = next(steps)
+            except StopIteration as stop:
+                fc = stop.value
+                break
+            yield progress
+            check_unchanged(job, "the corpus panel", budget=JOB_BUDGET)
+        check_unchanged(job, "the corpus panel")  # in full, before anything is kept
         self.corpus_stats[i] = fc
         with self.hold_sync():
             self.corpus_info = {**self.corpus_info, "done": sorted(self.corpus_stats)}
@@ -499,6 +512,7 @@ class FeaturesWidget(MechWidget):
                 float(item.get("value", 0.0) or 0.0), None if positions is None else list(positions)))
         if not edits:
             self.last_intervention = None
+            self._interventions = []
             with self.hold_sync():
                 self.interventions = []
                 self.intervention = {}
@@ -537,6 +551,7 @@ class FeaturesWidget(MechWidget):
         if labels != self.feature_labels:
             self.feature_labels = labels
         self.interventions = state
+        self._interventions = [dict(iv) for iv in state]
         self.intervention = {
             "interventions": state,
             "position": result.position,
