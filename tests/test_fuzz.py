@@ -321,7 +321,6 @@ def test_fuzz_scrubbing() -> None:
     _check(scrubbing_spec(), 4, ("restore", {"step": 1}))
 
 
-@pytest.mark.skipif(not TL3, reason="circuit discovery needs a TransformerLens 3.x HookedTransformer")
 def test_fuzz_circuit(make_model: Callable[..., Any]) -> None:
     # one layer, two heads and an MLP (13 edges): its ACDC run is quick
     _check(circuit_spec(make_model(n_layers=1, n_heads=2, d_head=16)), 5, ("select_node", {"node": "embed"}))

@@ -192,7 +192,6 @@ def test_fingerprint_covers_other_modules(toy: Any) -> None:
 
 
 # ------------------------------------------------------------------------------ circuits
-circuits_only = pytest.mark.skipif(not TL3, reason="circuit discovery needs TransformerLens 3.x")
 
 
 def tl_logit_diff(model: Any, text: str, a: int, w: int) -> float:
@@ -216,7 +215,6 @@ def tl_head_patched_logit_diff(model: Any, layer: int, head: int, a: int, w: int
     return float(logits[a] - logits[w])
 
 
-@circuits_only
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_edge_patcher_recomputes_after_a_change(toy: Any, change: str) -> None:
     from mechwidgets.analysis.circuits import EdgePatcher
@@ -245,7 +243,6 @@ def test_edge_patcher_recomputes_after_a_change(toy: Any, change: str) -> None:
                    - tl_logit_diff(toy, CLEAN, a, w)) < TOL
 
 
-@circuits_only
 def test_circuit_widget_click_after_an_edit_shows_the_new_model(toy: Any) -> None:
     from mechwidgets.analysis.circuits import EdgePatcher
     from mechwidgets.widgets.circuit import show_circuit
@@ -262,7 +259,6 @@ def test_circuit_widget_click_after_an_edit_shows_the_new_model(toy: Any) -> Non
     assert hook_count(toy) == 0
 
 
-@circuits_only
 def test_acdc_stops_when_the_model_changes_under_it(toy: Any) -> None:
     from mechwidgets.widgets.circuit import show_circuit
 
@@ -284,7 +280,8 @@ def test_acdc_stops_when_the_model_changes_under_it(toy: Any) -> None:
     asyncio.run(scenario())
     reply = next(c for c in sent if c.get("type") == "reply" and c.get("id") == 1)
     assert "model changed while ACDC was running" in reply["error"]
-    assert "blocks.1.attn.W_O" in reply["error"] and "next click" in reply["error"]
+    # the parameter by its name in the model (a TransformerBridge's path differs)
+    assert ("blocks.1.attn.W_O" if TL3 else "blocks.1.") in reply["error"] and "next click" in reply["error"]
     assert w.error == reply["error"] and w.progress == {}
     assert torch.equal(w.result.scores, shown) and w.method == "eap"  # the stopped run wrote nothing
     assert hook_count(toy) == 0
@@ -303,7 +300,6 @@ def test_acdc_stops_when_the_model_changes_under_it(toy: Any) -> None:
     assert hook_count(toy) == hooks > 0  # the user's own hook only
 
 
-@circuits_only
 def test_acdc_checks_in_full_before_it_returns(make_model: Callable[..., Any]) -> None:
     """Even where every check between steps is skipped (a slow check on a fast job), a model
     changed under ACDC never gets a result back: the last check is in full."""
@@ -530,7 +526,6 @@ def test_status_line_says_a_slow_recompute_is_running(toy: Any) -> None:
     assert seen[0]["kind"] == "recompute" and seen[-1] == {} and w.progress == {} and w.error == ""
 
 
-@circuits_only
 def test_circuit_widget_reruns_acdc_after_a_change(make_model: Callable[..., Any]) -> None:
     from mechwidgets.analysis.circuits import acdc
     from mechwidgets.widgets.circuit import show_circuit
@@ -578,7 +573,6 @@ def test_scrubbing_widget_job_stops_and_restore_recomputes(toy: Any) -> None:
     assert w.error == "" and hook_count(toy) == 0
 
 
-@circuits_only
 def test_a_click_that_recomputes_does_not_let_a_running_acdc_go_on(toy: Any) -> None:
     """A click on a changed model recomputes the patcher's runs while ACDC is between two
     steps: ACDC (whose earlier edges were measured on the old model) is cancelled by it."""
