@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import traitlets
 
+from .._fingerprint import Stamp
 from .._steps import run_to_end
 from .._tensor import encode_array
 from ..analysis.circuits import (
@@ -159,6 +160,10 @@ class CircuitWidget(MechWidget):
         patcher = EdgePatcher(model, clean, corrupted, metric=metric, answer=answer,
                               wrong_answer=wrong_answer, max_positions=max_positions)
         self._patcher = patcher
+        #: the model as the numbers on screen saw it. The patcher's own stamp is not enough: it is
+        #: renewed by whatever refreshes the patcher, also a job that starts after the model
+        #: changed (ACDC refreshes it on its first step), leaving the traits of the old model
+        self._stamp: Stamp = patcher._stamp.fork()
         #: seconds the patcher's set-up and the last ACDC run took (a recompute's expected cost)
         self._seconds = {"setup": time.perf_counter() - t0, "acdc": 0.0}
         self._max_edges = max_edges
@@ -203,7 +208,7 @@ class CircuitWidget(MechWidget):
         """The model changed since the patcher's runs: redo them, and the scores on screen (EAP's
         at once; ACDC's by running it again at its threshold, unless this request runs ACDC or
         EAP itself), so that nothing shown mixes the old model's numbers with the new one's."""
-        change = self._patcher._stamp.stale()
+        change = self._stamp.stale()
         if change is None:
             return
         method = self._result.method
@@ -212,6 +217,7 @@ class CircuitWidget(MechWidget):
         with self._recomputing(change, expected):
             self._patcher.refresh()
             self.baseline = self._baseline()
+            self._stamp.renew()
             if not rescore:
                 return
             if method == "acdc":
@@ -329,6 +335,10 @@ class CircuitWidget(MechWidget):
         self._seconds["acdc"] = time.perf_counter() - t0
         self.acdc_signed = result.signed
         self._show(result, float(threshold))
+        # ACDC checked the model in full before it returned: its runs (refreshed when it started,
+        # if the model had changed since the click) are of the model as it is now
+        self.baseline = self._baseline()
+        self._stamp.renew()
         return {"method": "acdc", "threshold": float(threshold), "signed": signed, "kept": self.faithfulness["n_edges"]}
 
     def _eap_result(self, method: str) -> CircuitResult:
