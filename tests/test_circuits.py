@@ -172,10 +172,12 @@ def hand_eap(model: Any, names: list[str], ig_steps: int | None = None) -> list[
     return scores
 
 
-def hand_patch(model: Any, edges: list[str]) -> float:
+def hand_patch(model: Any, edges: list[str], *, clean_prompt: str = CLEAN, corrupted_prompt: str = CORRUPTED,
+               answers: tuple[str, str] = (" Mary", " John")) -> float:
     """The metric with ``edges`` patched: at each destination's input, add (corrupted - current)
-    output of the source, where 'current' is the source's output in this very run."""
-    clean, corrupted = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
+    output of the source, where 'current' is the source's output in this very run. The metric:
+    the logit difference of ``answers`` at the last position."""
+    clean, corrupted = model.to_tokens(clean_prompt), model.to_tokens(corrupted_prompt)
     _, corr_cache = model.run_with_cache(corrupted)
     corr_out = _outputs(model, corr_cache)
     current: dict[str, torch.Tensor] = {}
@@ -191,7 +193,8 @@ def hand_patch(model: Any, edges: list[str]) -> float:
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
             hooks.append((f"blocks.{layer}.attn.hook_result", record(f"a{layer}.h{head}", lambda x, h=head: x[:, :, h])))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", record(f"m{layer}", lambda x: x)))
+        if not model.cfg.attn_only:
+            hooks.append((f"blocks.{layer}.hook_mlp_out", record(f"m{layer}", lambda x: x)))
     by_dest: dict[str, list[str]] = {}
     for edge in edges:
         src, dest = edge.split("->")
@@ -210,8 +213,10 @@ def hand_patch(model: Any, edges: list[str]) -> float:
             return x
 
         hooks.append((hook_name, patch))
+    a, w = (model.to_single_token(t) for t in answers)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        return float(_logit_diff(model, model(clean)))
+        logits = model(clean)
+    return float(logits[0, -1, a] - logits[0, -1, w])
 
 
 def removed_mask(p: EdgePatcher, names: list[str]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support import TL3, assert_unchanged, snapshot
+from support import assert_unchanged, snapshot
 
 from mechwidgets import show_attention, show_circuit, show_features, show_patching, zoo
 from mechwidgets._model import hook_count
@@ -316,7 +316,6 @@ def test_fuzz_features(toy_lm: Any) -> None:
     _check(features_spec(toy_lm), 3, ("select_token", {"pos": 2}))
 
 
-@pytest.mark.skipif(not TL3, reason="causal scrubbing refuses a TransformerLens 4.x bridge (its own hooks)")
 def test_fuzz_scrubbing() -> None:
     _check(scrubbing_spec(), 4, ("restore", {"step": 1}))
 

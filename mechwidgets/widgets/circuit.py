@@ -167,9 +167,10 @@ class CircuitWidget(MechWidget):
         patcher = EdgePatcher(model, clean, corrupted, metric=metric, answer=answer,
                               wrong_answer=wrong_answer, max_positions=max_positions)
         self._patcher = patcher
-        #: the model as what is on screen saw it: the widget's own (the patcher renews its stamp
-        #: whenever any call refreshes it, also a call from Python on ``w.patcher``)
-        self._stamp = Stamp(patcher.handle.model)
+        #: the model as the numbers on screen saw it. The patcher's own stamp is not enough: it is
+        #: renewed by whatever refreshes the patcher, also a job that starts after the model
+        #: changed (ACDC refreshes it on its first step), leaving the traits of the old model
+        self._stamp: Stamp = patcher._stamp.fork()
         #: seconds the patcher's set-up and the last ACDC run took (a recompute's expected cost)
         self._seconds = {"setup": time.perf_counter() - t0, "acdc": 0.0}
         self._max_edges = max_edges
@@ -222,8 +223,8 @@ class CircuitWidget(MechWidget):
         expected = self._seconds["setup"] + (self._seconds["acdc"] if rescore and method == "acdc" else 0.0)
         with self._recomputing(change, expected):
             self._patcher.refresh()
-            self._stamp.renew()
             self.baseline = self._baseline()
+            self._stamp.renew()
             if not rescore:
                 return
             if method == "acdc":
@@ -344,6 +345,10 @@ class CircuitWidget(MechWidget):
         self._seconds["acdc"] = time.perf_counter() - t0
         self.acdc_signed = result.signed
         self._show(result, float(threshold))
+        # ACDC checked the model in full before it returned: its runs (refreshed when it started,
+        # if the model had changed since the click) are of the model as it is now
+        self.baseline = self._baseline()
+        self._stamp.renew()
         return {"method": "acdc", "threshold": float(threshold), "signed": signed, "kept": self.faithfulness["n_edges"]}
 
     def _eap_result(self, method: str) -> CircuitResult:
