@@ -8,7 +8,10 @@ version is installed. Everything else in the package talks to the model through 
 - hook names per layer and head (grouped-query attention aware);
 - runs with hooks and cached runs, always inside :meth:`ModelHandle.session`, which
   guarantees the user's model is left as it was found: no hooks left (also after an
-  exception), train/eval mode and grad mode restored. Nothing here writes to a parameter.
+  exception), train/eval mode and grad mode restored. Nothing here writes to a parameter;
+- with :mod:`mechwidgets._fast`, the execution core: before every run that could skip
+  TransformerLens's hook points, :meth:`ModelHandle.fast_path_blocker` decides from the model as
+  it is at that moment (any hook attached sends the run through TransformerLens's own hooks).
 """
 
 from __future__ import annotations

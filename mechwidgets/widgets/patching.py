@@ -127,6 +127,7 @@ class PatchingWidget(MechWidget):
         self._corrupted: torch.Tensor | None = None
         self._user_answers: tuple[str | int | None, str | int | None] = (answer, wrong_answer)
         self.results: dict[str, dict[str, PatchingResult]] = {}
+        self._proposed: int | None = None  # the position of the proposals on screen
         #: the model as the grids, baselines and default answers saw it
         self._stamp = Stamp(handle.model)
         self._view_seconds = 0.0  # how long the last full view took: a recompute's expected cost
@@ -177,6 +178,7 @@ class PatchingWidget(MechWidget):
         self.grids = {}
         self.detail = {}
         self.candidates = {}
+        self._proposed = None
         self.corrupted_tokens = handle.str_tokens(tokens)
         self.differing = [int(i) for i in (tokens[0] != clean[0]).nonzero().flatten()]
         self._set_answers(*answers)
@@ -224,8 +226,8 @@ class PatchingWidget(MechWidget):
             if self._corrupted is not None:
                 self._set_answers(*self._resolve_answers(self._corrupted, self._user_answers))
             self._stamp.renew()
-            if self.candidates and kind != "propose":
-                self._req_propose(int(self.candidates["pos"]))
+            if self._proposed is not None and kind != "propose":  # Python's record, not the trait
+                self._req_propose(self._proposed)
             if recompute:
                 run_to_end(self._req_view(self.component, self.direction, self.metric))
 
@@ -246,6 +248,7 @@ class PatchingWidget(MechWidget):
         pos = as_int(pos, "the position to replace", lo=1, hi=n - 1, hint=" Position 0 is BOS.")
         ids = similar_tokens(self._handle, int(self._clean[0, pos]), k=N_CANDIDATES)
         self.candidates = {"pos": pos, "tokens": [self._handle.token_str(i) for i in ids]}
+        self._proposed = pos
         return {"pos": pos}
 
     @page_request(pos=_POS, token=_TOKEN)
