@@ -10,7 +10,8 @@ successive hypotheses). Requests:
   that re-scrubs the hypothesis with those node states and writes ``tree``, ``result`` and a new
   ``history`` entry;
 - ``restore {step}`` → the hypothesis and result of an earlier history step, without re-running
-  (a running evaluation is cancelled: it would overwrite them).
+  unless the model changed since that step (then it is scrubbed again, as a job); a running
+  evaluation is cancelled (it would overwrite them).
 """
 
 from __future__ import annotations
