@@ -1050,10 +1050,7 @@ def test_static_svg(widget: CircuitWidget) -> None:
 def load_zoo(name: str) -> Any:
     from mechwidgets import zoo
 
-    try:
-        return zoo.load(name)
-    except zoo.ZooError as exc:  # the zoo is trained separately: skip until it is shipped
-        pytest.skip(f"mechwidgets.zoo cannot load {name!r} yet ({exc})")
+    return zoo.load(name)  # the zoo ships with the package: a model that fails to load fails the test
 
 
 @pytest.fixture(scope="module")

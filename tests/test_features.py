@@ -751,8 +751,6 @@ def test_widget_links_default_to_the_prompt_and_accept_precomputed(model: Any, s
 def _toy_lm() -> tuple[Any, dict[str, Any]]:
     from mechwidgets import zoo
 
-    if not (zoo.model_dir("toy-lm") / "config.json").is_file():
-        pytest.skip("the zoo's toy-lm is not shipped in this checkout")
     model = zoo.load("toy-lm")
     saes = zoo.load_saes("toy-lm")
     if not saes:

@@ -139,10 +139,7 @@ def test_marimo_export_html_runs_every_widget(tmp_path: Path) -> None:
 
 
 def test_demo_marimo_export_html_toy_lm(tmp_path: Path) -> None:
-    from mechwidgets import zoo
 
-    if not (zoo.model_dir("toy-lm") / "config.json").exists():
-        pytest.skip("zoo model toy-lm is not built (python -m mechwidgets.zoo.train toy-lm)")
     demo = tmp_path / DEMO.name  # a copy: marimo stores its session in __marimo__/ beside the file
     demo.write_text(DEMO.read_text(encoding="utf-8"), encoding="utf-8")
     cells = marimo_export(demo, tmp_path / "demo.html")
