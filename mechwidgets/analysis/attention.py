@@ -208,6 +208,26 @@ def _pair(item: Any) -> tuple[Any, Any]:
     return item[0], item[1]
 
 
+
+def resample_tokens(handle: ModelHandle, ablation_prompt: Any, tokens: torch.Tensor, *,
+                    max_positions: int | None) -> torch.Tensor:
+    """The ablation prompt's tokens (``[1, pos]``) for resample ablation, which takes each
+    ablated activation from that prompt at the same position.
+
+    Raises:
+        PromptError: it is not the prompt's (``tokens``) token length (both tokenisations shown).
+    """
+    other = handle.tokens(ablation_prompt, max_positions=max_positions, what="ablation prompt")
+    if other.shape[1] != tokens.shape[-1]:
+        raise PromptError(
+            f"the ablation prompt is {other.shape[1]} tokens but the prompt is "
+            f"{tokens.shape[-1]}: resample ablation needs prompts of the same length. "
+            f"Prompt tokens: {handle.str_tokens(tokens)}; ablation prompt tokens: "
+            f"{handle.str_tokens(other)}."
+        )
+    return other
+
+
 def ablate_heads(
     model: Any,
     prompt: str | torch.Tensor,
@@ -247,14 +267,7 @@ def ablate_heads(
                     "mode='resample' needs ablation_prompt=: a second prompt of the same token "
                     "length to take the heads' outputs from."
                 )
-            other = handle.tokens(ablation_prompt, max_positions=max_positions, what="ablation prompt")
-            if other.shape[1] != tokens.shape[1]:
-                raise PromptError(
-                    f"the ablation prompt is {other.shape[1]} tokens but the prompt is "
-                    f"{tokens.shape[1]}: resample ablation needs prompts of the same length. "
-                    f"Prompt tokens: {handle.str_tokens(tokens)}; ablation prompt tokens: "
-                    f"{handle.str_tokens(other)}."
-                )
+            other = resample_tokens(handle, ablation_prompt, tokens, max_positions=max_positions)
             z_names = sorted({handle.hook_name("z", layer) for layer, _ in heads})
             _, resample_z = handle.run_with_cache(other, z_names, return_type=None)
         logits_before, cache_before = handle.run_with_cache(tokens, pattern_names)

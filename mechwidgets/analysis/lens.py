@@ -53,7 +53,7 @@ from jaxtyping import Float, Int
 from .._fast import FinalNorm
 from .._model import ModelHandle
 from ..errors import ComponentError, PromptError
-from .attention import ABLATION_MODES, head_ablation_hooks
+from .attention import ABLATION_MODES, head_ablation_hooks, resample_tokens
 
 LnScale = Literal["final", "own"]
 DLABy = Literal["component", "head", "position"]
@@ -111,14 +111,7 @@ def ablation_hooks(
                 "resample ablation needs a second prompt: pass ablation_prompt= (same token "
                 "length as the prompt), or choose zero or mean ablation."
             )
-        other = handle.tokens(ablation_prompt, max_positions=max_positions, what="ablation prompt")
-        if other.shape[1] != tokens.shape[1]:
-            raise PromptError(
-                f"the ablation prompt is {other.shape[1]} tokens but the prompt is "
-                f"{tokens.shape[1]}: resample ablation needs prompts of the same length. "
-                f"Prompt tokens: {handle.str_tokens(tokens)}; ablation prompt tokens: "
-                f"{handle.str_tokens(other)}."
-            )
+        other = resample_tokens(handle, ablation_prompt, tokens, max_positions=max_positions)
         z_names = {handle.hook_name("z", layer) for layer, _ in heads}
         _, resample = handle.run_with_cache(other, sorted(z_names | set(mlp_names)), return_type=None)
     hooks = head_ablation_hooks(handle, heads, mode, resample)

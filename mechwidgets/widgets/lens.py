@@ -27,7 +27,7 @@ from .._args import Int, ListOf, Str, Tuple
 from .._fingerprint import Stamp
 from .._model import ModelHandle
 from .._tensor import encode_array
-from ..analysis.attention import ABLATION_MODES, top_predictions
+from ..analysis.attention import ABLATION_MODES, resample_tokens, top_predictions
 from ..analysis.lens import LensResult, LensView, lens_view, norm_summary
 from ..errors import ComponentError, PromptError
 from ._base import MechWidget
@@ -112,15 +112,8 @@ class LogitLensWidget(MechWidget):
         self._max_inline_cells = max_inline_cells
         view = self._run()
         self._stamp = Stamp(handle.model)  # the model the view was computed on
-        if ablation_prompt is not None:
-            other = handle.tokens(ablation_prompt, max_positions=max_positions, what="ablation prompt")
-            if other.shape[1] != view.lens.tokens.shape[0]:
-                raise PromptError(
-                    f"ablation_prompt is {other.shape[1]} tokens but the prompt is "
-                    f"{view.lens.tokens.shape[0]}: resample ablation needs prompts of the same "
-                    f"length. Prompt tokens: {view.lens.str_tokens}; ablation prompt tokens: "
-                    f"{handle.str_tokens(other)}."
-                )
+        if ablation_prompt is not None:  # checked now, not at the first resample click
+            resample_tokens(handle, ablation_prompt, view.lens.tokens, max_positions=max_positions)
         self.view = view
         self.last_ablation: LensView | None = None
         self._ablated: dict[str, Any] = {"heads": [], "mlps": [], "mode": "zero"}
