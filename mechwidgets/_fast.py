@@ -10,7 +10,8 @@ TransformerLens 3.x's ``HookedTransformer`` computes:
 - :func:`norm`: TransformerLens's ``LayerNorm`` / ``LayerNormPre`` / ``RMSNorm`` / ``RMSNormPre``
   as one fused operation each (any other norm module is called as it is), and :func:`norm_vjp`,
   its backward in closed form (EAP's gradients at each head's own input);
-- :func:`qkv_weights` and :func:`attend`: queries, keys and values from one product, and
+- :func:`qkv_weights` (every head's) and :func:`head_projection` (one head's), and :func:`attend`:
+  queries, keys and values from one product, and
   attention as ``softmax(q·k / attn_scale, causal) v`` (PyTorch's fused kernel);
 - :func:`mlp`, :func:`attn_out_from_z`, :func:`last_logits` (the final norm and the columns of
   ``W_U`` a metric reads), :func:`unembed`;
@@ -339,6 +340,14 @@ def qkv_weights(attn: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
     w = torch.cat([m.detach().permute(1, 0, 2).reshape(d_model, -1) for m in (attn.W_Q, w_k, w_v)], 1)
     b = torch.cat([v.detach().reshape(-1) for v in (attn.b_Q, b_k, b_v)])
     return w, b, int(w_k.shape[0])
+
+
+def head_projection(attn: Any, head: int, port: str, x: torch.Tensor) -> torch.Tensor:
+    """One head's query, key or value (``port``: ``"Q"``, ``"K"`` or ``"V"``) of normed inputs
+    ``x`` (``[..., d_model]``, after ``ln1``): ``x W[head] + b[head]`` in ``x``'s dtype (grouped
+    keys and values as TransformerLens repeats them to every head), detached weights."""
+    w, b = getattr(attn, f"W_{port}")[head], getattr(attn, f"b_{port}")[head]
+    return x @ w.detach().to(x.dtype) + b.detach().to(x.dtype)
 
 
 def attend(

@@ -816,10 +816,8 @@ class Scrubber:
         block = self.handle.model.blocks[layer]
         attn = block.attn
         ln1 = block.ln1
-        # per-head weights (TransformerLens repeats grouped keys and values to every head)
-        q = _fast.norm(ln1, q_in) @ attn.W_Q[head].detach().float() + attn.b_Q[head].detach().float()
-        k = _fast.norm(ln1, k_in) @ attn.W_K[head].detach().float() + attn.b_K[head].detach().float()
-        v = _fast.norm(ln1, v_in) @ attn.W_V[head].detach().float() + attn.b_V[head].detach().float()
+        q, k, v = (_fast.head_projection(attn, head, port, _fast.norm(ln1, x.float()))
+                   for port, x in zip("QKV", (q_in, k_in, v_in), strict=True))
         k_pad, v_pad = k[key_index], v[key_index]  # [m, width, d_head]
         z = _fast.attend(q[:, None, None, :], k_pad[:, None], v_pad[:, None], self._attn_scale(attn),
                          mask=valid[:, None, None, :])[:, 0, 0]
