@@ -36,8 +36,12 @@ def encode_array(x: torch.Tensor | np.ndarray, dtype: str = "float32") -> dict[s
     return {"dtype": dtype, "shape": list(arr.shape), "buffer": arr.tobytes()}
 
 
-def decode_array(d: dict[str, Any]) -> np.ndarray:
-    """Inverse of :func:`encode_array` (used by tests and by saved-state readers)."""
+def decode_array(d: dict[str, Any] | np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_array` (used by tests and by saved-state readers). An array
+    (what an :class:`~mechwidgets.widgets._traits.Arrays` trait holds in Python) is returned
+    as it is."""
+    if isinstance(d, np.ndarray):
+        return d
     buf = d["buffer"]
     if isinstance(buf, memoryview):
         buf = buf.tobytes()
@@ -48,6 +52,8 @@ def encoded_nbytes(obj: Any) -> int:
     """Total size of the binary buffers inside a (nested) message or state value."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return len(obj) if not isinstance(obj, memoryview) else obj.nbytes
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
     if isinstance(obj, dict):
         return sum(encoded_nbytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):

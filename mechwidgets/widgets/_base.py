@@ -37,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import anywidget
+import numpy as np
 import traitlets
 from anywidget._util import try_file_contents
 
 from .._tensor import encoded_nbytes, split_buffers
 from ..errors import BudgetError, CancelledError, MechWidgetsError
 from ._requests import checked_page_request, page_requests
+from ._traits import as_wire, to_json
 
 log = logging.getLogger("mechwidgets")
 
@@ -64,7 +66,7 @@ def payload_nbytes(obj: Any) -> int:
         return sum(payload_nbytes(k) + payload_nbytes(v) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
         return sum(payload_nbytes(v) for v in obj)
-    return encoded_nbytes(obj) if isinstance(obj, (bytes, bytearray, memoryview)) else 8
+    return encoded_nbytes(obj) if isinstance(obj, (bytes, bytearray, memoryview, np.ndarray)) else 8
 
 
 def _over_budget(what: str, size: int) -> BudgetError:
@@ -369,7 +371,8 @@ class MechWidget(anywidget.AnyWidget):
 
     # ------------------------------------------------------------ replies
     def _send_message(self, content: dict[str, Any]) -> None:
-        body, buffers = split_buffers(content)
+        # a handler may return tensors or arrays: they travel as an Arrays trait's do
+        body, buffers = split_buffers(to_json(as_wire(content)))
         if self.comm is not None:
             self.send(body, buffers)
 

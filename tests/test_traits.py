@@ -1,0 +1,57 @@
+"""The Arrays trait: what Python holds, what goes on the wire, what comes back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechwidgets._tensor import decode_array
+from mechwidgets.errors import BudgetError
+from mechwidgets.widgets._base import MAX_UPDATE_BYTES, MechWidget
+from mechwidgets.widgets._traits import Arrays, from_json, to_json
+
+
+class _W(MechWidget):
+    _bundle = "attention.js"
+    data = Arrays().tag(sync=True)
+
+
+def test_assignment_casts_to_the_wire_dtype_and_python_reads_numpy() -> None:
+    w = _W()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    w.data = {"grid": x, "ids": torch.arange(5), "half": x.half(), "mask": x > 0, "label": "a", "n": [x[0]]}
+    d = w.data
+    assert isinstance(d["grid"], np.ndarray) and d["grid"].dtype == np.float32
+    np.testing.assert_allclose(d["grid"], x.float().numpy())
+    assert d["ids"].dtype == np.int32 and d["half"].dtype == np.float16 and d["mask"].dtype == np.uint8
+    assert d["label"] == "a" and d["n"][0].shape == (4,)
+    # decode_array passes an array through, so readers of encoded and held values agree
+    assert decode_array(d["grid"]) is d["grid"]
+
+
+def test_state_is_binary_and_round_trips() -> None:
+    w = _W()
+    x = torch.randn(2, 5)
+    w.data = {"a": {"b": x}, "k": [1, 2]}
+    state = w.get_state()["data"]
+    enc = state["a"]["b"]
+    assert enc["dtype"] == "float32" and enc["shape"] == [2, 5] and isinstance(enc["buffer"], bytes)
+    assert state["k"] == [1, 2]
+    back = from_json(to_json(w.data))
+    np.testing.assert_array_equal(back["a"]["b"], x.numpy())
+
+
+def test_default_is_not_shared_and_budget_applies() -> None:
+    a, b = _W(), _W()
+    a.data["x"] = 1
+    assert b.data == {}
+    big = np.zeros(MAX_UPDATE_BYTES // 4 + 16, np.float32)
+    with pytest.raises(BudgetError):
+        a.data = {"big": big}
+    assert "big" not in a.data
+
+
+def test_unsupported_dtype_is_refused() -> None:
+    with pytest.raises(TypeError, match="cannot be sent"):
+        _W().data = np.array(["x"])
