@@ -7,41 +7,11 @@ Quick start::
     show_attention(model, "...")
 """
 
+from . import widgets
 from ._model import ModelHandle
 from .errors import MechWidgetsError
-from .widgets import (
-    AttentionWidget,
-    CircuitWidget,
-    FeaturesWidget,
-    LogitLensWidget,
-    PatchingWidget,
-    ScrubbingWidget,
-    attention_patterns,
-    show_attention,
-    show_circuit,
-    show_features,
-    show_logit_lens,
-    show_patching,
-    show_scrubbing,
-)
+from .widgets import *  # noqa: F403  the widget classes and show_* functions: widgets.__all__
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AttentionWidget",
-    "CircuitWidget",
-    "FeaturesWidget",
-    "LogitLensWidget",
-    "MechWidgetsError",
-    "ModelHandle",
-    "PatchingWidget",
-    "ScrubbingWidget",
-    "__version__",
-    "attention_patterns",
-    "show_attention",
-    "show_circuit",
-    "show_features",
-    "show_logit_lens",
-    "show_patching",
-    "show_scrubbing",
-]
+__all__ = ["MechWidgetsError", "ModelHandle", "__version__", *widgets.__all__]
