@@ -432,8 +432,10 @@ class ModelHandle:
         """Run code against the model and leave it exactly as it was.
 
         Inside, the model is in eval mode and autograd is on only if ``grad``. On exit (also on
-        an exception) every hook added inside is removed, and train/eval and grad mode are
-        restored. Parameters never receive gradients that outlive the session.
+        an exception) each module's train/eval flag, the grad mode and every parameter's
+        ``.grad`` are restored. Hooks are not this context's business: mechwidgets adds hooks
+        only inside a run (TransformerLens's ``hooks()`` context, or handles removed in a
+        ``finally``), so none outlives the run that added it, also on an exception.
         """
         model = self.model
         modes = [(m, m.training) for m in model.modules()]  # each module's own (they may differ)
