@@ -154,7 +154,7 @@ class ModelHandle:
         ModelError: the object is not such a model (with what to pass instead).
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, *, need_tokenizer: bool = True):
         if isinstance(model, ModelHandle):
             model = model.model
         needed = ("cfg", "to_tokens", "to_str_tokens", "hooks", "hook_dict")
@@ -167,7 +167,7 @@ class ModelHandle:
                 f"`mechwidgets.zoo.load('toy-lm')` or `HookedTransformer.from_pretrained(...)`; "
                 f"a plain Hugging Face model must be wrapped by TransformerLens first."
             )
-        if getattr(model, "tokenizer", None) is None:
+        if need_tokenizer and getattr(model, "tokenizer", None) is None:
             raise ModelError(
                 "the model has no tokenizer attached, so prompts cannot be tokenised. Pass "
                 "`tokenizer=` when building it (e.g. HookedTransformer(cfg, tokenizer=tok)) or "
@@ -197,6 +197,22 @@ class ModelHandle:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def tokenizer(self) -> Any | None:
+        """The model's tokenizer (``None`` for a handle from :meth:`wrap_token_ids` on a model
+        without one). Analyses ask the handle, never the model, about its tokenizer."""
+        return getattr(self.model, "tokenizer", None)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return None if bos is None else int(bos)
+
+    @property
+    def pads_left(self) -> bool:
+        """Whether the tokenizer pads on the left (TransformerLens then masks leading tokens)."""
+        return getattr(self.tokenizer, "padding_side", "right") == "left"
+
     def tokens(
         self,
         prompt: str | torch.Tensor | Sequence[int],
@@ -214,6 +230,11 @@ class ModelHandle:
         """
         _check_prompt_type(prompt, what)
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise PromptError(
+                    f"the model has no tokenizer, so the {what} must be a token tensor, not "
+                    f"text: pass e.g. torch.tensor([...]) or attach a tokenizer to the model."
+                )
             self._check_text(prompt, what)
             toks = self.model.to_tokens(prompt, truncate=False)
         else:
@@ -272,7 +293,7 @@ class ModelHandle:
         ``tokenizer_prepends_bos``, a tokenizer without a padding token: ``to_tokens`` raises)."""
         if not texts:
             return []
-        tok = getattr(self.model, "tokenizer", None)
+        tok = self.tokenizer
         if self.kind != "hooked" or tok is None or not callable(tok) or getattr(tok, "pad_token", None) is None:
             return None
         try:
@@ -315,15 +336,17 @@ class ModelHandle:
         return toks.to(self.device).long()
 
     def str_tokens(self, tokens: torch.Tensor) -> list[str]:
-        """The tokens as strings, one per position."""
+        """The tokens as strings, one per position (``"#id"`` without a tokenizer)."""
         toks = tokens[0] if tokens.ndim == 2 else tokens
+        if self.tokenizer is None:
+            return [f"#{int(t)}" for t in toks.reshape(-1)]
         return [str(s) for s in self.model.to_str_tokens(toks.cpu())]
 
     def str_tokens_many(self, tokens: Sequence[torch.Tensor]) -> list[list[str]]:
         """:meth:`str_tokens` of several 1-d token tensors at once: one call to a fast
         tokenizer's batch decoder (what ``to_str_tokens`` does, one decode per token, without
         its per-call overhead); other tokenizers go one prompt at a time."""
-        backend = getattr(getattr(self.model, "tokenizer", None), "_tokenizer", None)
+        backend = getattr(self.tokenizer, "_tokenizer", None)
         if backend is None or not hasattr(backend, "decode_batch"):
             return [self.str_tokens(t) for t in tokens]
         ids = [[int(i)] for t in tokens for i in t.reshape(-1).tolist()]
@@ -348,6 +371,9 @@ class ModelHandle:
             return tok
         if not isinstance(text, str) or text == "":
             raise AnswerError(f"the {what} must be a non-empty string or a token id, got {text!r}.")
+        if self.tokenizer is None:
+            raise AnswerError(f"the model has no tokenizer, so the {what} {text!r} must be given "
+                              f"as a token id (an int).")
         toks = self.model.to_tokens(text, prepend_bos=False)[0]
         if toks.numel() != 1:
             pieces = [str(s) for s in self.model.to_str_tokens(toks.cpu())]
@@ -516,24 +542,9 @@ class ModelHandle:
     @classmethod
     def wrap_token_ids(cls, model: Any) -> ModelHandle:
         """Like :meth:`wrap`, but also accepts a model without a tokenizer (e.g. one built from
-        a config for a benchmark). Such a handle takes token tensors only; analyses label tokens
-        by id."""
-        if isinstance(model, ModelHandle) or getattr(model, "tokenizer", None) is not None:
-            return cls.wrap(model)
-        if not (isinstance(model, torch.nn.Module) and hasattr(model, "cfg")):
-            return cls(model)  # raises the ModelError that says what to pass
-        # The same set-up as __init__, minus the tokenizer check.
-        _check_weights(model)
-        handle = cls.__new__(cls)
-        handle.model, handle.cfg = model, model.cfg
-        handle.kind = "bridge" if type(model).__name__ == "TransformerBridge" else "hooked"
-        cfg: Any = model.cfg
-        handle.n_layers, handle.n_heads = int(cfg.n_layers), int(cfg.n_heads)
-        handle.d_model, handle.d_head = int(cfg.d_model), int(cfg.d_head)
-        handle.n_ctx, handle.d_vocab = int(cfg.n_ctx), int(cfg.d_vocab)
-        kv = getattr(cfg, "n_key_value_heads", None)
-        handle.n_kv_heads = int(kv) if kv else handle.n_heads
-        return handle
+        a config for a benchmark). Such a handle takes token tensors only; tokens are labelled
+        by id (``"#17"``)."""
+        return model if isinstance(model, ModelHandle) else cls(model, need_tokenizer=False)
 
     def fast_path_blocker(self, need: _fast.Need = "blocks") -> str | None:
         """Why the execution core's exact arithmetic (:mod:`mechwidgets._fast`) cannot stand in
