@@ -60,11 +60,11 @@ pytest: $(VENV)/.stamp chromium
 $(VENV)-tl4/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)-tl4
 	$(VENV)-tl4/bin/pip install -q $(TORCH)
-	$(VENV)-tl4/bin/pip install -q -e . "transformer_lens>=4" pytest pytest-timeout
+	$(VENV)-tl4/bin/pip install -q -e ".[nnsight]" "transformer_lens>=4" pytest pytest-timeout
 	touch $@
 
 # the test files that run under TransformerLens 4.x too (version-specific tests skip themselves)
-TL4_TESTS := $(wildcard tests/test_model.py tests/test_attention.py tests/test_widget_protocol.py tests/test_zoo.py tests/test_patching.py tests/test_features.py tests/test_circuits.py tests/test_circuits_tl4.py tests/test_stale.py tests/test_lens.py tests/test_fuzz.py tests/test_bad_input.py tests/test_properties.py)
+TL4_TESTS := $(wildcard tests/test_model.py tests/test_attention.py tests/test_widget_protocol.py tests/test_zoo.py tests/test_patching.py tests/test_features.py tests/test_circuits.py tests/test_circuits_tl4.py tests/test_stale.py tests/test_lens.py tests/test_fuzz.py tests/test_bad_input.py tests/test_properties.py tests/test_backends.py)
 
 test-tl4: $(VENV)-tl4/.stamp mechwidgets/static/.stamp
 	$(VENV)-tl4/bin/python -m pytest -q -ra -m "not browser and not notebooks" -p no:cacheprovider $(TL4_TESTS)

@@ -9,8 +9,8 @@ architecture, data, training and measured metrics.
   Learning and Induction Heads").
 - ``toy-lm``: four layers with MLPs, a word-level GPT-2-like tokenizer, trained on a generated
   English-like corpus mixing ordinary sentences with indirect object identification (Wang et al.
-  2022), greater-than (Hanna et al. 2023), repeated word lists and facts; with TopK SAEs on its
-  residual stream.
+  2022), greater-than (Hanna et al. 2023), facts and agreement (it formed no induction head: use
+  ``induction-2l`` for that); with TopK SAEs on its residual stream.
 
 Example::
 
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ZooError
-from . import tasks
-from ._loading import ZOO_DIR, check_file, load_model_dir, read_json
+from . import _hf, tasks
+from ._loading import ZOO_DIR, check_file, load_model_dir, load_weights, read_json
 from ._sae import SimpleSAE, SimpleSAEConfig, load_sae_folder
 
 #: The shipped models, with one line each on what they are.
@@ -35,7 +35,7 @@ MODELS: dict[str, str] = {
     "induction-2l": "2-layer attention-only model with a previous-token head (L0) and an "
     "induction head (L1).",
     "toy-lm": "4-layer GPT-2-like word-level LM on a generated corpus: IOI, greater-than, "
-    "induction, facts; TopK SAEs on the residual stream.",
+    "facts, agreement (no induction head); TopK SAEs on the residual stream.",
 }
 
 
@@ -58,21 +58,34 @@ def model_dir(name: str) -> Path:
     return ZOO_DIR / _check_name(name)
 
 
-def load(name: str, *, device: str = "cpu") -> Any:
+def load(name: str, *, device: str = "cpu", backend: str = "transformer_lens") -> Any:
     """Load a zoo model, offline, in eval mode, with its tokenizer attached.
 
     Args:
         name: one of :func:`names`.
         device: torch device to put the model on. Default ``"cpu"``.
+        backend: ``"transformer_lens"`` (default): a ``HookedTransformer`` under TransformerLens
+            3.x, a ``TransformerBridge`` under 4.x. ``"hf"``: the same weights as a Hugging Face
+            ``GPT2LMHeadModel`` (``toy-lm`` only; its ``lm_head`` keeps the unembedding's bias,
+            see :mod:`mechwidgets.zoo._hf`), with ``.tokenizer`` set. ``"nnsight"``: that model
+            wrapped by nnsight (needs the ``nnsight`` extra).
 
     Returns:
-        A ``HookedTransformer`` under TransformerLens 3.x, a ``TransformerBridge`` under 4.x.
+        The model, in eval mode. Its logits on the same tokens are the same for every backend.
 
     Raises:
-        ZooError: unknown name (the message lists the known ones), or a missing / corrupted file
-            (the message names the file).
+        ZooError: unknown name or backend (the message lists the known ones), a model without a
+            GPT-2 form asked for as ``"hf"``/``"nnsight"``, or a missing / corrupted file (the
+            message names the file).
     """
-    return load_model_dir(model_dir(name), device=device)
+    if backend not in _hf.BACKENDS:
+        raise ZooError(f"unknown backend {backend!r}: use one of {', '.join(_hf.BACKENDS)}.")
+    if backend == "transformer_lens":
+        return load_model_dir(model_dir(name), device=device)
+    sd, cfg, tokenizer = load_weights(model_dir(name))
+    hf = _hf.gpt2_from_hooked(sd, cfg, tokenizer, device=device)
+    hf.tokenizer = tokenizer
+    return hf if backend == "hf" else _hf.nnsight_model(hf, tokenizer)
 
 
 def load_saes(name: str, *, device: str = "cpu", use_sae_lens: bool | None = None) -> dict[str, Any]:

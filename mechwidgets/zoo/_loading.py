@@ -211,17 +211,23 @@ def _build_bridge(cfg_dict: dict[str, Any], tokenizer: Any, sd: dict[str, torch.
     return model if torch.device(device).type == "cpu" else model.to(device)
 
 
-def load_model_dir(folder: Path, *, device: str = "cpu") -> Any:
-    """Build the TransformerLens model stored in ``folder`` (see the module docstring)."""
+def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], Any]:
+    """The checked state dict (``HookedTransformer`` layout), the ``HookedTransformerConfig``
+    fields and the tokenizer stored in ``folder``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     meta = read_json(folder / CONFIG_FILENAME)
     hashes = meta.get("sha256", {})
     for rel, digest in hashes.items():
         check_file(folder / rel, digest)
-    cfg_dict = dict(meta["hooked_transformer_config"])
-    weights_path = folder / meta.get("weights", WEIGHTS_FILENAME)
-    sd = load_safetensors(weights_path)
+    sd = load_safetensors(folder / meta.get("weights", WEIGHTS_FILENAME))
     tokenizer = load_tokenizer(folder / meta.get("tokenizer", TOKENIZER_DIRNAME))
+    return sd, dict(meta["hooked_transformer_config"]), tokenizer
+
+
+def load_model_dir(folder: Path, *, device: str = "cpu") -> Any:
+    """Build the TransformerLens model stored in ``folder`` (see the module docstring)."""
+    sd, cfg_dict, tokenizer = load_weights(folder)
+    weights_path = folder / read_json(folder / CONFIG_FILENAME).get("weights", WEIGHTS_FILENAME)
     if tl_major_version() >= 4:
         model = _build_bridge(cfg_dict, tokenizer, sd, device, weights_path)
     else:
