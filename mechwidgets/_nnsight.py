@@ -1,0 +1,276 @@
+"""The execution core's primitives as nnsight traces (issue 18, first step: not yet behind the
+widgets).
+
+An nnsight model (``nnsight.LanguageModel`` over a Hugging Face causal LM, local or remote on
+NDIF) is run through one trace per call. :class:`NNsightCore` offers what the TransformerLens
+side of the core offers, under the same activation names:
+
+- :meth:`~NNsightCore.record`: named activations of one forward;
+- :meth:`~NNsightCore.run`: a forward with activations replaced (a function of the clean value,
+  or a tensor), returning the logits and any recorded activations;
+- :meth:`~NNsightCore.grads`: the gradient of a scalar metric of the logits at named points.
+
+Names (TransformerLens's, so analyses need no second vocabulary): ``blocks.L.hook_resid_pre``
+(the decoder layer's input), ``blocks.L.hook_resid_post`` (its output), ``blocks.L.hook_attn_out``
+(the attention module's output), ``blocks.L.hook_mlp_out`` (the MLP's output),
+and ``blocks.L.attn.hook_z`` (the per-head input of the attention's output projection,
+``[batch, pos, n_heads, d_head]``). Each equals TransformerLens's activation of that name on the
+same weights (``tests/test_nnsight_core.py``); the final norm has no such point (TransformerLens's
+``ln_final.hook_normalized`` is before the norm's weight and bias, a Hugging Face norm's output
+after them), so none is offered.
+
+Module paths come from the model's structure (:func:`find_structure`): the decoder layers are
+the ``ModuleList`` of ``num_hidden_layers`` blocks of one class; in a block, the attention, MLP
+and output projection go by the names the Hugging Face families use (GPT-2, GPT-NeoX/Pythia,
+Llama/Mistral/Qwen, Gemma). Traps measured (``/work/shared/NOTES.md``): in transformers 5 a
+block's ``.output`` is a tensor, an attention module's a tuple; reads in one trace follow
+execution order, so names are visited in the order the model computes them; only
+``nnsight.save``d values leave a trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nnsight
+import torch
+
+from .errors import ModelError
+
+Edit = Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
+
+_ATTN = ("self_attn", "attn", "attention", "self_attention")
+_MLP = ("mlp", "feed_forward", "ffn")
+_OUT_PROJ = ("o_proj", "c_proj", "dense", "out_proj")
+_FINAL_NORM = ("ln_f", "norm", "final_layer_norm", "final_layernorm")
+#: the order in which a block computes its named points (reads in a trace must follow it)
+_ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "hook_attn_out": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
+_NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|hook_attn_out|hook_mlp_out|hook_resid_post)$")
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Where a Hugging Face decoder keeps its parts (dotted paths from the model's root)."""
+
+    layers: str
+    attn: str
+    mlp: str
+    out_proj: str
+    final_norm: str
+    n_layers: int
+    n_heads: int
+    d_head: int
+
+
+def _child(module: torch.nn.Module, names: Iterable[str], what: str, where: str) -> str:
+    children = dict(module.named_children())
+    for name in names:
+        if name in children:
+            return name
+    raise ModelError(
+        f"could not find the {what} in {where} (children: {sorted(children)}): mechwidgets knows "
+        f"the Hugging Face decoder families GPT-2, GPT-NeoX, Llama/Mistral/Qwen and Gemma."
+    )
+
+
+def find_structure(hf_model: torch.nn.Module) -> Structure:
+    """The decoder's module paths, found from its structure (module docstring)."""
+    config = getattr(hf_model, "config", None)
+    n_layers = getattr(config, "num_hidden_layers", None)
+    if config is None or n_layers is None:
+        raise ModelError(f"{type(hf_model).__name__} has no Hugging Face config with "
+                         f"num_hidden_layers: pass a Hugging Face causal LM or an nnsight model of one.")
+    layers = [
+        name for name, m in hf_model.named_modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers
+        and len({type(c) for c in m}) == 1
+    ]
+    if not layers:
+        raise ModelError(f"found no list of {n_layers} decoder layers in {type(hf_model).__name__}.")
+    path = layers[0]
+    block = next(iter(hf_model.get_submodule(path).children()))
+    attn = _child(block, _ATTN, "attention module", f"{path}.0")
+    mlp = _child(block, _MLP, "MLP", f"{path}.0")
+    out_proj = _child(block.get_submodule(attn), _OUT_PROJ, "attention output projection", f"{path}.0.{attn}")
+    base_path = path.rsplit(".", 1)[0] if "." in path else ""
+    base = hf_model.get_submodule(base_path) if base_path else hf_model
+    norm = _child(base, _FINAL_NORM, "final norm", base_path or "the model")
+    n_heads = int(config.num_attention_heads)
+    d_head = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
+    return Structure(layers=path, attn=attn, mlp=mlp, out_proj=f"{attn}.{out_proj}",
+                     final_norm=f"{base_path}.{norm}" if base_path else norm,
+                     n_layers=int(n_layers), n_heads=n_heads, d_head=d_head)
+
+
+def _envoy(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _order(name: str) -> tuple[int, int]:
+    m = _NAME.match(name)
+    if m is None:
+        raise ModelError(
+            f"unknown activation name {name!r} for an nnsight model: use blocks.L.hook_resid_pre, "
+            f"blocks.L.attn.hook_z, blocks.L.hook_attn_out, blocks.L.hook_mlp_out or "
+            f"blocks.L.hook_resid_post."
+        )
+    return (int(m.group(1)), _ORDER[m.group(2)])
+
+
+class NNsightCore:
+    """One nnsight model's primitives (module docstring). ``traces`` counts the traces run.
+
+    Args:
+        model: an ``nnsight.LanguageModel`` (or any nnsight ``NNsight`` envoy over a Hugging
+            Face causal LM).
+        remote: passed to every trace: ``False`` (local), ``True`` (NDIF) or ``"local"``
+            (serialise the trace as for NDIF, then run it in this process).
+    """
+
+    def __init__(self, model: Any, *, remote: bool | str = False) -> None:
+        hf = getattr(model, "_module", None)
+        if hf is None or not isinstance(hf, torch.nn.Module):
+            raise ModelError(f"expected an nnsight model (nnsight.LanguageModel), got {type(model).__name__}.")
+        self.model = model
+        self.structure = find_structure(hf)
+        self.remote = remote
+        self.traces = 0
+        if remote:
+            # a remote trace ships the code it runs: this module's by value (mechwidgets is not
+            # installed on NDIF's servers)
+            nnsight.register(sys.modules[__name__])
+
+    @contextlib.contextmanager
+    def _session(self, grad: bool) -> Iterator[None]:
+        """Eval mode and grad mode ``grad`` inside; each module's train/eval flag, the grad mode
+        and every parameter's ``.grad`` restored after (also on an exception), as
+        :meth:`mechwidgets._model.ModelHandle.session` does for TransformerLens models."""
+        hf = self.model._module
+        modes = [(m, m.training) for m in hf.modules()]
+        params = list(hf.parameters())
+        kept = [p.grad for p in params]
+        grad_was = torch.is_grad_enabled()
+        hf.eval()
+        torch.set_grad_enabled(grad)
+        try:
+            yield
+        finally:
+            torch.set_grad_enabled(grad_was)
+            for m, training in modes:
+                m.training = training
+            for p, g in zip(params, kept, strict=True):
+                p.grad = g
+
+    # ---------------------------------------------------------------- primitives
+    def run(
+        self,
+        tokens: torch.Tensor,
+        edits: Mapping[str, Edit] | None = None,
+        names: Iterable[str] = (),
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward (one trace) of ``tokens [batch, pos]`` with ``edits`` applied (each a
+        function of the activation there, or its replacement), recording ``names`` (after any
+        edit at the same point). Returns the logits ``[batch, pos, d_vocab]`` and the records."""
+        edits = dict(edits or {})
+        want = set(names)
+        plan = [(name, *_split(name), edits.get(name), name in want)
+                for name in sorted(set(edits) | want, key=_order)]
+        model, s = self.model, self.structure  # the trace body names no mechwidgets object but these
+        saved: dict[str, Any] = {}
+        with self._session(grad=False), model.trace(tokens, remote=self.remote):
+            for name, layer, kind, edit, keep in plan:
+                value = None
+                if edit is not None:
+                    value = edit(_read(model, s, layer, kind)) if callable(edit) else edit
+                    _write(model, s, layer, kind, value)
+                if keep:
+                    saved[name] = nnsight.save(_read(model, s, layer, kind) if value is None else value)
+            logits = nnsight.save(model.output.logits)
+        self.traces += 1
+        return _value(logits), {k: _value(v) for k, v in saved.items()}
+
+    def record(self, tokens: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The activations at ``names`` of one clean forward (one trace)."""
+        return self.run(tokens, names=names)[1]
+
+    def grads(
+        self,
+        tokens: torch.Tensor,
+        names: Iterable[str],
+        metric: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``metric(logits)`` (a scalar) and its gradient with respect to the activation at each
+        of ``names``, from one trace with a backward pass."""
+        plan = [(name, *_split(name)) for name in sorted(set(names), key=_order)]
+        model, s = self.model, self.structure
+        grads: dict[str, Any] = {}
+        with self._session(grad=True), model.trace(tokens, remote=self.remote):
+            # raw: hook_z as the projection's input itself, so that the gradient reaches it
+            acts = [(name, _read(model, s, layer, kind, raw=True)) for name, layer, kind in plan]
+            value = metric(model.output.logits)
+            with value.backward():
+                for name, act in reversed(acts):  # gradients arrive in reverse order
+                    grads[name] = nnsight.save(act.grad)
+            value = nnsight.save(value)
+        self.traces += 1
+        out = {k: _value(v).detach() for k, v in grads.items()}
+        for k in out:
+            if k.endswith("attn.hook_z"):
+                out[k] = out[k].reshape(*out[k].shape[:-1], s.n_heads, s.d_head)
+        return _value(value).detach(), out
+
+
+# Inside a trace: these two and what they call use only nnsight, torch and this module's
+# plain data, so a remote trace can ship them by value (NNsightCore registers this module).
+def _read(model: Any, s: Structure, layer: int, kind: str, raw: bool = False) -> Any:
+    """The activation of ``kind`` at ``layer`` inside a trace, in TransformerLens's shape
+    (``raw``: ``hook_z`` as the tensor the model uses, not split into heads)."""
+    block = _envoy(model, s.layers)[layer]
+    if kind == "hook_resid_pre":
+        return block.input
+    if kind == "hook_resid_post":
+        return _first(block.output)
+    if kind == "hook_attn_out":
+        return _first(_envoy(block, s.attn).output)
+    if kind == "hook_mlp_out":
+        return _first(_envoy(block, s.mlp).output)
+    z = _envoy(block, s.out_proj).input
+    return z if raw else z.reshape(*z.shape[:-1], s.n_heads, s.d_head)
+
+
+def _write(model: Any, s: Structure, layer: int, kind: str, value: torch.Tensor) -> None:
+    block = _envoy(model, s.layers)[layer]
+    if kind == "hook_resid_pre":
+        block.input = value
+    elif kind == "attn.hook_z":
+        _envoy(block, s.out_proj).input = value.reshape(*value.shape[:-2], s.n_heads * s.d_head)
+    else:
+        env = block if kind == "hook_resid_post" else _envoy(block, s.attn if kind == "hook_attn_out" else s.mlp)
+        out = env.output
+        env.output = (value, *out[1:]) if isinstance(out, tuple) else value
+
+
+def _split(name: str) -> tuple[int, str]:
+    m = _NAME.match(name)
+    if m is None:
+        _order(name)  # raises the error that lists the names
+        raise AssertionError(name)
+    return int(m.group(1)), m.group(2)
+
+
+def _value(x: Any) -> torch.Tensor:
+    return getattr(x, "value", x)
+
+
+__all__ = ["NNsightCore", "Structure", "find_structure"]

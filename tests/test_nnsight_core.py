@@ -1,0 +1,221 @@
+"""The execution core's nnsight primitives (issue 18, first step) against independent
+computations: TransformerLens's own activations and hooks on toy-lm's weights, and plain PyTorch
+hooks on random GPT-NeoX (parallel attention) and Llama-style (GQA, RMSNorm, rotary) models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from nnsight import LanguageModel
+
+from mechwidgets import zoo
+from mechwidgets._nnsight import NNsightCore, find_structure
+from mechwidgets.errors import ModelError
+
+TOL = 1e-4
+KINDS = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    tl = zoo.load("toy-lm")
+    core = NNsightCore(zoo.load("toy-lm", backend="nnsight"))
+    toks = tl.to_tokens("When Mary and John went to the store, John gave a drink to")
+    return tl, core, toks
+
+
+def test_structure_of_gpt2(toy):
+    s = toy[1].structure
+    assert (s.layers, s.attn, s.mlp, s.out_proj, s.final_norm) == ("transformer.h", "attn", "mlp", "attn.c_proj", "transformer.ln_f")
+    assert (s.n_layers, s.n_heads, s.d_head) == (4, 4, 32)
+
+
+def test_record_equals_transformer_lens(toy):
+    tl, core, toks = toy
+    names = [f"blocks.{layer}.{k}" for layer in (0, 3) for k in KINDS]
+    rec = core.record(toks, names)
+    _, cache = tl.run_with_cache(toks, names_filter=names)
+    for n in names:
+        assert rec[n].shape == cache[n].shape, n
+        assert (rec[n] - cache[n]).abs().max().item() <= TOL, n
+    assert core.traces == 1
+
+
+def test_edits_equal_transformer_lens_hooks(toy):
+    tl, core, toks = toy
+    replacement = torch.randn(1, toks.shape[1], 128, generator=torch.Generator().manual_seed(0))
+
+    def zero_head(z):
+        z = z.clone()
+        z[:, :, 2] = 0
+        return z
+
+    def tl_zero_head(z, hook):
+        z[:, :, 2] = 0
+        return z
+
+    before = core.traces
+    logits, rec = core.run(toks, {"blocks.1.attn.hook_z": zero_head, "blocks.2.hook_resid_pre": replacement},
+                           names=["blocks.1.attn.hook_z", "blocks.3.hook_mlp_out"])
+    ref_logits, cache = None, {}
+
+    def keep(act, hook):
+        cache[hook.name] = act.detach().clone()
+
+    ref_logits = tl.run_with_hooks(toks, fwd_hooks=[
+        ("blocks.1.attn.hook_z", tl_zero_head), ("blocks.1.attn.hook_z", keep),
+        ("blocks.2.hook_resid_pre", lambda a, hook: replacement), ("blocks.3.hook_mlp_out", keep)])
+    assert core.traces == before + 1  # one trace per call
+    assert (logits - ref_logits).abs().max().item() <= TOL
+    assert rec["blocks.1.attn.hook_z"][:, :, 2].abs().max().item() == 0  # recorded after the edit
+    for n in cache:
+        assert (rec[n] - cache[n]).abs().max().item() <= TOL, n
+
+
+def test_grads_equal_transformer_lens_backward(toy):
+    tl, core, toks = toy
+    names = [f"blocks.{layer}.{k}" for layer in (1, 2) for k in KINDS]
+
+    def metric(logits):
+        return logits[0, -1, 5] - logits[0, -1, 7]
+
+    value, grads = core.grads(toks, names, metric)
+    acts = {}
+
+    def keep(act, hook):
+        act.retain_grad()
+        acts[hook.name] = act
+
+    with tl.hooks(fwd_hooks=[(n, keep) for n in names]):
+        ref = metric(tl(toks))
+        ref.backward()
+    assert abs(value.item() - ref.item()) <= TOL
+    for n in names:
+        assert (grads[n] - acts[n].grad).abs().max().item() <= TOL, n
+    assert all(p.grad is None for p in core.model._module.parameters())  # nothing left behind
+
+
+def _random_lm(kind: str):
+    import transformers
+
+    tok = zoo.load("toy-lm", backend="hf").tokenizer
+    common = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=128, max_position_embeddings=64)
+    if kind == "neox":
+        cfg = transformers.GPTNeoXConfig(**common, use_parallel_residual=True, rotary_pct=0.5)
+        model = transformers.GPTNeoXForCausalLM(cfg)
+    else:
+        cfg = transformers.LlamaConfig(**common, num_key_value_heads=2)
+        model = transformers.LlamaForCausalLM(cfg)
+    torch.manual_seed(0)
+    model.eval()
+    return model, tok
+
+
+def _hooked_reference(hf, s, toks, edit_layer, edit_head):
+    """Plain PyTorch hooks: each named point of every layer, and the logits, with head
+    ``edit_head`` of layer ``edit_layer`` zeroed at the output projection's input."""
+    out, handles = {}, []
+    layers = hf.get_submodule(s.layers)
+    for i, block in enumerate(layers):
+        attn, mlp = block.get_submodule(s.attn), block.get_submodule(s.mlp)
+        proj = block.get_submodule(s.out_proj)
+
+        def pre(mod, args, kwargs=None, i=i):
+            out[f"blocks.{i}.hook_resid_pre"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+        def z_pre(mod, args, i=i):
+            z = args[0].reshape(*args[0].shape[:-1], s.n_heads, s.d_head).clone()
+            if i == edit_layer:
+                z[:, :, edit_head] = 0
+            out[f"blocks.{i}.attn.hook_z"] = z.detach().clone()
+            return (z.reshape(args[0].shape),)
+
+        handles += [
+            block.register_forward_pre_hook(pre, with_kwargs=True),
+            proj.register_forward_pre_hook(z_pre),
+            attn.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(f"blocks.{i}.hook_attn_out", o[0].detach().clone())),
+            mlp.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(f"blocks.{i}.hook_mlp_out", o.detach().clone())),
+            block.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(
+                f"blocks.{i}.hook_resid_post", (o[0] if isinstance(o, tuple) else o).detach().clone())),
+        ]
+    try:
+        with torch.no_grad():
+            logits = hf(toks).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, out
+
+
+@pytest.mark.parametrize("kind", ["neox", "llama"])
+def test_other_families_equal_plain_hooks(kind):
+    hf, tok = _random_lm(kind)
+    reference = copy.deepcopy(hf)  # nnsight patches the forward of the model it wraps
+    core = NNsightCore(LanguageModel(hf, tokenizer=tok))
+    s = core.structure
+    assert s.n_layers == 2 and s.n_heads == 4 and s.d_head == 16
+    toks = torch.randint(1, len(tok), (2, 12), generator=torch.Generator().manual_seed(1))
+    names = [f"blocks.{i}.{k}" for i in range(2) for k in KINDS]
+
+    def zero_head(z):
+        z = z.clone()
+        z[:, :, 1] = 0
+        return z
+
+    logits, rec = core.run(toks, {"blocks.0.attn.hook_z": zero_head}, names=names)
+    ref_logits, ref = _hooked_reference(reference, find_structure(reference), toks, 0, 1)
+    assert (logits - ref_logits).abs().max().item() <= TOL
+    for n in names:
+        assert (rec[n] - ref[n]).abs().max().item() <= TOL, n
+    if kind == "neox":  # parallel attention: the block adds both to its input
+        post = rec["blocks.1.hook_resid_pre"] + rec["blocks.1.hook_attn_out"] + rec["blocks.1.hook_mlp_out"]
+        assert (post - rec["blocks.1.hook_resid_post"]).abs().max().item() <= TOL
+
+
+def test_bad_names_and_models(toy):
+    with pytest.raises(ModelError, match=r"unknown activation name 'blocks\.0\.hook_q'"):
+        toy[1].record(toy[2], ["blocks.0.hook_q"])
+    with pytest.raises(ModelError, match="expected an nnsight model"):
+        NNsightCore(toy[0])
+
+
+def test_remote_local_serialises_and_equals_local(toy):
+    """``remote="local"`` serialises each trace as for NDIF (this module shipped by value:
+    mechwidgets is not installed there) and runs it here: same numbers as a local trace."""
+    _, core, toks = toy
+    remote = NNsightCore(core.model, remote="local")
+
+    def zero_head(z):
+        z = z.clone()
+        z[:, :, 1] = 0
+        return z
+
+    a, ra = core.run(toks, {"blocks.2.attn.hook_z": zero_head}, names=["blocks.3.hook_resid_post"])
+    b, rb = remote.run(toks, {"blocks.2.attn.hook_z": zero_head}, names=["blocks.3.hook_resid_post"])
+    assert (a - b).abs().max().item() <= TOL
+    assert (ra["blocks.3.hook_resid_post"] - rb["blocks.3.hook_resid_post"]).abs().max().item() <= TOL
+    va, ga = core.grads(toks, ["blocks.1.hook_resid_pre"], lambda lg: lg[0, -1].logsumexp(-1))
+    vb, gb = remote.grads(toks, ["blocks.1.hook_resid_pre"], lambda lg: lg[0, -1].logsumexp(-1))
+    assert abs(va.item() - vb.item()) <= TOL
+    assert (ga["blocks.1.hook_resid_pre"] - gb["blocks.1.hook_resid_pre"]).abs().max().item() <= TOL
+
+
+def test_the_model_is_left_as_it_was(toy):
+    _, core, toks = toy
+    hf = core.model._module
+    hf.train()
+    hf.transformer.h[0].eval()  # modules' own flags differ
+    weights = {k: v.clone() for k, v in hf.state_dict().items()}
+    grad_mode = torch.is_grad_enabled()
+    core.grads(toks, ["blocks.0.hook_resid_post"], lambda lg: lg.sum())
+    core.run(toks, {"blocks.0.hook_resid_post": lambda x: x * 0})
+    try:
+        assert hf.training and not hf.transformer.h[0].training and hf.transformer.h[1].training
+        assert torch.is_grad_enabled() == grad_mode
+        assert all(p.grad is None for p in hf.parameters())
+        assert all(torch.equal(v, weights[k]) for k, v in hf.state_dict().items())
+    finally:
+        hf.eval()
