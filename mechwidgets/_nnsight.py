@@ -40,7 +40,7 @@ from typing import Any
 import nnsight
 import torch
 
-from .errors import ModelError
+from .errors import ModelError, RemoteError
 
 Edit = Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
 
@@ -146,6 +146,8 @@ class NNsightCore:
         self.structure = find_structure(hf)
         self.remote = remote
         self.traces = 0
+        if remote is True:
+            _check_remote(model)
         if remote:
             # a remote trace ships the code it runs: this module's by value (mechwidgets is not
             # installed on NDIF's servers)
@@ -188,7 +190,7 @@ class NNsightCore:
                 for name in sorted(set(edits) | want, key=_order)]
         model, s = self.model, self.structure  # the trace body names no mechwidgets object but these
         saved: dict[str, Any] = {}
-        with self._session(grad=False), model.trace(tokens, remote=self.remote):
+        with self._session(grad=False), _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
             for name, layer, kind, edit, keep in plan:
                 value = None
                 if edit is not None:
@@ -215,7 +217,7 @@ class NNsightCore:
         plan = [(name, *_split(name)) for name in sorted(set(names), key=_order)]
         model, s = self.model, self.structure
         grads: dict[str, Any] = {}
-        with self._session(grad=True), model.trace(tokens, remote=self.remote):
+        with self._session(grad=True), _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
             # raw: hook_z as the projection's input itself, so that the gradient reaches it
             acts = [(name, _read(model, s, layer, kind, raw=True)) for name, layer, kind in plan]
             value = metric(model.output.logits)
@@ -259,6 +261,62 @@ def _write(model: Any, s: Structure, layer: int, kind: str, value: torch.Tensor)
         env = block if kind == "hook_resid_post" else _envoy(block, s.attn if kind == "hook_attn_out" else s.mlp)
         out = env.output
         env.output = (value, *out[1:]) if isinstance(out, tuple) else value
+
+
+def _check_remote(model: Any) -> None:
+    """Refuse at once what NDIF cannot run: a model built from an object (NDIF loads models by
+    their Hugging Face id), or no API key."""
+    if not getattr(model, "repo_id", None) or not isinstance(model.repo_id, str):
+        raise RemoteError(
+            "this nnsight model was built from a model object, which NDIF cannot run: NDIF runs "
+            "models by their Hugging Face id. Load it as LanguageModel('<org>/<name>') to run "
+            "remotely, or pass remote=False to run it here."
+        )
+    if not nnsight.CONFIG.API.APIKEY:
+        raise RemoteError(
+            "no NDIF API key is set, so remote traces cannot run: set one with "
+            "nnsight.CONFIG.set_default_api_key('<key>') or the NDIF_API_KEY environment variable "
+            "(keys at https://login.ndif.us), or pass remote=False to run the model here."
+        )
+
+
+@contextlib.contextmanager
+def _remote_errors(model: Any, remote: bool | str) -> Iterator[None]:
+    """A remote trace's failures (nnsight's ``RemoteError``, the network, the Hugging Face hub
+    that names the model) as a :class:`RemoteError` that says what to do. Local traces' errors
+    pass through."""
+    from nnsight.intervention.backends.remote import RemoteError as NDIFError
+
+    try:
+        yield
+    except NDIFError as e:
+        detail = str(e)
+        low = detail.lower()
+        if "key" in low or "unauthori" in low or "401" in low or "403" in low:
+            hint = ("NDIF refused the API key: check it (nnsight.CONFIG.set_default_api_key) and "
+                    "that it has access to this model")
+        elif "failed to send request" in low:
+            hint = f"NDIF at {nnsight.CONFIG.API.HOST} did not take the request"
+        elif "model" in low and any(w in low for w in ("not", "unknown", "no such")):
+            hint = (f"NDIF does not host {getattr(model, 'repo_id', 'this model')!r} now: "
+                    f"nnsight.ndif_status() lists the hosted models")
+        else:
+            hint = "the trace failed on NDIF"
+        raise RemoteError(f"{hint} ({detail}). Pass remote=False to run the model here.") from e
+    except Exception as e:
+        package = type(e).__module__.split(".")[0]
+        if remote is not True or not (package in ("huggingface_hub", "websocket", "httpx")
+                                      or isinstance(e, (OSError, ConnectionError))):
+            raise
+        if package == "huggingface_hub":  # nnsight names the model by its id on the hub first
+            where = "the Hugging Face hub, where nnsight looks the model id up before sending,"
+        else:
+            where = f"NDIF at {nnsight.CONFIG.API.HOST}"
+        raise RemoteError(
+            f"{where} could not be reached ({type(e).__name__}: {e}): no network, or the "
+            f"service is down (nnsight.ndif_status() shows NDIF's). Pass remote=False to run the "
+            f"model here."
+        ) from e
 
 
 def _split(name: str) -> tuple[int, str]:

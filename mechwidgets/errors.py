@@ -74,6 +74,11 @@ class ModelChangedError(MechWidgetsError):
     work stopped, and the next click or call recomputes on the model as it is now."""
 
 
+class RemoteError(MechWidgetsError, RuntimeError):
+    """A remote trace (nnsight on NDIF) failed: no key, the model not hosted, NDIF unreachable,
+    or the trace failed there. The message says what to do; the model still runs locally."""
+
+
 __all__ = [
     "AnswerError",
     "BudgetError",
@@ -87,6 +92,7 @@ __all__ = [
     "ModelChangedError",
     "ModelError",
     "PromptError",
+    "RemoteError",
     "RequestError",
     "SAEError",
     "ZooError",

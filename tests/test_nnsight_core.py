@@ -219,3 +219,109 @@ def test_the_model_is_left_as_it_was(toy):
         assert all(torch.equal(v, weights[k]) for k, v in hf.state_dict().items())
     finally:
         hf.eval()
+
+
+# ------------------------------------------------------------------ remote failures, offline
+class _FakeNDIF:
+    """A 127.0.0.1 stand-in for NDIF's two endpoints that a blocking remote trace uses: the
+    websocket ``/subscribe`` (hands out a session id) and ``POST /request``, which answers as
+    NDIF does when it refuses the key (401 with a detail) or does not host the model (an ERROR
+    status). nnsight's own client raises its own errors from these answers."""
+
+    def __init__(self, mode: str):
+        import base64
+        import hashlib
+        import http.server
+        import json
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):  # the websocket handshake, then one text frame
+                key = self.headers["Sec-WebSocket-Key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+                self.send_response(101)
+                self.send_header("Upgrade", "websocket")
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Sec-WebSocket-Accept", base64.b64encode(hashlib.sha1(key.encode()).digest()).decode())
+                self.end_headers()
+                payload = json.dumps({"session_id": "s1"}).encode()
+                self.wfile.write(bytes([0x81, len(payload)]) + payload)
+                self.wfile.flush()
+                self.rfile.read(1)  # hold the socket until the client closes it
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if mode == "key":
+                    status, body = 401, {"detail": "Invalid API key."}
+                else:
+                    status, body = 200, {"id": "j1", "status": "ERROR",
+                                         "description": "Model openai-community/gpt2 is not hosted."}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def remote_lm(monkeypatch):
+    """toy-lm through nnsight, named as a hosted model would be (the hub lookup of its id
+    answered from nnsight's cache: this machine is offline)."""
+    import nnsight
+    from nnsight.modeling import huggingface
+
+    lm = zoo.load("toy-lm", backend="nnsight")
+    lm.repo_id = "openai-community/gpt2"
+    monkeypatch.setitem(huggingface._ID_CACHE, lm.repo_id, lm.repo_id)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", "test-key")
+    return lm
+
+
+@pytest.mark.parametrize(("mode", "message"), [
+    ("key", r"NDIF refused the API key.*Invalid API key.*remote=False"),
+    ("model", r"NDIF does not host 'openai-community/gpt2'.*ndif_status.*remote=False"),
+])
+def test_remote_failures_say_what_to_do(remote_lm, monkeypatch, mode, message):
+    import nnsight
+
+    from mechwidgets.errors import RemoteError
+
+    fake = _FakeNDIF(mode)
+    monkeypatch.setattr(nnsight.CONFIG.API, "HOST", fake.host)
+    try:
+        core = NNsightCore(remote_lm, remote=True)
+        toks = torch.tensor([[0, 5, 6]])
+        with pytest.raises(RemoteError, match=message):
+            core.record(toks, ["blocks.0.hook_resid_post"])
+        # the same model still runs here
+        assert NNsightCore(remote_lm).record(toks, ["blocks.0.hook_resid_post"])["blocks.0.hook_resid_post"].shape == (1, 3, 128)
+    finally:
+        fake.close()
+
+
+def test_remote_refused_before_sending(remote_lm, monkeypatch):
+    import nnsight
+
+    from mechwidgets.errors import RemoteError
+
+    monkeypatch.setattr(nnsight.CONFIG.API, "HOST", "http://127.0.0.1:9")  # a closed port
+    core = NNsightCore(remote_lm, remote=True)
+    with pytest.raises(RemoteError, match=r"NDIF at http://127\.0\.0\.1:9 could not be reached"):
+        core.record(torch.tensor([[0, 5]]), ["blocks.0.hook_resid_post"])
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    with pytest.raises(RemoteError, match="no NDIF API key is set"):
+        NNsightCore(remote_lm, remote=True)
+    with pytest.raises(RemoteError, match="built from a model object"):
+        NNsightCore(zoo.load("toy-lm", backend="nnsight"), remote=True)
