@@ -146,7 +146,10 @@ def model_fingerprint(model: Any, *others: Any) -> Fingerprint:
     hooks: list[tuple[Any, ...]] = []
     modules: list[Any] = []
     params: list[torch.Tensor] = []
-    roots = [r for r in (model, *others) if isinstance(r, torch.nn.Module)]
+    # an nnsight model wraps its torch module (``_module``): the module is the state
+    unwrapped = (getattr(r, "_module", r) if type(r).__module__.split(".")[0] == "nnsight" else r
+                 for r in (model, *others))
+    roots = [r for r in unwrapped if isinstance(r, torch.nn.Module)]
     # depth first, children in registration order (as modules(), without its generators)
     stack = roots[::-1]
     seen: set[int] = set()  # a module reachable twice (a TransformerBridge's wrapped HF modules)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -189,8 +189,15 @@ class ModelHandle:
 
     @classmethod
     def wrap(cls, model: Any) -> ModelHandle:
-        """Return ``model`` if it already is a handle, else a new handle around it."""
-        return model if isinstance(model, ModelHandle) else cls(model)
+        """Return ``model`` if it already is a handle, else a new handle around it (an
+        :class:`~mechwidgets._nnsight.NNsightHandle` for an nnsight model)."""
+        if isinstance(model, ModelHandle):
+            return model
+        if type(model).__module__.split(".")[0] == "nnsight":
+            from ._nnsight import NNsightHandle
+
+            return NNsightHandle(model)
+        return cls(model)
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -236,7 +243,7 @@ class ModelHandle:
                     f"text: pass e.g. torch.tensor([...]) or attach a tokenizer to the model."
                 )
             self._check_text(prompt, what)
-            toks = self.model.to_tokens(prompt, truncate=False)
+            toks = self._encode(prompt, bos=None)
         else:
             toks = torch.as_tensor(prompt)
             if toks.ndim == 1:
@@ -340,7 +347,18 @@ class ModelHandle:
         toks = tokens[0] if tokens.ndim == 2 else tokens
         if self.tokenizer is None:
             return [f"#{int(t)}" for t in toks.reshape(-1)]
-        return [str(s) for s in self.model.to_str_tokens(toks.cpu())]
+        return self._decode_each(toks.reshape(-1).cpu())
+
+    def _encode(self, text: str, *, bos: bool | None) -> torch.Tensor:
+        """``[1, pos]`` token ids of ``text`` (with the model's BOS in front if ``bos``; ``None``:
+        as the model does by default): the backend's own tokenisation (here TransformerLens's
+        ``to_tokens``)."""
+        toks: torch.Tensor = self.model.to_tokens(text, prepend_bos=bos, truncate=False)
+        return toks
+
+    def _decode_each(self, tokens: torch.Tensor) -> list[str]:
+        """Each of the 1-d ``tokens`` as its string (TransformerLens's ``to_str_tokens``)."""
+        return [str(s) for s in self.model.to_str_tokens(tokens)]
 
     def str_tokens_many(self, tokens: Sequence[torch.Tensor]) -> list[list[str]]:
         """:meth:`str_tokens` of several 1-d token tensors at once: one call to a fast
@@ -374,9 +392,9 @@ class ModelHandle:
         if self.tokenizer is None:
             raise AnswerError(f"the model has no tokenizer, so the {what} {text!r} must be given "
                               f"as a token id (an int).")
-        toks = self.model.to_tokens(text, prepend_bos=False)[0]
+        toks = self._encode(text, bos=False)[0]
         if toks.numel() != 1:
-            pieces = [str(s) for s in self.model.to_str_tokens(toks.cpu())]
+            pieces = self.str_tokens(toks)
             raise AnswerError(
                 f"the {what} {text!r} is {toks.numel()} tokens, {pieces}; it must be a single "
                 f"token. Pass one of them (mind the leading space, e.g. ' Mary'), or a token id."
@@ -421,7 +439,7 @@ class ModelHandle:
             name = template.format(layer=layer)
         else:
             name = template
-        if name not in self.model.hook_dict:
+        if not self.has_hook(name):
             raise ComponentError(
                 f"this model has no hook {name!r} (component {kind!r}). Attention-only models "
                 f"have no MLP hooks, and q/k/v-input hooks need `model.set_use_split_qkv_input(True)`."
@@ -429,7 +447,19 @@ class ModelHandle:
         return name
 
     def has_hook(self, name: str) -> bool:
-        return name in self.model.hook_dict
+        return name in self.hook_names()
+
+    def hook_names(self) -> Iterable[str]:
+        """Every activation name a run can hook or cache (TransformerLens's ``hook_dict``)."""
+        names: Iterable[str] = self.model.hook_dict
+        return names
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The ``torch.nn.Module`` whose weights, hooks and modes are the model's state (what
+        fingerprints read and sessions restore): the model itself for TransformerLens."""
+        module: torch.nn.Module = self.model
+        return module
 
     def check_layer(self, layer: Any) -> int:
         """``layer`` as a plain int (Python and numpy integers pass; floats, bools and anything
@@ -523,7 +553,7 @@ class ModelHandle:
             return save
 
         hooks = [*fwd_hooks]
-        hooks += [(name, saver(name)) for name in self.model.hook_dict if wanted(name)]
+        hooks += [(name, saver(name)) for name in self.hook_names() if wanted(name)]
         out = self.run(tokens, fwd_hooks=hooks, **forward_kwargs)
         return out, cache
 
@@ -544,7 +574,9 @@ class ModelHandle:
         """Like :meth:`wrap`, but also accepts a model without a tokenizer (e.g. one built from
         a config for a benchmark). Such a handle takes token tensors only; tokens are labelled
         by id (``"#17"``)."""
-        return model if isinstance(model, ModelHandle) else cls(model, need_tokenizer=False)
+        if isinstance(model, ModelHandle) or type(model).__module__.split(".")[0] == "nnsight":
+            return cls.wrap(model)
+        return cls(model, need_tokenizer=False)
 
     def fast_path_blocker(self, need: _fast.Need = "blocks") -> str | None:
         """Why the execution core's exact arithmetic (:mod:`mechwidgets._fast`) cannot stand in

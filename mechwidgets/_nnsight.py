@@ -35,12 +35,14 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import nnsight
 import torch
 
-from .errors import ModelError, RemoteError
+from ._model import ModelHandle
+from .errors import ComponentError, ModelError, RemoteError
 
 Edit = Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
 
@@ -154,7 +156,7 @@ class NNsightCore:
             nnsight.register(sys.modules[__name__])
 
     @contextlib.contextmanager
-    def _session(self, grad: bool) -> Iterator[None]:
+    def session(self, grad: bool) -> Iterator[None]:
         """Eval mode and grad mode ``grad`` inside; each module's train/eval flag, the grad mode
         and every parameter's ``.grad`` restored after (also on an exception), as
         :meth:`mechwidgets._model.ModelHandle.session` does for TransformerLens models."""
@@ -180,17 +182,22 @@ class NNsightCore:
         tokens: torch.Tensor,
         edits: Mapping[str, Edit] | None = None,
         names: Iterable[str] = (),
+        *,
+        own_session: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One forward (one trace) of ``tokens [batch, pos]`` with ``edits`` applied (each a
         function of the activation there, or its replacement), recording ``names`` (after any
-        edit at the same point). Returns the logits ``[batch, pos, d_vocab]`` and the records."""
+        edit at the same point). Returns the logits ``[batch, pos, d_vocab]`` and the records.
+        ``own_session=False``: run inside the caller's :meth:`session` (its grad mode), so a
+        local run's logits can be backpropagated after it."""
         edits = dict(edits or {})
         want = set(names)
         plan = [(name, *_split(name), edits.get(name), name in want)
                 for name in sorted(set(edits) | want, key=_order)]
         model, s = self.model, self.structure  # the trace body names no mechwidgets object but these
         saved: dict[str, Any] = {}
-        with self._session(grad=False), _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
+        session = self.session(grad=False) if own_session else contextlib.nullcontext()
+        with session, _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
             for name, layer, kind, edit, keep in plan:
                 value = None
                 if edit is not None:
@@ -217,7 +224,7 @@ class NNsightCore:
         plan = [(name, *_split(name)) for name in sorted(set(names), key=_order)]
         model, s = self.model, self.structure
         grads: dict[str, Any] = {}
-        with self._session(grad=True), _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
+        with self.session(grad=True), _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
             # raw: hook_z as the projection's input itself, so that the gradient reaches it
             acts = [(name, _read(model, s, layer, kind, raw=True)) for name, layer, kind in plan]
             value = metric(model.output.logits)
@@ -331,4 +338,128 @@ def _value(x: Any) -> torch.Tensor:
     return getattr(x, "value", x)
 
 
-__all__ = ["NNsightCore", "Structure", "find_structure"]
+
+
+class _Hook:
+    """What a TransformerLens-style hook function gets as its ``hook`` argument."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class NNsightHandle(ModelHandle):
+    """A :class:`~mechwidgets._model.ModelHandle` over an nnsight model: the analyses' questions
+    (tokens, names, sizes) answered from the Hugging Face model and its tokenizer, and their runs
+    (TransformerLens-style hooks at the names :class:`NNsightCore` offers) each one trace.
+
+    Tokens follow TransformerLens's default: the tokenizer's BOS in front of a prompt (once).
+    There is no fast path (:meth:`fast_path_blocker` always answers why): every run is the
+    model's own forward.
+    """
+
+    def __init__(self, model: Any, *, remote: bool | str = False) -> None:
+        self.core = NNsightCore(model, remote=remote)
+        if getattr(model, "tokenizer", None) is None:
+            raise ModelError("the nnsight model has no tokenizer: load it with one (LanguageModel(..., tokenizer=tok)).")
+        s = self.core.structure
+        config = model._module.config
+        n_kv = getattr(config, "num_key_value_heads", None) or s.n_heads
+        n_ctx = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+        self.model = model
+        self.kind = "nnsight"
+        self.cfg = SimpleNamespace(
+            n_layers=s.n_layers, n_heads=s.n_heads, d_model=int(config.hidden_size), d_head=s.d_head,
+            n_ctx=int(n_ctx), d_vocab=int(config.vocab_size), n_key_value_heads=int(n_kv),
+            attn_only=False, parallel_attn_mlp=bool(getattr(config, "use_parallel_residual", False)),
+            default_prepend_bos=True, model_name=getattr(model, "repo_id", "") or type(model._module).__name__,
+        )
+        c = self.cfg
+        self.n_layers, self.n_heads, self.d_model, self.d_head = c.n_layers, c.n_heads, c.d_model, c.d_head
+        self.n_ctx, self.d_vocab, self.n_kv_heads = c.n_ctx, c.d_vocab, c.n_key_value_heads
+        self._names = frozenset(f"blocks.{layer}.{k}" for layer in range(c.n_layers) for k in _ORDER)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        module: torch.nn.Module = self.model._module
+        return module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def pads_left(self) -> bool:
+        return False  # prompts reach the model as token tensors of one length: nothing is padded
+
+    def _encode(self, text: str, *, bos: bool | None) -> torch.Tensor:
+        tok: Any = self.tokenizer
+        ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        bos_id = self.bos_token_id
+        if bos is not False and bos_id is not None:
+            ids = [bos_id, *ids]
+        return torch.tensor([ids], dtype=torch.long)
+
+    def _decode_each(self, tokens: torch.Tensor) -> list[str]:
+        tok: Any = self.tokenizer
+        return [str(s) for s in tok.batch_decode([[int(t)] for t in tokens], clean_up_tokenization_spaces=False)]
+
+    def hook_names(self) -> Iterable[str]:
+        return self._names
+
+    def fast_path_blocker(self, need: Any = "blocks") -> str | None:
+        return "an nnsight model: every run is its own forward, through a trace"
+
+    @contextlib.contextmanager
+    def session(self, *, grad: bool = False) -> Iterator[ModelHandle]:
+        with self.core.session(grad):
+            yield self
+
+    def run(self, tokens: torch.Tensor, *, fwd_hooks: Any = (), bwd_hooks: Any = (), **forward_kwargs: Any) -> Any:
+        """One trace of ``tokens`` with TransformerLens-style hooks (``fn(act, hook)`` returning
+        the new activation or ``None`` after editing it in place) at this model's names; a
+        backward hook ``fn(grad, hook)`` sees the gradient there when the caller backpropagates
+        the returned logits (local models only)."""
+        if forward_kwargs:
+            raise ModelError(f"an nnsight model's run takes no {sorted(forward_kwargs)}: this is a bug in mechwidgets.")
+        by_name: dict[str, list[tuple[str, Any]]] = {}
+        for kind, hooks in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+            for name, fn in hooks:
+                if name not in self._names:
+                    raise ComponentError(
+                        f"an nnsight model has no activation {name!r} here: use a block's "
+                        f"hook_resid_pre, attn.hook_z, hook_attn_out, hook_mlp_out or hook_resid_post."
+                    )
+                by_name.setdefault(name, []).append((kind, fn))
+        edits = {name: _edit(name, fns) for name, fns in by_name.items()}
+        logits, _ = self.core.run(tokens, edits, own_session=False)
+        return logits
+
+    def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        hf: Any = self.module
+        norm, head = hf.get_submodule(self.core.structure.final_norm), hf.get_output_embeddings()
+        out: torch.Tensor = head(norm(resid))
+        return out
+
+    def attn_out_from_z(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        s = self.core.structure
+        proj = self.module.get_submodule(f"{s.layers}.{layer}.{s.out_proj}")
+        out: torch.Tensor = proj(z.reshape(*z.shape[:-2], s.n_heads * s.d_head))
+        return out
+
+
+def _edit(name: str, fns: list[tuple[str, Any]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    hook = _Hook(name)
+
+    def edit(act: torch.Tensor) -> torch.Tensor:
+        for kind, fn in fns:
+            if kind == "fwd":
+                out = fn(act, hook)
+                act = act if out is None else out
+            elif act.requires_grad:
+                act.register_hook(lambda grad, fn=fn: fn(grad, hook))
+        return act
+
+    return edit
+
+
+__all__ = ["NNsightCore", "NNsightHandle", "Structure", "find_structure"]
