@@ -283,18 +283,10 @@ class EdgePatcher(EapScoring):
             self.refresh()
             self._gradient_metric("EAP")
         return CircuitResult(
-            method=method,
-            graph=self.graph,
-            scores=self.eap_scores.clone() if scores is None else scores,
-            metric=self.metric_name,
-            clean_metric=self.clean_metric,
-            corrupted_metric=self.corrupted_metric,
-            str_tokens=self.str_tokens,
-            answers=self._answers,
-            wrong_answers=self._wrong,
-            threshold=threshold,
-            circuit_metric=circuit_metric,
-            signed=signed,
+            method=method, graph=self.graph, scores=self.eap_scores.clone() if scores is None else scores,
+            metric=self.metric_name, clean_metric=self.clean_metric, corrupted_metric=self.corrupted_metric,
+            str_tokens=self.str_tokens, answers=self._answers, wrong_answers=self._wrong,
+            threshold=threshold, circuit_metric=circuit_metric, signed=signed,
         )
 
     def acdc_order(self) -> list[int]:
