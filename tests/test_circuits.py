@@ -922,6 +922,19 @@ def test_widget_state(widget: CircuitWidget, unchanged: Any) -> None:
     unchanged()
 
 
+def test_widget_over_a_prepared_patcher(model: Any, widget: CircuitWidget) -> None:
+    """``CircuitWidget(patcher)`` is the view show_circuit builds: EAP's scores, top 10% kept."""
+    patcher = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    w = CircuitWidget(patcher)
+    assert w.patcher is patcher and w.method == "eap" and torch.equal(w.result.scores, widget.result.scores)
+    assert np.array_equal(w.edges["score"], widget.edges["score"]) and w.edges["path"] == widget.edges["path"]
+    assert w.faithfulness == widget.faithfulness and w.baseline == widget.baseline
+    acdc = patcher.acdc(0.05)
+    v = CircuitWidget(patcher, acdc, max_edges=7)
+    assert v.method == "acdc" and v.threshold == v.acdc_threshold == 0.05 and len(v.edges["score"]) == 7
+    assert v.faithfulness["n_edges"] == int(acdc.circuit().sum())
+
+
 def test_widget_edge_budget(model: Any) -> None:
     w = show_circuit(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John", max_edges=20)
     scores = decode_array(w.edges["score"])
