@@ -251,7 +251,7 @@ def main() -> str:
     torch.set_num_threads(1)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from mechwidgets.widgets.circuit import CircuitWidget
+    from mechwidgets.widgets.circuit import show_circuit
 
     rows = [
         "| model | measured | time | one plain forward | forward-equivalents | target |",
@@ -267,8 +267,8 @@ def main() -> str:
     print("  slider redraws in Chromium", flush=True)
     name, toy, prompts, _, kwargs = cases[-1]
     widgets = [
-        (name, CircuitWidget(toy, *prompts, **kwargs)),
-        ("GPT-2-small shape", CircuitWidget(gpt2, g_clean, g_corrupted, answer=5335, wrong_answer=1757)),
+        (name, show_circuit(toy, *prompts, **kwargs)),
+        ("GPT-2-small shape", show_circuit(gpt2, g_clean, g_corrupted, answer=5335, wrong_answer=1757)),
     ]
     rows += redraw_rows(widgets)
     return "\n".join(rows) + "\n"

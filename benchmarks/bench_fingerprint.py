@@ -61,6 +61,7 @@ def _no_check(stamp: Any, what: str, *, budget: float | None = None) -> None:
 
 def _acdc_rows(model: Any) -> list[str]:
     import mechwidgets.analysis.circuits as circuits
+    import mechwidgets.analysis.circuits.patcher as acdc_module  # where ACDC calls the check
 
     clean = "When Mary and John went to the store , John gave a drink to"
     corrupted = "When Mary and John went to the store , Mary gave a drink to"
@@ -75,15 +76,15 @@ def _acdc_rows(model: Any) -> list[str]:
         steps.close()
         return (time.perf_counter() - t0) / edges * 1e3
 
-    check = circuits.check_unchanged
+    check = acdc_module.check_unchanged
     with_check, without = [], []
     for _ in range(max(3, REPEATS // 3)):  # interleaved
         with_check.append(run())
-        circuits.check_unchanged = _no_check
+        acdc_module.check_unchanged = _no_check
         try:
             without.append(run())
         finally:
-            circuits.check_unchanged = check
+            acdc_module.check_unchanged = check
     a, b = statistics.median(with_check), statistics.median(without)
     return [
         "",

@@ -1,18 +1,16 @@
 // @vitest-environment happy-dom
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import {
-  LEVELS,
   SLIDER_MAX,
   decodeEdges,
-  edgeWidth,
-  portY,
   render,
   scaleBounds,
-  scoreLevel,
   sliderToThreshold,
+  strokes,
   thresholdToSlider,
   visibleCount,
 } from "./circuit";
+import { css, diverging } from "./lib/colormap";
 import { FakeModel } from "./lib/fake_model";
 
 function enc(dtype: string, values: number[]) {
@@ -24,17 +22,17 @@ function enc(dtype: string, values: number[]) {
 // embed → a0.h0 (q,k,v), a0.h1 (q,k,v) → logits: one attention-only layer with two heads.
 const nodes = [
   { name: "embed", kind: "embed", layer: -1, head: null, x: 54, y: 70 },
-  { name: "a0.h0", kind: "head", layer: 0, head: 0, x: 150, y: 47 },
-  { name: "a0.h1", kind: "head", layer: 0, head: 1, x: 150, y: 93 },
+  { name: "a0.h0", kind: "head", layer: 0, head: 0, x: 150, y: 47, ports: [38, 47, 56] },
+  { name: "a0.h1", kind: "head", layer: 0, head: 1, x: 150, y: 93, ports: [84, 93, 102] },
   { name: "logits", kind: "logits", layer: 1, head: null, x: 246, y: 70 },
 ];
-// sorted by decreasing |score|, as Python sends them
+// sorted by decreasing |score|, with the tone, width and curve Python computes for each
 const edgeList = [
-  { src: 1, dst: 3, port: 3, score: -0.8 }, // a0.h0 -> logits
-  { src: 0, dst: 3, port: 3, score: 0.4 }, // embed -> logits
-  { src: 0, dst: 2, port: 1, score: -0.2 }, // embed -> a0.h1.k
-  { src: 2, dst: 3, port: 3, score: 0.05 }, // a0.h1 -> logits
-  { src: 0, dst: 1, port: 0, score: 0.0 }, // embed -> a0.h0.q
+  { src: 1, dst: 3, port: 3, score: -0.8, tone: -1, width: 5, path: "M180,47 C200,47 196,70 216,70" }, // a0.h0 -> logits
+  { src: 0, dst: 3, port: 3, score: 0.4, tone: 0.5, width: 2.75, path: "M84,70 C140,70 160,70 216,70" }, // embed -> logits
+  { src: 0, dst: 2, port: 1, score: -0.2, tone: -0.25, width: 1.625, path: "M84,70 C100,70 104,93 120,93" }, // embed -> a0.h1.k
+  { src: 2, dst: 3, port: 3, score: 0.05, tone: 0.0625, width: 0.78125, path: "M180,93 C200,93 196,70 216,70" }, // a0.h1 -> logits
+  { src: 0, dst: 1, port: 0, score: 0.0, tone: 0, width: 0.5, path: "M84,70 C100,70 104,38 120,38" }, // embed -> a0.h0.q
 ];
 
 function edgesTrait(list = edgeList) {
@@ -43,6 +41,9 @@ function edgesTrait(list = edgeList) {
     dst: enc("int32", list.map((e) => e.dst)),
     port: enc("uint8", list.map((e) => e.port)),
     score: enc("float32", list.map((e) => e.score)),
+    tone: enc("float32", list.map((e) => e.tone)),
+    width: enc("float32", list.map((e) => e.width)),
+    path: list.map((e) => e.path),
   };
 }
 
@@ -120,11 +121,18 @@ describe("circuit helpers", () => {
     expect(thresholdToSlider(10, lo, hi)).toBe(SLIDER_MAX);
   });
 
-  it("sizes edges by |score| and places ports like Python", () => {
-    expect(edgeWidth(1, 1)).toBeCloseTo(5);
-    expect(edgeWidth(-0.25, 1)).toBeCloseTo(0.5 + 4.5 * 0.25);
-    expect(edgeWidth(0.3, 0)).toBe(0.5);
-    expect([portY(50, 0), portY(50, 1), portY(50, 2), portY(50, 3)]).toEqual([41, 50, 59, 50]);
+  it("groups edges into one stroke per tone, with the width Python sent, weakest first", () => {
+    const e = decodeEdges(edgesTrait())!;
+    const got = strokes(e, [4, 3, 2, 1, 0]);
+    expect(got.map((b) => [b.tone, b.width, b.edges])).toEqual([
+      [0, 0.5, [4]],
+      [0.0625, 0.78125, [3]],
+      [-0.25, 1.625, [2]],
+      [0.5, 2.75, [1]],
+      [-1, 5, [0]],
+    ]);
+    const same = decodeEdges(edgesTrait(edgeList.map((x) => ({ ...x, tone: 0.5, width: 2.75 }))))!;
+    expect(strokes(same, [0, 2]).map((b) => [b.tone, b.width, b.edges])).toEqual([[0.5, 2.75, [0, 2]]]);
   });
 
   it("decodes edges and their suffix sums", () => {
@@ -133,18 +141,48 @@ describe("circuit helpers", () => {
     expect(e.suffix[0]).toBeCloseTo(-0.8 + 0.4 - 0.2 + 0.05);
     expect(e.suffix[2]).toBeCloseTo(-0.15);
     expect(e.suffix[5]).toBe(0);
+    expect(Array.from(e.tone)).toEqual([-1, 0.5, -0.25, 0.0625, 0]);
+    expect(Array.from(e.width)).toEqual([5, 2.75, 1.625, 0.78125, 0.5]);
+    expect(e.path).toEqual(edgeList.map((x) => x.path));
     expect(decodeEdges({})).toBeNull();
+    expect(decodeEdges({ ...edgesTrait(), width: undefined })).toBeNull();
   });
 });
 
 describe("circuit frontend", () => {
-  it("buckets scores into colour/width levels by sign", () => {
-    expect(scoreLevel(-0.8, 0.8)).toBe(-LEVELS);
-    expect(scoreLevel(0.4, 0.8)).toBe(LEVELS / 2);
-    expect(scoreLevel(1e-9, 0.8)).toBe(1); // a weak edge keeps its sign
-    expect(scoreLevel(-1e-9, 0.8)).toBe(-1);
-    expect(scoreLevel(0, 0.8)).toBe(0);
-    expect(scoreLevel(0.3, 0)).toBe(0);
+  it("strokes the curves, tones and widths the trait sends", () => {
+    // a recording canvas: each stroke's colour, width and the curves it holds
+    const drawn: { style: string; width: number; paths: string[] }[] = [];
+    class FakePath {
+      parts: string[];
+      constructor(d?: string) {
+        this.parts = d ? [d] : [];
+      }
+      addPath(p: FakePath) {
+        this.parts.push(...p.parts);
+      }
+    }
+    const ctx: any = { setTransform() {}, clearRect() {}, globalAlpha: 1, strokeStyle: "", lineWidth: 0 };
+    ctx.stroke = (p: FakePath) => drawn.push({ style: ctx.strokeStyle, width: ctx.lineWidth, paths: p.parts });
+    vi.stubGlobal("Path2D", FakePath);
+    const spy = vi.spyOn(HTMLCanvasElement.prototype, "getContext").mockReturnValue(ctx);
+    try {
+      // widths no formula here would give: the page draws what it is sent
+      const sent = edgeList.map((x) => ({ ...x, width: 3 * x.width + 1 }));
+      const el = mount(makeModel({ threshold: 0.1, edges: edgesTrait(sent) }));
+      expect(visible(el)).toBe(3);
+      // the last drawing: the 3 edges above 0.1, weakest first
+      const last = drawn.slice(-3);
+      expect(last).toEqual(
+        [2, 1, 0].map((i) => ({ style: css(diverging(sent[i].tone)), width: sent[i].width, paths: [sent[i].path] })),
+      );
+      // a head's q, k, v ports sit where Python put them
+      const ports = el.querySelectorAll('[data-testid="node-a0.h1"] .mw-circuit-port');
+      expect(Array.from(ports).map((c) => Number(c.getAttribute("cy")))).toEqual([84, 93, 102]);
+    } finally {
+      spy.mockRestore();
+      vi.unstubAllGlobals();
+    }
   });
 
   it("draws every node and the edges above the threshold", () => {

@@ -23,6 +23,8 @@ interface NodeInfo {
   head: number | null;
   x: number;
   y: number;
+  /** a head's q, k, v input heights */
+  ports?: number[];
 }
 
 interface MetricValue {
@@ -49,12 +51,15 @@ interface NodeDetail {
   n_outgoing_kept?: number;
 }
 
-/** Edges sorted by decreasing |score| (as Python sends them). */
+/** Edges sorted by decreasing |score|, drawn as Python sends them (curve, tone, width). */
 export interface EdgeData {
   src: Int32Array;
   dst: Int32Array;
   port: Uint8Array;
   score: Float32Array;
+  tone: Float32Array;
+  width: Float32Array;
+  path: string[];
   abs: Float32Array;
   /** suffix[k] = sum of score[i] for i >= k (float64). */
   suffix: Float64Array;
@@ -68,35 +73,6 @@ function s<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string, s
   const el = document.createElementNS(SVG_NS, tag);
   for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
   return el;
-}
-
-/** Stroke width of an edge, linear in |score| (same formula as
- * mechwidgets/widgets/circuit.py:edge_width). Most edges are weak, so most lines are thin, which
- * also keeps the canvas cheap to paint. */
-export function edgeWidth(score: number, maxAbs: number): number {
-  return maxAbs > 0 ? 0.5 + 4.5 * Math.min(1, Math.abs(score) / maxAbs) : 0.5;
-}
-
-/** Where an edge enters a node: q, k, v spread over a head's side; "in" at its middle. */
-export function portY(y: number, port: number): number {
-  return port < 3 ? y + (port - 1) * 9 : y;
-}
-
-export function edgePath(x1: number, y1: number, x2: number, y2: number): string {
-  const dx = Math.max(20, (x2 - x1) * 0.45);
-  const f = (v: number) => v.toFixed(1);
-  return `M${f(x1)},${f(y1)} C${f(x1 + dx)},${f(y1)} ${f(x2 - dx)},${f(y2)} ${f(x2)},${f(y2)}`;
-}
-
-/** Colour and width buckets per sign: an edge is drawn with the colour and width of its level. */
-export const LEVELS = 16;
-
-/** The bucket of a score: -LEVELS..LEVELS, rounded, with only an exact 0 at level 0. */
-export function scoreLevel(score: number, maxAbs: number): number {
-  if (!(maxAbs > 0) || score === 0) return 0;
-  const t = Math.max(-1, Math.min(1, score / maxAbs));
-  const level = Math.round(t * LEVELS);
-  return level === 0 ? Math.sign(t) : level;
 }
 
 /** How many edges have |score| >= t, for |scores| sorted in decreasing order (binary search). */
@@ -140,7 +116,7 @@ export function thresholdToSlider(t: number, lo: number, hi: number): number {
 }
 
 export function decodeEdges(raw: any): EdgeData | null {
-  if (!raw || !isEncoded(raw.src) || !isEncoded(raw.dst) || !isEncoded(raw.port) || !isEncoded(raw.score)) return null;
+  if (!raw || !["src", "dst", "port", "score", "tone", "width"].every((k) => isEncoded(raw[k])) || !Array.isArray(raw.path)) return null;
   const score = decodeArray(raw.score).data as Float32Array;
   const n = score.length;
   const abs = new Float32Array(n);
@@ -152,9 +128,24 @@ export function decodeEdges(raw: any): EdgeData | null {
     dst: decodeArray(raw.dst).data as Int32Array,
     port: decodeArray(raw.port).data as Uint8Array,
     score,
+    tone: decodeArray(raw.tone).data as Float32Array,
+    width: decodeArray(raw.width).data as Float32Array,
+    path: raw.path as string[],
     abs,
     suffix,
   };
+}
+
+/** The strokes that draw edges ``indices``: one per tone (its width is the tone's), weakest
+ * first so that the strongest edges are drawn on top. */
+export function strokes(edges: EdgeData, indices: Iterable<number>): { tone: number; width: number; edges: number[] }[] {
+  const byTone = new Map<number, { tone: number; width: number; edges: number[] }>();
+  for (const i of indices) {
+    let b = byTone.get(edges.tone[i]);
+    if (!b) byTone.set(edges.tone[i], (b = { tone: edges.tone[i], width: edges.width[i], edges: [] }));
+    b.edges.push(i);
+  }
+  return [...byTone.values()].sort((a, b) => Math.abs(a.tone) - Math.abs(b.tone));
 }
 
 export function render({ model, el }: { model: CircuitModel; el: HTMLElement }): () => void {
@@ -167,8 +158,6 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   let edges: EdgeData | null = null;
   let nodes: NodeInfo[] = [];
   let edgePaths: Path2D[] = [];
-  let levels = new Int8Array(0);
-  let widths = new Float32Array(0);
   let nodeEls: SVGGElement[] = [];
   let degree = new Int32Array(0);
   let incident: number[][] = [];
@@ -280,8 +269,8 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     drawEdges();
   };
 
-  /** Edges are drawn in LEVELS colour/width buckets (by score), one stroke per bucket: a few
-   * dozen canvas calls whatever the number of edges. */
+  /** Edges are drawn in one stroke per tone (colour and width as Python sent them): a few dozen
+   * canvas calls whatever the number of edges. */
   const drawEdges = (): void => {
     const ctx = canvas.getContext ? canvas.getContext("2d") : null;
     root.dataset.visibleEdges = String(shown);
@@ -291,21 +280,15 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     ctx.clearRect(0, 0, canvas.width / dpr, canvas.height / dpr);
     const near = focus === null ? null : new Set(incident[focus] ?? []);
     const pass = (alpha: number, keep: (i: number) => boolean) => {
-      const buckets = new Map<number, Path2D>();
-      for (let i = shown - 1; i >= 0; i--) {
-        const p = edgePaths[i];
-        if (!p || !keep(i)) continue;
-        let b = buckets.get(levels[i]);
-        if (!b) buckets.set(levels[i], (b = new Path2D()));
-        b.addPath(p);
-      }
+      const visible: number[] = [];
+      for (let i = shown - 1; i >= 0; i--) if (edgePaths[i] && keep(i)) visible.push(i);
       ctx.globalAlpha = alpha;
-      // weakest buckets first, so the strongest edges are drawn on top
-      const order = [...buckets.keys()].sort((a, b) => Math.abs(a) - Math.abs(b));
-      for (const level of order) {
-        ctx.strokeStyle = css(diverging(level / LEVELS));
-        ctx.lineWidth = edgeWidth(level / LEVELS, 1);
-        ctx.stroke(buckets.get(level)!);
+      for (const stroke of strokes(edges!, visible)) {
+        const path = new Path2D();
+        for (const i of stroke.edges) path.addPath(edgePaths[i]);
+        ctx.strokeStyle = css(diverging(stroke.tone));
+        ctx.lineWidth = stroke.width;
+        ctx.stroke(path);
       }
     };
     if (near === null) pass(0.8, () => true);
@@ -346,7 +329,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     for (let i = 0; i < shown; i++) {
       const p = edgePaths[i];
       if (!p) continue;
-      ctx.lineWidth = Math.max(6, widths[i] + 4);
+      ctx.lineWidth = Math.max(6, edges.width[i] + 4);
       if (ctx.isPointInStroke(p, x, y)) return i;
     }
     return -1;
@@ -407,17 +390,13 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     bounds = scaleBounds(edges?.abs ?? new Float32Array(0));
     const n = edges?.score.length ?? 0;
     edgePaths = new Array(n);
-    levels = new Int8Array(n);
-    widths = new Float32Array(n);
     const canPath = typeof Path2D !== "undefined";
     if (edges) {
       for (let i = 0; i < n; i++) {
         const a = nodes[edges.src[i]];
         const b = nodes[edges.dst[i]];
         if (!a || !b) continue;
-        if (canPath) edgePaths[i] = new Path2D(edgePath(a.x + nw / 2, a.y, b.x - nw / 2, portY(b.y, edges.port[i])));
-        levels[i] = scoreLevel(edges.score[i], maxAbs);
-        widths[i] = edgeWidth(levels[i] / LEVELS, 1);
+        if (canPath) edgePaths[i] = new Path2D(edges.path[i]);
         incident[edges.src[i]].push(i);
         incident[edges.dst[i]].push(i);
       }
@@ -432,7 +411,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
       g.append(rect, label, tip);
       if (node.kind === "head") {
         for (let port = 0; port < 3; port++) {
-          const dot = s("circle", { cx: node.x - nw / 2, cy: portY(node.y, port), r: 2, class: "mw-circuit-port" });
+          const dot = s("circle", { cx: node.x - nw / 2, cy: node.ports?.[port] ?? node.y, r: 2, class: "mw-circuit-port" });
           const t = s("title");
           t.textContent = `${node.name}.${PORT_NAMES[port]}`;
           dot.append(t);

@@ -29,6 +29,7 @@ from mechwidgets.analysis.circuits import (
     edge_attribution_patching,
 )
 from mechwidgets.errors import AnswerError, ComponentError, MetricError, PromptError
+from mechwidgets.widgets._svg import diverging_rgb
 from mechwidgets.widgets.circuit import CircuitWidget, show_circuit
 
 #: Tests that compare with TransformerLens's own per-head q/k/v inputs and results
@@ -921,6 +922,19 @@ def test_widget_state(widget: CircuitWidget, unchanged: Any) -> None:
     unchanged()
 
 
+def test_widget_over_a_prepared_patcher(model: Any, widget: CircuitWidget) -> None:
+    """``CircuitWidget(patcher)`` is the view show_circuit builds: EAP's scores, top 10% kept."""
+    patcher = EdgePatcher(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John")
+    w = CircuitWidget(patcher)
+    assert w.patcher is patcher and w.method == "eap" and torch.equal(w.result.scores, widget.result.scores)
+    assert np.array_equal(w.edges["score"], widget.edges["score"]) and w.edges["path"] == widget.edges["path"]
+    assert w.faithfulness == widget.faithfulness and w.baseline == widget.baseline
+    acdc = patcher.acdc(0.05)
+    v = CircuitWidget(patcher, acdc, max_edges=7)
+    assert v.method == "acdc" and v.threshold == v.acdc_threshold == 0.05 and len(v.edges["score"]) == 7
+    assert v.faithfulness["n_edges"] == int(acdc.circuit().sum())
+
+
 def test_widget_edge_budget(model: Any) -> None:
     w = show_circuit(model, CLEAN, CORRUPTED, answer=" Mary", wrong_answer=" John", max_edges=20)
     scores = decode_array(w.edges["score"])
@@ -1044,6 +1058,30 @@ def test_static_svg(widget: CircuitWidget) -> None:
     bundle = w._repr_mimebundle_()
     data = bundle[0] if isinstance(bundle, tuple) else bundle
     assert data["image/svg+xml"] == svg
+
+
+def test_drawing_numbers_are_the_pages_and_the_svgs(widget: CircuitWidget) -> None:
+    """Each edge's curve, tone and width are computed once, in Python: the page gets them in the
+    ``edges`` trait and the static SVG draws the very same numbers."""
+    w = widget
+    w.keep_top(12)
+    edges, g = w.edges, w.result.graph
+    drawn = re.findall(r'<path d="([^"]+)" fill="none" stroke="([^"]+)" stroke-width="([^"]+)"', w._static_svg() or "")
+    assert drawn == [(edges["path"][i], diverging_rgb(float(edges["tone"][i])), f"{float(edges['width'][i]):.2f}")
+                     for i in reversed(range(12))]  # strongest drawn last
+    # tone: score / max |score|, to 1/16 (a weak edge keeps its sign); width linear in |tone|
+    scores = w.result.scores[w.result.order()].float()
+    top = float(scores.abs().max())
+    for i, score in enumerate(scores.tolist()):
+        tone = round(score / top * 16) / 16 or (math.copysign(1 / 16, score) if score else 0.0)
+        assert float(edges["tone"][i]) == pytest.approx(tone) and float(edges["width"][i]) == pytest.approx(0.5 + 4.5 * abs(tone))
+    # a curve leaves its source's right side and enters its destination's port (q, k, v 9 px apart)
+    e = g.edge_index("a0.h1->a1.h2.k")
+    i = int(np.nonzero(decode_array(edges["score"]) == np.float32(w.result.scores[e]))[0][0])
+    src, dst = w.nodes[edges["src"][i]], w.nodes[edges["dst"][i]]
+    start, end = edges["path"][i].split(" C")[0], edges["path"][i].rsplit(" ", 1)[1]
+    assert start == f"M{src['x'] + 30:.1f},{src['y']:.1f}" and end == f"{dst['x'] - 30:.1f},{dst['y']:.1f}"
+    assert dst["ports"] == [dst["y"] - 9, dst["y"], dst["y"] + 9]
 
 
 # ------------------------------------------------------------------------------ proofs on the zoo

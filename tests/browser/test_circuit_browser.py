@@ -18,7 +18,8 @@ from harness import WidgetHarness, js_fmt
 from playwright.sync_api import expect
 
 from mechwidgets.analysis.circuits import IG_STEPS
-from mechwidgets.widgets.circuit import NODE_W, PORT_INDEX, port_y, show_circuit
+from mechwidgets.analysis.circuits.layout import NODE_W, PORT_INDEX, port_y
+from mechwidgets.widgets.circuit import show_circuit
 
 CLEAN = "When Mary and John went to the store , John gave a drink to"
 CORRUPTED = "When A and B went to the store , C gave a drink to"
