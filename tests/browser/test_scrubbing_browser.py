@@ -17,19 +17,19 @@ import torch
 from harness import MountedWidget, WidgetHarness, js_fmt
 from playwright.sync_api import expect
 
-from mechwidgets.analysis.scrubbing import Node
+from mechwidgets.analysis.scrubbing import HypothesisNode
 from mechwidgets.errors import HypothesisError
 from mechwidgets.widgets._base import _Job
 from mechwidgets.widgets.scrubbing import ScrubbingWidget, show_scrubbing
 
-HYPOTHESIS = Node("output", children=[
-    Node("L1H0", children=[
-        Node("q", children=[Node("embed", "token")]),
-        Node("k", children=[Node("L0H1", "previous_token")]),
-        Node("v", children=[Node("embed", "token")]),
+HYPOTHESIS = HypothesisNode("output", children=[
+    HypothesisNode("L1H0", children=[
+        HypothesisNode("q", children=[HypothesisNode("embed", "token")]),
+        HypothesisNode("k", children=[HypothesisNode("L0H1", "previous_token")]),
+        HypothesisNode("v", children=[HypothesisNode("embed", "token")]),
     ]),
-    Node("embed", "token"),
-    Node("resid"),  # every other component of the output's residual stream, as it is
+    HypothesisNode("embed", "token"),
+    HypothesisNode("resid"),  # every other component of the output's residual stream, as it is
 ])
 
 
@@ -153,7 +153,7 @@ def test_a_long_evaluation_shows_progress_and_can_be_cancelled(
     tree, history = list(w.tree), list(w.history)
     # In a kernel, an evaluation runs a step at a time on the event loop. The harness has none
     # (a request runs to its end at once), so start the job as the kernel would and step it.
-    w._scrubber.n_seeds = 50
+    w.scrubber.n_seeds = 50
     w._latest["evaluate"] = 99
     job = w._jobs["evaluate"] = _Job(99, "evaluate", w._handler("evaluate")(nodes={"output/embed": {"kept": False}}))
     for _ in range(3):
