@@ -12,33 +12,18 @@ const TREE: TreeRow[] = [
   { path: "output/embed", component: "embed", feature: "token", kept: false, active: false, depth: 1, parent: 0 },
 ];
 
-// the layout trait Python sends for TREE (mechwidgets/widgets/_scrubbing_tree.py:tree_layout)
-const LAYOUT: Layout = {
-  nodes: [
-    { row: 0, parent: -1, hidden: 0, x: 188, y: 28 },
-    { row: 1, parent: 0, hidden: 0, x: 110, y: 86 },
-    { row: 2, parent: 1, hidden: 0, x: 58, y: 144 },
-    { row: 3, parent: 1, hidden: 0, x: 162, y: 144 },
-    { row: 4, parent: 3, hidden: 0, x: 162, y: 202 },
-    { row: 5, parent: 0, hidden: 0, x: 266, y: 86 },
-  ],
-  width: 324,
-  height: 230,
+const lay = (nodes: number[][], width: number, height: number): Layout => ({
+  nodes: nodes.map(([row, parent, hidden, x, y]) => ({ row, parent, hidden, x, y })),
+  width,
+  height,
   node_w: 96,
   node_h: 36,
-};
+});
+// the layout trait Python sends for TREE (mechwidgets/widgets/_scrubbing_tree.py:tree_layout), as
+// [row, parent, hidden, x, y] per node ...
+const LAYOUT = lay([[0, -1, 0, 188, 28], [1, 0, 0, 110, 86], [2, 1, 0, 58, 144], [3, 1, 0, 162, 144], [4, 3, 0, 162, 202], [5, 0, 0, 266, 86]], 324, 230);
 // ... and with output/L1H2 folded
-const FOLDED: Layout = {
-  nodes: [
-    { row: 0, parent: -1, hidden: 0, x: 110, y: 28 },
-    { row: 1, parent: 0, hidden: 3, x: 58, y: 86 },
-    { row: 5, parent: 0, hidden: 0, x: 162, y: 86 },
-  ],
-  width: 220,
-  height: 114,
-  node_w: 96,
-  node_h: 36,
-};
+const FOLDED = lay([[0, -1, 0, 110, 28], [1, 0, 3, 58, 86], [5, 0, 0, 162, 86]], 220, 114);
 
 function makeModel(extra: Record<string, any> = {}) {
   return new FakeModel({

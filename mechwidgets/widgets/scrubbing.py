@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
-import torch
 import traitlets
 
 from .._args import Bool, Int, MapOf, Record, Str, as_int
@@ -112,14 +111,13 @@ class ScrubbingWidget(MechWidget):
         self._last = result
         same = [r["path"] for r in tree] == [r["path"] for r in self.tree]
         collapsed = list(self.collapsed) if same else initial_collapsed(tree)  # a new tree folds afresh
-        per_seed = torch.stack([result.random_per_seed, result.scrubbed_per_seed, result.fraction_per_seed])
         with self.hold_sync():
             self.features = [{"name": f.name, "description": f.description}
                              for f in self.scrubber.feature_table.values()]
             self.tree = tree
             self.collapsed = collapsed
             self.layout = tree_layout(tree, collapsed)
-            self.result = {**_numbers(result), "per_seed": per_seed, "metric": result.metric,
+            self.result = {**_numbers(result), "per_seed": result.per_seed, "metric": result.metric,
                            "n_references": result.n_references, "seconds": result.seconds, "step": step}
         return step
 

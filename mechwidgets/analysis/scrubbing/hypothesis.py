@@ -205,10 +205,9 @@ class ScrubResult:
     fraction: float
     #: standard deviation over seeds of that fraction (0 with one seed)
     fraction_std: float
-    #: ``[n_seeds]``: ``random``, ``scrubbed`` and ``fraction`` of each seed
-    random_per_seed: Float[torch.Tensor, " seed"]
-    scrubbed_per_seed: Float[torch.Tensor, " seed"]
-    fraction_per_seed: Float[torch.Tensor, " seed"]
+    #: ``[3, n_seeds]``: ``random``, ``scrubbed`` and ``fraction`` of each seed (also as
+    #: :attr:`random_per_seed`, :attr:`scrubbed_per_seed`, :attr:`fraction_per_seed`)
+    per_seed: Float[torch.Tensor, "3 seed"]
     #: the metric's name (``"loss"`` by default)
     metric: str
     #: sequences in the dataset
@@ -224,6 +223,18 @@ class ScrubResult:
     #: the model the numbers are of (see :meth:`Scrubber.is_current
     #: <mechwidgets.analysis.scrubbing.Scrubber.is_current>`)
     fingerprint: Fingerprint | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def random_per_seed(self) -> Float[torch.Tensor, " seed"]:
+        return self.per_seed[0]
+
+    @property
+    def scrubbed_per_seed(self) -> Float[torch.Tensor, " seed"]:
+        return self.per_seed[1]
+
+    @property
+    def fraction_per_seed(self) -> Float[torch.Tensor, " seed"]:
+        return self.per_seed[2]
 
     def summary(self) -> str:
         return (
