@@ -170,3 +170,29 @@ def test_a_long_evaluation_shows_progress_and_can_be_cancelled(
     assert w.tree == tree and w.history == history  # nothing changed
     expect(el.locator('[data-testid="history-table"] tbody tr')).to_have_count(len(history))
     assert_clean(widget_harness, m)
+
+
+def test_fold_a_node_and_see_python_lay_out_the_tree(widget_harness: WidgetHarness, widget: ScrubbingWidget) -> None:
+    """Folding is computed in Python (the layout trait); the page draws the boxes where it says."""
+    w = widget
+    m = widget_harness.mount(w)
+    el = m.el
+
+    def drawn_where_the_layout_says() -> None:
+        expect(el.locator(".mw-scrub-node")).to_have_count(len(w.layout["nodes"]))
+        for n in w.layout["nodes"]:
+            box = el.get_by_test_id(f"node-{w.tree[n['row']]['path']}")
+            x, y = n["x"] - w.layout["node_w"] / 2, n["y"] - w.layout["node_h"] / 2
+            expect(box).to_have_attribute("transform", f"translate({x:g},{y:g})")
+
+    drawn_where_the_layout_says()
+    el.get_by_test_id("fold-output/L1H0").click()
+    m.settle()
+    assert w.collapsed == ["output/L1H0"] and len(w.layout["nodes"]) == len(w.tree) - 6
+    drawn_where_the_layout_says()
+    expect(el.get_by_test_id("node-output/L1H0")).to_contain_text("+6")
+    el.get_by_test_id("fold-output/L1H0").click()
+    m.settle()
+    assert w.collapsed == [] and len(w.layout["nodes"]) == len(w.tree)
+    drawn_where_the_layout_says()
+    assert_clean(widget_harness, m)
