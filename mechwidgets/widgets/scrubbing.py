@@ -1,10 +1,11 @@
 """The causal-scrubbing widget: a hypothesis tree, the loss it recovers, and its refinements.
 
 A view over a prepared :class:`~mechwidgets.analysis.scrubbing.Scrubber` (the model, the
-dataset and the cached clean run; every argument is checked there); the frontend (``js/scrubbing.ts``) draws the
-hypothesis as a tree, the fraction of the loss recovered as a bar with its spread over seeds, and
-the history of refinements as a table and a bar chart (as the causal-scrubbing write-ups show
-successive hypotheses). Requests:
+dataset and the cached clean run; every argument is checked there). The frontend
+(``js/scrubbing.ts``) draws the hypothesis as a tree where the ``layout`` trait places it, the
+fraction of the loss recovered as a bar with its spread over seeds, and the history of
+refinements as a table and a bar chart (as the causal-scrubbing write-ups show successive
+hypotheses). Requests:
 
 - ``evaluate {nodes: {path: {kept, feature}}, label}`` → a long job (progress per seed, cancel)
   that re-scrubs the hypothesis with those node states and writes ``tree``, ``result`` and a new
