@@ -79,7 +79,12 @@ def load_case() -> tuple[Any, Any, str]:
 
 
 def main() -> str:
-    from mechwidgets.analysis.scrubbing import Node, Scrubber, induction_heads, induction_hypothesis
+    from mechwidgets.analysis.scrubbing import (
+        HypothesisNode,
+        Scrubber,
+        induction_heads,
+        induction_hypothesis,
+    )
 
     torch.set_num_threads(1)
     model, data, what = load_case()
@@ -89,15 +94,15 @@ def main() -> str:
     hypothesis = induction_hypothesis(prev, ind, key_feature="identity", n_heads=n_heads)
     naive = induction_hypothesis(prev[:1], ind[:1], refined=False)
     (pl, ph), (il, ih) = prev[0], ind[0]
-    deeper = Node("output", children=[
-        Node(f"L{il}H{ih}", children=[
-            Node("q", children=[Node("embed", "token")]),
-            Node("k", children=[Node(f"L{pl}H{ph}", children=[
-                Node("q", children=[Node("pos_embed", "position")]),
-                Node("k", children=[Node("pos_embed", "position")]),
-                Node("v", children=[Node("embed", "token")]),
+    deeper = HypothesisNode("output", children=[
+        HypothesisNode(f"L{il}H{ih}", children=[
+            HypothesisNode("q", children=[HypothesisNode("embed", "token")]),
+            HypothesisNode("k", children=[HypothesisNode(f"L{pl}H{ph}", children=[
+                HypothesisNode("q", children=[HypothesisNode("pos_embed", "position")]),
+                HypothesisNode("k", children=[HypothesisNode("pos_embed", "position")]),
+                HypothesisNode("v", children=[HypothesisNode("embed", "token")]),
             ])]),
-            Node("v", children=[Node("embed", "token")]),
+            HypothesisNode("v", children=[HypothesisNode("embed", "token")]),
         ]),
     ])
 

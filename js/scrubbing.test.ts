@@ -1,6 +1,6 @@
 // @vitest-environment happy-dom
 import { afterEach, describe, expect, it } from "vitest";
-import { initialCollapsed, layout, pct, render, visibleRows, type TreeRow } from "./scrubbing";
+import { pct, render, type Layout, type TreeRow } from "./scrubbing";
 import { FakeModel, f32 } from "./lib/fake_model";
 
 const TREE: TreeRow[] = [
@@ -12,12 +12,27 @@ const TREE: TreeRow[] = [
   { path: "output/embed", component: "embed", feature: "token", kept: false, active: false, depth: 1, parent: 0 },
 ];
 
+const lay = (nodes: number[][], width: number, height: number): Layout => ({
+  nodes: nodes.map(([row, parent, hidden, x, y]) => ({ row, parent, hidden, x, y })),
+  width,
+  height,
+  node_w: 96,
+  node_h: 36,
+});
+// the layout trait Python sends for TREE (mechwidgets/widgets/_scrubbing_tree.py:tree_layout), as
+// [row, parent, hidden, x, y] per node ...
+const LAYOUT = lay([[0, -1, 0, 188, 28], [1, 0, 0, 110, 86], [2, 1, 0, 58, 144], [3, 1, 0, 162, 144], [4, 3, 0, 162, 202], [5, 0, 0, 266, 86]], 324, 230);
+// ... and with output/L1H2 folded
+const FOLDED = lay([[0, -1, 0, 110, 28], [1, 0, 3, 58, 86], [5, 0, 0, 162, 86]], 220, 114);
+
 function makeModel(extra: Record<string, any> = {}) {
   return new FakeModel({
     live: true,
     error: "",
     progress: {},
     tree: TREE,
+    collapsed: [],
+    layout: LAYOUT,
     features: [
       { name: "identity", description: "the full input" },
       { name: "token", description: "the token at this position" },
@@ -79,43 +94,39 @@ describe("scrubbing frontend", () => {
     expect(el.querySelector(".mw-title")!.textContent).toBe("Causal scrubbing — 256 inputs × 41 tokens, loss on 512 predictions, 2 seeds");
   });
 
-  it("lays out leaves side by side and centres each parent over its children (twin of tree_layout)", () => {
-    const { pos, width, height } = layout(TREE);
-    // the same numbers as mechwidgets/widgets/scrubbing.py:tree_layout on this tree
-    expect(pos.map((p) => p.x)).toEqual([188, 110, 58, 162, 162, 266]);
-    expect(pos.map((p) => p.y)).toEqual([28, 86, 144, 144, 202, 86]);
-    expect([width, height]).toEqual([324, 230]);
+  it("draws each node and edge where the layout trait puts them", () => {
+    const model = makeModel();
+    const el = mount(model);
+    const svg = el.querySelector('[data-testid="tree"] svg')!;
+    expect([svg.getAttribute("width"), svg.getAttribute("height")]).toEqual(["324", "230"]);
+    // each box's top-left corner is its centre less half the box size the trait gives
+    for (const n of LAYOUT.nodes) expect(node(el, TREE[n.row].path).getAttribute("transform")).toBe(`translate(${n.x - 48},${n.y - 18})`);
+    const edge = el.querySelectorAll(".mw-scrub-edge")[3]; // output/L1H2/k -> output/L1H2/k/L0H2
+    expect(["x1", "y1", "x2", "y2"].map((a) => edge.getAttribute(a))).toEqual(["162", "162", "162", "184"]);
+    // a layout with other numbers moves the boxes: the page computes no layout of its own
+    const moved = { ...LAYOUT, node_w: 50, nodes: LAYOUT.nodes.map((n) => ({ ...n, x: n.x + 100 })) };
+    model.change("layout", moved);
+    expect(node(el, "output").getAttribute("transform")).toBe("translate(263,10)");
+    expect(node(el, "output").querySelector("rect")!.getAttribute("width")).toBe("50");
     expect(pct(0.8754)).toBe("87.5%");
     expect(pct(null)).toBe("n/a");
   });
 
-  it("folds and unfolds a node's inputs", () => {
+  it("folds a node's inputs through Python and draws only the nodes the layout lists", () => {
     const model = makeModel();
     const el = mount(model);
-    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(TREE.length); // small: all open
-    click(el.querySelector('[data-testid="fold-output/L1H2"]')!);
-    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(3);
-    expect(node(el, "output/L1H2").textContent).toContain("+3");
-    expect(model.sent).toEqual([]); // folding is the view's own business
-    click(el.querySelector('[data-testid="fold-output/L1H2"]')!);
     expect(el.querySelectorAll(".mw-scrub-node").length).toBe(TREE.length);
-    const { rows, hidden } = visibleRows(TREE, new Set(["output/L1H2/k"]));
-    expect(rows.map((r) => r.path)).toEqual(["output", "output/L1H2", "output/L1H2/q", "output/L1H2/k", "output/embed"]);
-    expect(rows.map((r) => r.parent)).toEqual([-1, 0, 1, 1, 0]);
-    expect(hidden).toEqual([0, 0, 0, 1, 0]);
-  });
-
-  it("opens a wide tree with the head inputs folded", () => {
-    const wide: TreeRow[] = [{ path: "output", component: "output", feature: "identity", kept: true, active: true, depth: 0, parent: -1 }];
-    for (const w of ["q", "k", "v"]) {
-      const parent = wide.length;
-      wide.push({ path: `output/L1H0/${w}`, component: w, feature: "identity", kept: true, active: true, depth: 1, parent: 0 });
-      for (let c = 0; c < 5; c++) wide.push({ path: `output/L1H0/${w}/L0H${c}`, component: `L0H${c}`, feature: "token", kept: true, active: true, depth: 2, parent });
-    }
-    expect([...initialCollapsed(wide)]).toEqual(["output/L1H0/q", "output/L1H0/k", "output/L1H0/v"]);
-    expect(initialCollapsed(TREE).size).toBe(0);
-    const el = mount(makeModel({ tree: wide }));
-    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(4);
+    click(el.querySelector('[data-testid="fold-output/L1H2"]')!);
+    expect(model.requests("fold").map((m) => m.args)).toEqual([{ path: "output/L1H2", folded: true }]);
+    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(TREE.length); // nothing moves until Python answers
+    model.change("collapsed", ["output/L1H2"]);
+    model.change("layout", FOLDED);
+    expect(el.querySelectorAll(".mw-scrub-node").length).toBe(3);
+    expect(el.querySelectorAll(".mw-scrub-edge").length).toBe(2);
+    expect(node(el, "output/L1H2").textContent).toContain("+3");
+    expect(node(el, "output/L1H2").getAttribute("transform")).toBe("translate(10,68)");
+    click(el.querySelector('[data-testid="fold-output/L1H2"]')!);
+    expect(model.requests("fold")[1].args).toEqual({ path: "output/L1H2", folded: false });
   });
 
   it("toggles a node with its switch: an evaluate request, a pending note until the reply", () => {

@@ -54,70 +54,15 @@ export interface ScrubbingModel extends ModelLike {
   save_changes(): void;
 }
 
-// Tree layout: the twin of mechwidgets/widgets/scrubbing.py:tree_layout.
-export const NODE_W = 96;
-export const NODE_H = 36;
-const GAP_X = 8;
-const LEVEL_H = 58;
-const MARGIN = 10;
-/** Trees with more leaves than this open with the head inputs' subtrees collapsed. */
-export const COLLAPSE_LEAVES = 12;
-
-export function layout(tree: TreeRow[]): { pos: { x: number; y: number }[]; width: number; height: number } {
-  const children: number[][] = tree.map(() => []);
-  tree.forEach((row, i) => {
-    if (row.parent >= 0) children[row.parent].push(i);
-  });
-  const xs = tree.map(() => 0);
-  let nextLeaf = 0;
-  const place = (i: number): void => {
-    if (children[i].length === 0) {
-      xs[i] = MARGIN + NODE_W / 2 + nextLeaf * (NODE_W + GAP_X);
-      nextLeaf += 1;
-      return;
-    }
-    for (const c of children[i]) place(c);
-    xs[i] = (xs[children[i][0]] + xs[children[i][children[i].length - 1]]) / 2;
-  };
-  if (tree.length) place(0);
-  const depth = tree.reduce((m, r) => Math.max(m, r.depth), 0);
-  return {
-    pos: tree.map((r, i) => ({ x: xs[i], y: MARGIN + NODE_H / 2 + r.depth * LEVEL_H })),
-    width: 2 * MARGIN + Math.max(1, nextLeaf) * (NODE_W + GAP_X) - GAP_X,
-    height: 2 * MARGIN + depth * LEVEL_H + NODE_H,
-  };
-}
-
-/** The rows of ``tree`` not hidden under a collapsed node, with parents re-indexed, and for
- * each the number of nodes hidden under it. */
-export function visibleRows(tree: TreeRow[], collapsed: Set<string>): { rows: TreeRow[]; hidden: number[] } {
-  const keep: number[] = [];
-  const index = new Map<number, number>();
-  const hiddenUnder = tree.map(() => 0);
-  const hiddenBy = tree.map(() => -1); // the collapsed ancestor hiding a row
-  tree.forEach((row, i) => {
-    const p = row.parent;
-    if (p >= 0 && (hiddenBy[p] >= 0 || collapsed.has(tree[p].path))) {
-      hiddenBy[i] = hiddenBy[p] >= 0 ? hiddenBy[p] : p;
-      hiddenUnder[hiddenBy[i]] += 1;
-      return;
-    }
-    index.set(i, keep.length);
-    keep.push(i);
-  });
-  return {
-    rows: keep.map((i) => ({ ...tree[i], parent: tree[i].parent >= 0 ? index.get(tree[i].parent)! : -1 })),
-    hidden: keep.map((i) => hiddenUnder[i]),
-  };
-}
-
-/** The nodes to collapse when a tree first shows: the head inputs (q, k, v) of a tree too wide to
- * read at once. */
-export function initialCollapsed(tree: TreeRow[]): Set<string> {
-  const hasChild = new Set(tree.filter((r) => r.parent >= 0).map((r) => r.parent));
-  const leaves = tree.filter((_, i) => !hasChild.has(i)).length;
-  if (leaves <= COLLAPSE_LEAVES) return new Set();
-  return new Set(tree.filter((r, i) => ["q", "k", "v"].includes(r.component) && hasChild.has(i)).map((r) => r.path));
+/** Where each node not folded away is drawn: the `layout` trait, computed in Python
+ * (mechwidgets/widgets/_scrubbing_tree.py:tree_layout). `row` indexes the `tree` trait, `parent`
+ * indexes `nodes`, `hidden` counts the nodes folded away under it, `x`/`y` is its box centre. */
+export interface Layout {
+  nodes: { row: number; parent: number; hidden: number; x: number; y: number }[];
+  width: number;
+  height: number;
+  node_w: number;
+  node_h: number;
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -165,8 +110,6 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
 
   let selected: string | null = null;
   let pending = false;
-  let collapsed = initialCollapsed(tree());
-  let seenPaths = new Set(tree().map((r) => r.path));
 
   // ------------------------------------------------------------------ layout
   const title = h("div", { class: "mw-title" });
@@ -233,13 +176,15 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
 
   const drawTree = (): void => {
     treeBox.replaceChildren();
-    const { rows, hidden } = visibleRows(tree(), collapsed);
-    if (!rows.length) return;
-    const { pos, width, height } = layout(rows);
+    const lay: Layout | undefined = model.get("layout");
+    const pos = (lay?.nodes ?? []).filter((n) => tree()[n.row] !== undefined);
+    if (!lay || !pos.length) return;
+    const { width, height, node_w: NODE_W, node_h: NODE_H } = lay;
+    const rows = pos.map((n) => tree()[n.row]);
     const svg = s("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "mw-scrub-svg" });
     rows.forEach((row, i) => {
-      if (row.parent < 0) return;
-      const a = pos[row.parent];
+      if (pos[i].parent < 0) return;
+      const a = pos[pos[i].parent];
       const b = pos[i];
       svg.append(s("line", { x1: a.x, y1: a.y + NODE_H / 2, x2: b.x, y2: b.y - NODE_H / 2, class: "mw-scrub-edge" + (row.active ? "" : " mw-scrub-off") }));
     });
@@ -258,24 +203,24 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
         s("text", { x: NODE_W / 2, y: 28, "text-anchor": "middle", class: "mw-scrub-feature" }, clip(row.feature, 16)),
       );
       g.addEventListener("click", () => select(row.path));
-      const isCollapsed = collapsed.has(row.path);
-      if (hidden[i] > 0 || rows.some((r) => r.parent === i)) {
+      const hidden = pos[i].hidden;
+      const isCollapsed = hidden > 0;
+      if (isCollapsed || pos.some((n) => n.parent === i)) {
         const fold = s(
           "g",
           { class: "mw-scrub-fold", "data-testid": `fold-${row.path}`, transform: `translate(9,9)`, role: "button" },
-          s("title", {}, isCollapsed ? `show the ${hidden[i]} nodes under it` : "fold its inputs"),
+          s("title", {}, isCollapsed ? `show the ${hidden} nodes under it` : "fold its inputs"),
           s("rect", { x: -7, y: -7, width: 14, height: 14, rx: 3 }),
           s("text", { y: 3.5, "text-anchor": "middle" }, isCollapsed ? "▸" : "▾"),
         );
         fold.addEventListener("click", (ev) => {
           ev.stopPropagation();
-          if (isCollapsed) collapsed.delete(row.path);
-          else collapsed.add(row.path);
-          drawTree();
+          // Python folds it: the `collapsed` and `layout` traits change
+          if (live()) client.request("fold", { path: row.path, folded: !isCollapsed }).catch((e) => e instanceof StaleReplyError || fail(e));
         });
         g.append(fold);
       }
-      if (isCollapsed) g.append(s("text", { x: NODE_W - 4, y: NODE_H - 4, "text-anchor": "end", class: "mw-scrub-badge" }, `+${hidden[i]}`));
+      if (isCollapsed) g.append(s("text", { x: NODE_W - 4, y: NODE_H - 4, "text-anchor": "end", class: "mw-scrub-badge" }, `+${hidden}`));
       if (row.parent >= 0) {
         const sw = s(
           "g",
@@ -437,9 +382,6 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
   const onTree = (): void => {
     const paths = new Set(tree().map((r) => r.path));
     if (selected && !paths.has(selected)) selected = null;
-    // a different hypothesis (not the same one with a node switched): fold it afresh
-    if (paths.size !== seenPaths.size || [...paths].some((p) => !seenPaths.has(p))) collapsed = initialCollapsed(tree());
-    seenPaths = paths;
     drawTree();
     drawPanel();
   };
@@ -448,6 +390,7 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
     drawHistory();
   };
   model.on("change:tree", onTree);
+  model.on("change:layout", drawTree);
   model.on("change:features", drawPanel);
   model.on("change:result", onResult);
   model.on("change:history", drawHistory);
@@ -456,6 +399,7 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
 
   return () => {
     model.off("change:tree", onTree);
+    model.off("change:layout", drawTree);
     model.off("change:features", drawPanel);
     model.off("change:result", onResult);
     model.off("change:history", drawHistory);

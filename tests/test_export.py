@@ -109,7 +109,7 @@ def _circuit(model: Any, prompt: Any) -> MechWidget:
 def _scrubbing(model: Any, prompt: Any) -> MechWidget:
     """The scrubbing widget: a small induction-shaped hypothesis on 24 repeated random sequences
     as long as the prompt."""
-    from mechwidgets.analysis.scrubbing import Node
+    from mechwidgets.analysis.scrubbing import HypothesisNode
 
     n = prompt.shape[-1] if isinstance(prompt, torch.Tensor) else len(model.to_str_tokens(prompt))
     half = (n - 1) // 2
@@ -119,12 +119,12 @@ def _scrubbing(model: Any, prompt: Any) -> MechWidget:
     bos = torch.full((24, 1), int(model.tokenizer.bos_token_id))
     data = torch.cat([bos, seg, seg, extra], 1)
     last = model.cfg.n_layers - 1
-    hyp = Node("output", children=[
-        Node(f"L{last}H0", children=[
-            Node("q", children=[Node("embed", "token")]),
-            Node("k", children=[Node("L0H1", "previous_token")]),
+    hyp = HypothesisNode("output", children=[
+        HypothesisNode(f"L{last}H0", children=[
+            HypothesisNode("q", children=[HypothesisNode("embed", "token")]),
+            HypothesisNode("k", children=[HypothesisNode("L0H1", "previous_token")]),
         ]),
-        Node("embed", "token"),
+        HypothesisNode("embed", "token"),
     ])
     return mechwidgets.show_scrubbing(model, hyp, data, n_seeds=2, min_agreeing=1)
 

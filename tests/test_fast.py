@@ -147,7 +147,7 @@ def test_scrubbing_refuses_hooks(make_model: Callable[..., Any]) -> None:
     """Causal scrubbing rebuilds nodes with the model's arithmetic: a user's hook would be
     ignored, so it is refused (at construction, and by an evaluation after a hook was attached)
     with a message that says how to go on."""
-    from mechwidgets.analysis.scrubbing import Node, Scrubber
+    from mechwidgets.analysis.scrubbing import HypothesisNode, Scrubber
     from mechwidgets.errors import HypothesisError
 
     model = make_model()
@@ -162,7 +162,7 @@ def test_scrubbing_refuses_hooks(make_model: Callable[..., Any]) -> None:
     model.add_hook("blocks.1.hook_mlp_out", zero, is_permanent=True)
     try:
         with pytest.raises(HypothesisError, match=r"blocks\.1\.hook_mlp_out"):
-            scrubber.evaluate(Node("output"))
+            scrubber.evaluate(HypothesisNode("output"))
     finally:
         model.reset_hooks(including_permanent=True)
     assert hook_count(model) == 0

@@ -258,6 +258,7 @@ def scrubbing_spec() -> Spec:
                                                                      "feature": rng.choice(feats)}},
                                     "label": rng.choice([None, "try"])},
         "restore": lambda rng, w: {"step": _int(rng, 1, len(w.results))},
+        "fold": lambda rng, w: {"path": rng.choice(paths), "folded": rng.random() < 0.5},
     }, {"evaluate": 3})
 
 

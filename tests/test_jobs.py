@@ -32,6 +32,7 @@ from mechwidgets.analysis.patching import activation_patch
 from mechwidgets.analysis.scrubbing import Scrubber, induction_heads, induction_hypothesis
 from mechwidgets.errors import CancelledError
 from mechwidgets.widgets._base import MechWidget
+from mechwidgets.widgets._scrubbing_tree import tree_rows
 from mechwidgets.widgets.scrubbing import show_scrubbing
 
 HEAD_OUT_NOISING: dict[str, Any] = {"component": "head_out", "direction": "noising", "metric": "logit_diff"}
@@ -206,7 +207,7 @@ def test_a_restore_during_an_evaluation_is_not_overwritten_by_it() -> None:
     assert w.result["step"] == 1 and w.last_result is w.results[0]
     assert page.reply(restore)["result"] == {"step": 1}
     assert page.reply(evaluate)["cancelled"] is True and "restored" in page.reply(evaluate)["error"]
-    assert w.tree == w._tree_state(naive) and w.progress == {}
+    assert w.tree == tree_rows(naive, lambda spec: w.scrubber.feature(spec).name) and w.progress == {}
     # the loss recovered on screen is the restored hypothesis's, as a fresh scrubber finds it
     fresh = Scrubber(model, data, n_seeds=3).evaluate(naive)
     assert w.result["fraction"] == pytest.approx(fresh.fraction, abs=1e-4)

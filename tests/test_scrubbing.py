@@ -19,7 +19,7 @@ import mechwidgets.zoo
 from mechwidgets.analysis.scrubbing import (
     FEATURES,
     Feature,
-    Node,
+    HypothesisNode,
     Scrubber,
     induction_heads,
     induction_hypothesis,
@@ -27,6 +27,7 @@ from mechwidgets.analysis.scrubbing import (
 )
 from mechwidgets.errors import HypothesisError, MetricError, PromptError
 from mechwidgets.widgets._base import _Job
+from mechwidgets.widgets._scrubbing_tree import initial_collapsed
 from mechwidgets.widgets.scrubbing import ScrubbingWidget, show_scrubbing, tree_layout
 
 N_SEQ, LENGTH = 64, 12
@@ -70,32 +71,32 @@ def model_samples(model: Any, n: int = N_SEQ, length: int = LENGTH, seed: int = 
     return toks
 
 
-def full_hypothesis(model: Any, feature: Any = None) -> Node:
+def full_hypothesis(model: Any, feature: Any = None) -> HypothesisNode:
     """Every path of the model named, each node with ``feature``: heads recomputed from q/k/v
     inputs that name every component of their residual stream, MLPs from theirs."""
     cfg = model.cfg
     mlps = not cfg.attn_only
 
-    def components(layer: int, *, mlp_input: bool = False) -> list[Node]:
-        out = [Node("embed", feature), Node("pos_embed", feature)]
+    def components(layer: int, *, mlp_input: bool = False) -> list[HypothesisNode]:
+        out = [HypothesisNode("embed", feature), HypothesisNode("pos_embed", feature)]
         for lay in range(layer + (1 if mlp_input else 0)):
-            out += [Node(f"L{lay}H{h}", feature) for h in range(cfg.n_heads)]
+            out += [HypothesisNode(f"L{lay}H{h}", feature) for h in range(cfg.n_heads)]
             if mlps and lay < layer:
-                out.append(Node(f"mlp{lay}", feature))
+                out.append(HypothesisNode(f"mlp{lay}", feature))
         return out
 
-    kids = [Node("embed", feature), Node("pos_embed", feature)]
+    kids = [HypothesisNode("embed", feature), HypothesisNode("pos_embed", feature)]
     for layer in range(cfg.n_layers):
         kids += [
-            Node(f"L{layer}H{h}", feature, [Node(w, feature, components(layer)) for w in "qkv"])
+            HypothesisNode(f"L{layer}H{h}", feature, [HypothesisNode(w, feature, components(layer)) for w in "qkv"])
             for h in range(cfg.n_heads)
         ]
         if mlps:
-            kids.append(Node(f"mlp{layer}", feature, components(layer, mlp_input=True)))
-    return Node("output", children=kids)
+            kids.append(HypothesisNode(f"mlp{layer}", feature, components(layer, mlp_input=True)))
+    return HypothesisNode("output", children=kids)
 
 
-def all_resampled(node: Node) -> Node:
+def all_resampled(node: HypothesisNode) -> HypothesisNode:
     tree = node.copy()
     for path, n in tree.walk():
         if path != "output":
@@ -208,13 +209,13 @@ def test_resampling_respects_equivalence_classes_enumerated(sharp_model: Any) ->
 def test_treeified_draws_agree_and_keys_come_from_the_sampled_prefix(sharp_model: Any) -> None:
     toks = random_tokens(48, vocab=(2, 8))
     scrubber = Scrubber(sharp_model, toks, n_seeds=1)
-    hypothesis = Node("output", children=[
-        Node("L1H0", "seen_before", [
-            Node("q", children=[Node("embed", "token")]),
-            Node("k", "position", [Node("L0H1", "previous_token"), Node("resid", "token")]),
-            Node("v", children=[Node("embed", "token")]),
+    hypothesis = HypothesisNode("output", children=[
+        HypothesisNode("L1H0", "seen_before", [
+            HypothesisNode("q", children=[HypothesisNode("embed", "token")]),
+            HypothesisNode("k", "position", [HypothesisNode("L0H1", "previous_token"), HypothesisNode("resid", "token")]),
+            HypothesisNode("v", children=[HypothesisNode("embed", "token")]),
         ]),
-        Node("mlp1", "token"),
+        HypothesisNode("mlp1", "token"),
     ])
     scrubber._trace = []
     scrubber.evaluate(hypothesis)
@@ -249,8 +250,8 @@ def test_treeified_draws_agree_and_keys_come_from_the_sampled_prefix(sharp_model
 
     # without sharing, and for a head nested under another head's key (it occurs once per key
     # row of the outer head, so in one tree many times), every query has rows of its own
-    nested = Node("output", children=[Node("L1H0", children=[
-        Node("k", children=[Node("L0H1", "previous_token", [Node("v", children=[Node("embed", "token")])])]),
+    nested = HypothesisNode("output", children=[HypothesisNode("L1H0", children=[
+        HypothesisNode("k", children=[HypothesisNode("L0H1", "previous_token", [HypothesisNode("v", children=[HypothesisNode("embed", "token")])])]),
     ])])
     for share, hyp, head, key in [(False, hypothesis, "output/L1H0", "output/L1H0/k"),
                                   (True, nested, "output/L1H0/k/L0H1", "output/L1H0/k/L0H1/v")]:
@@ -264,13 +265,13 @@ def test_treeified_draws_agree_and_keys_come_from_the_sampled_prefix(sharp_model
 
 def test_shared_rows_leave_the_estimate_unbiased(sharp_model: Any) -> None:
     toks = model_samples(sharp_model, 64)
-    hyp = Node("output", children=[
-        Node(f"L1H{h}", children=[
-            Node("q", children=[Node("embed", "token"), Node("resid", "position")]),
-            Node("k", children=[Node("L0H1", "previous_token"), Node("resid", "position")]),
-            Node("v", children=[Node("embed", "token")]),
+    hyp = HypothesisNode("output", children=[
+        HypothesisNode(f"L1H{h}", children=[
+            HypothesisNode("q", children=[HypothesisNode("embed", "token"), HypothesisNode("resid", "position")]),
+            HypothesisNode("k", children=[HypothesisNode("L0H1", "previous_token"), HypothesisNode("resid", "position")]),
+            HypothesisNode("v", children=[HypothesisNode("embed", "token")]),
         ]) for h in range(2)
-    ] + [Node("resid")])
+    ] + [HypothesisNode("resid")])
     shared = Scrubber(sharp_model, toks, n_seeds=16, min_agreeing=1).evaluate(hyp)
     separate = Scrubber(sharp_model, toks, n_seeds=16, min_agreeing=1, share_rows=False).evaluate(hyp)
     sem = math.hypot(float(shared.scrubbed_per_seed.std()), float(separate.scrubbed_per_seed.std())) / 4
@@ -283,8 +284,8 @@ def test_exact_expectation_on_an_enumerable_hypothesis(sharp_model: Any) -> None
     previous token: the scrubbed loss is an average over those classes, enumerated exactly."""
     toks = model_samples(sharp_model, 24, length=8)
     # every component of the final residual stream named, as it is, except L1H2
-    hypothesis = Node("output", children=[
-        Node(c.component, "previous_token" if c.component == "L1H2" else None)
+    hypothesis = HypothesisNode("output", children=[
+        HypothesisNode(c.component, "previous_token" if c.component == "L1H2" else None)
         for c in full_hypothesis(sharp_model).children
     ])
     scrubber = Scrubber(sharp_model, toks, n_seeds=300, min_agreeing=1)
@@ -342,23 +343,23 @@ def test_induction_hypothesis_on_the_zoo_model() -> None:
 
 # ----------------------------------------------------------------------------------------- bad input
 BAD_HYPOTHESES = [
-    (Node("output", children=[Node("L5H0")]), "output/L5H0", "no layer 5"),
-    (Node("output", children=[Node("L1H9")]), "output/L1H9", "no head 9"),
-    (Node("output", children=[Node("attn7")]), "output/attn7", "unknown component"),
-    (Node("output", children=[Node("q")]), "output/q", "directly under a head"),
-    (Node("output", children=[Node("L0H0", children=[Node("embed")])]), "output/L0H0/embed", "'q', 'k' and 'v'"),
-    (Node("output", children=[Node("L0H0", children=[Node("k", children=[Node("L1H0")])])]),
+    (HypothesisNode("output", children=[HypothesisNode("L5H0")]), "output/L5H0", "no layer 5"),
+    (HypothesisNode("output", children=[HypothesisNode("L1H9")]), "output/L1H9", "no head 9"),
+    (HypothesisNode("output", children=[HypothesisNode("attn7")]), "output/attn7", "unknown component"),
+    (HypothesisNode("output", children=[HypothesisNode("q")]), "output/q", "directly under a head"),
+    (HypothesisNode("output", children=[HypothesisNode("L0H0", children=[HypothesisNode("embed")])]), "output/L0H0/embed", "'q', 'k' and 'v'"),
+    (HypothesisNode("output", children=[HypothesisNode("L0H0", children=[HypothesisNode("k", children=[HypothesisNode("L1H0")])])]),
      "output/L0H0/k/L1H0", "does not feed layer 0's attention"),
-    (Node("output", children=[Node("embed", children=[Node("L0H0")])]), "output/embed", "cannot have children"),
-    (Node("output", children=[Node("L0H1"), Node("L0H1")]), "output", "twice"),
-    (Node("L1H0"), "root", "Node('output'"),
-    (Node("output", kept=False), "output", "always kept"),
-    (Node("output", children=[Node("embed", "no_such_feature")]), "output/embed", "unknown feature"),
+    (HypothesisNode("output", children=[HypothesisNode("embed", children=[HypothesisNode("L0H0")])]), "output/embed", "cannot have children"),
+    (HypothesisNode("output", children=[HypothesisNode("L0H1"), HypothesisNode("L0H1")]), "output", "twice"),
+    (HypothesisNode("L1H0"), "root", "HypothesisNode('output'"),
+    (HypothesisNode("output", kept=False), "output", "always kept"),
+    (HypothesisNode("output", children=[HypothesisNode("embed", "no_such_feature")]), "output/embed", "unknown feature"),
 ]
 
 
 @pytest.mark.parametrize("hypothesis,where,what", BAD_HYPOTHESES, ids=[w + ":" + m for _, w, m in BAD_HYPOTHESES])
-def test_bad_hypotheses_are_refused_with_the_node(model: Any, unchanged: Any, hypothesis: Node, where: str, what: str) -> None:
+def test_bad_hypotheses_are_refused_with_the_node(model: Any, unchanged: Any, hypothesis: HypothesisNode, where: str, what: str) -> None:
     with pytest.raises(HypothesisError) as info:
         scrub(model, hypothesis, random_tokens(16), n_seeds=1)
     message = str(info.value)
@@ -370,7 +371,7 @@ def test_bad_hypotheses_are_refused_with_the_node(model: Any, unchanged: Any, hy
 
 def test_mlp_named_in_an_attention_only_model(attn_only_model: Any) -> None:
     with pytest.raises(HypothesisError, match="attention-only"):
-        scrub(attn_only_model, Node("output", children=[Node("mlp0")]), random_tokens(16), n_seeds=1)
+        scrub(attn_only_model, HypothesisNode("output", children=[HypothesisNode("mlp0")]), random_tokens(16), n_seeds=1)
 
 
 def test_a_feature_that_raises_or_returns_unhashable_values(model: Any, unchanged: Any) -> None:
@@ -380,20 +381,20 @@ def test_a_feature_that_raises_or_returns_unhashable_values(model: Any, unchange
     def as_list(prefix: tuple[int, ...]) -> list[int]:
         return list(prefix[-2:])
 
-    hyp = Node("output", children=[Node("L1H0", children=[Node("k", children=[Node("L0H3", third_token)])])])
+    hyp = HypothesisNode("output", children=[HypothesisNode("L1H0", children=[HypothesisNode("k", children=[HypothesisNode("L0H3", third_token)])])])
     with pytest.raises(HypothesisError) as info:
         scrub(model, hyp, random_tokens(16), n_seeds=1)
     msg = str(info.value)
     assert "'output/L1H0/k/L0H3'" in msg and "'third_token' raised IndexError" in msg and "position 0" in msg
     with pytest.raises(HypothesisError) as info:
-        scrub(model, Node("output", children=[Node("embed", as_list)]), random_tokens(16), n_seeds=1)
+        scrub(model, HypothesisNode("output", children=[HypothesisNode("embed", as_list)]), random_tokens(16), n_seeds=1)
     msg = str(info.value)
     assert "'output/embed'" in msg and "unhashable list" in msg and "hashable" in msg
     unchanged()
 
 
 def test_a_dataset_too_small_to_find_agreeing_inputs(model: Any, unchanged: Any) -> None:
-    hyp = Node("output", children=[Node("L1H0", children=[Node("q", "token_and_position")])])
+    hyp = HypothesisNode("output", children=[HypothesisNode("L1H0", children=[HypothesisNode("q", "token_and_position")])])
     with pytest.raises(HypothesisError) as info:
         scrub(model, hyp, random_tokens(8), n_seeds=1)
     msg = str(info.value)
@@ -401,7 +402,7 @@ def test_a_dataset_too_small_to_find_agreeing_inputs(model: Any, unchanged: Any)
     assert "at least 2 inputs agreeing" in msg and "8 inputs of 12 tokens" in msg
     # a larger bound is reported as asked
     with pytest.raises(HypothesisError, match="at least 40 inputs agreeing"):
-        scrub(model, Node("output", children=[Node("embed", "token")]), random_tokens(8), n_seeds=1,
+        scrub(model, HypothesisNode("output", children=[HypothesisNode("embed", "token")]), random_tokens(8), n_seeds=1,
               min_agreeing=40)
     # with enough inputs (or the bound lowered) the same hypothesis runs
     assert math.isfinite(scrub(model, hyp, random_tokens(8), n_seeds=1, min_agreeing=1).scrubbed)
@@ -409,7 +410,7 @@ def test_a_dataset_too_small_to_find_agreeing_inputs(model: Any, unchanged: Any)
 
 
 def test_bad_datasets_and_metrics(model: Any, unchanged: Any) -> None:
-    hyp = Node("output", children=[Node("embed", "token")])
+    hyp = HypothesisNode("output", children=[HypothesisNode("embed", "token")])
     with pytest.raises(PromptError, match="same number of tokens"):
         scrub(model, hyp, ["A B C", "A B C D"], n_seeds=1)
     with pytest.raises(PromptError, match="positions must be"):
@@ -430,7 +431,7 @@ def test_custom_metric_and_strings(model: Any) -> None:
         """Log-probability of the next token."""
         return logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
 
-    result = scrub(model, Node("output", children=[Node("embed", "token")]), texts, metric=logprob,
+    result = scrub(model, HypothesisNode("output", children=[HypothesisNode("embed", "token")]), texts, metric=logprob,
                    n_seeds=2, positions=[5, 6, 7], min_agreeing=1)
     assert result.metric == "logprob" and result.positions == [5, 6, 7] and result.n_references == 48
     assert result.clean < 0
@@ -439,12 +440,12 @@ def test_custom_metric_and_strings(model: Any) -> None:
 # ----------------------------------------------------------------------------------------- widget
 @pytest.fixture
 def widget(sharp_model: Any) -> ScrubbingWidget:
-    hyp = Node("output", children=[
-        Node("L1H0", children=[
-            Node("q", children=[Node("embed", "token")]),
-            Node("k", children=[Node("L0H1", "previous_token")]),
+    hyp = HypothesisNode("output", children=[
+        HypothesisNode("L1H0", children=[
+            HypothesisNode("q", children=[HypothesisNode("embed", "token")]),
+            HypothesisNode("k", children=[HypothesisNode("L0H1", "previous_token")]),
         ]),
-        Node("embed", "token"),
+        HypothesisNode("embed", "token"),
     ])
     return show_scrubbing(sharp_model, hyp, model_samples(sharp_model), n_seeds=2, min_agreeing=1)
 
@@ -492,7 +493,7 @@ def test_widget_state_history_and_python_api(widget: ScrubbingWidget) -> None:
     w.update({p: {"kept": False} for p in ("output/L1H0/q", "output/L1H0/k", "output/L1H0/q/embed")})
     assert w.history[-1]["label"] == "3 nodes (L1H0/q, L1H0/k, …): kept → resampled"
     # a whole new hypothesis from Python
-    w.evaluate(Node("output", children=[Node("embed", "token")]), label="embeddings only")
+    w.evaluate(HypothesisNode("output", children=[HypothesisNode("embed", "token")]), label="embeddings only")
     assert w.history[-1]["label"] == "embeddings only" and [r["path"] for r in w.tree] == ["output", "output/embed"]
 
 
@@ -574,13 +575,66 @@ def test_widget_static_svg(widget: ScrubbingWidget) -> None:
     assert "<script>" not in widget._static_svg()
 
 
-def test_tree_layout_centres_parents() -> None:
-    tree = [
-        {"depth": 0, "parent": -1}, {"depth": 1, "parent": 0}, {"depth": 2, "parent": 1},
-        {"depth": 2, "parent": 1}, {"depth": 1, "parent": 0},
-    ]
-    pos, size = tree_layout(tree)
-    assert pos[1]["x"] == (pos[2]["x"] + pos[3]["x"]) / 2
-    assert pos[0]["x"] == (pos[1]["x"] + pos[4]["x"]) / 2
-    assert pos[2]["y"] > pos[1]["y"] > pos[0]["y"]
-    assert size["width"] > pos[4]["x"] and size["height"] > pos[3]["y"]
+def _row(path: str, parent: int) -> dict[str, Any]:
+    return {"path": path, "component": path.rsplit("/", 1)[-1], "depth": path.count("/"), "parent": parent}
+
+
+TREE = [_row("output", -1), _row("output/L1H2", 0), _row("output/L1H2/q", 1), _row("output/L1H2/k", 1),
+        _row("output/L1H2/k/L0H2", 3), _row("output/embed", 0)]
+
+
+def test_tree_layout_centres_parents_and_folds() -> None:
+    # by hand: boxes 96 wide, 8 apart, 10 margin; leaves q, L0H2, embed at 58, 162, 266; k over
+    # L0H2; L1H2 between q and k; output between L1H2 and embed; levels 58 apart from y = 28
+    layout = tree_layout(TREE)
+    nodes = layout["nodes"]
+    assert [n["row"] for n in nodes] == list(range(6)) and [n["parent"] for n in nodes] == [-1, 0, 1, 1, 3, 0]
+    assert [n["x"] for n in nodes] == [188, 110, 58, 162, 162, 266]
+    assert [n["y"] for n in nodes] == [28, 86, 144, 144, 202, 86]
+    assert (layout["width"], layout["height"]) == (324, 230) and all(n["hidden"] == 0 for n in nodes)
+    # folding L1H2 hides its three descendants: two leaves left, one level less deep
+    folded = tree_layout(TREE, ["output/L1H2"])
+    assert [(n["row"], n["parent"], n["hidden"], n["x"], n["y"]) for n in folded["nodes"]] == [
+        (0, -1, 0, 110, 28), (1, 0, 3, 58, 86), (5, 0, 0, 162, 86)]
+    assert (folded["width"], folded["height"]) == (220, 114)
+    # a fold under a fold counts toward the outer one
+    assert [n["hidden"] for n in tree_layout(TREE, ["output/L1H2", "output/L1H2/k"])["nodes"]] == [0, 3, 0]
+    assert [n["hidden"] for n in tree_layout(TREE, ["output/L1H2/k"])["nodes"]] == [0, 0, 0, 1, 0]
+
+
+def test_wide_trees_open_with_head_inputs_folded() -> None:
+    wide = [_row("output", -1)]
+    for w in "qkv":
+        parent = len(wide)
+        wide.append(_row(f"output/L1H0/{w}", 0))
+        wide += [_row(f"output/L1H0/{w}/L0H{c}", parent) for c in range(5)]
+    assert initial_collapsed(wide) == ["output/L1H0/q", "output/L1H0/k", "output/L1H0/v"]
+    assert initial_collapsed(TREE) == []  # 3 leaves: all open
+    assert len(tree_layout(wide, initial_collapsed(wide))["nodes"]) == 4
+
+
+def test_widget_layout_trait_folds_and_the_svg_draws_it(widget: ScrubbingWidget) -> None:
+    w = widget
+    assert w.collapsed == [] and w.layout == tree_layout(w.tree, [])
+    sent = Sent(w)
+    w._on_frontend_message(w, {"type": "request", "id": 3, "kind": "fold",
+                               "args": {"path": "output/L1H0", "folded": True}}, [])
+    assert sent.messages[-1]["result"] == {} and w.collapsed == ["output/L1H0"]
+    assert w.layout == tree_layout(w.tree, ["output/L1H0"])
+    assert [w.tree[n["row"]]["path"] for n in w.layout["nodes"]] == ["output", "output/L1H0", "output/embed"]
+    assert w.layout["nodes"][1]["hidden"] == 4
+    svg = w._static_svg()
+    assert svg is not None and ">+4</text>" in svg and "L0H1" not in svg
+    # the picture's boxes stand where the layout says (x = centre - 48, y = 30 + centre - 18)
+    for n in w.layout["nodes"]:
+        assert f'<rect x="{n["x"] - 48:.1f}" y="{30 + n["y"] - 18:.1f}"' in svg
+    # a node switched keeps the folds; a new hypothesis opens afresh
+    w.set_kept("output/embed", False)
+    assert w.collapsed == ["output/L1H0"] and w.layout["nodes"][1]["hidden"] == 4
+    w.fold("output/L1H0", False)
+    assert w.collapsed == [] and len(w.layout["nodes"]) == len(w.tree)
+    with pytest.raises(HypothesisError, match="no node 'output/nope'"):
+        w.fold("output/nope")
+    w.fold("output/L1H0")
+    w.evaluate(HypothesisNode("output", children=[HypothesisNode("embed", "token")]))
+    assert w.collapsed == [] and [n["row"] for n in w.layout["nodes"]] == [0, 1]

@@ -333,13 +333,13 @@ def _scrub_data(model: Any) -> torch.Tensor:
 def _identity_hypothesis() -> Any:
     """Every node identity: the scrubbed run is the clean run, rebuilt through the Scrubber's own
     recomputation of head L1H0 (its copies of W_Q, W_K, W_V, W_O)."""
-    from mechwidgets.analysis.scrubbing import Node
+    from mechwidgets.analysis.scrubbing import HypothesisNode
 
     def resid() -> Any:
-        return Node("resid", "identity")
+        return HypothesisNode("resid", "identity")
 
-    head = Node("L1H0", "identity", [Node(p, "identity", [resid()]) for p in ("q", "k", "v")])
-    return Node("output", "identity", [head, resid()])
+    head = HypothesisNode("L1H0", "identity", [HypothesisNode(p, "identity", [resid()]) for p in ("q", "k", "v")])
+    return HypothesisNode("output", "identity", [head, resid()])
 
 
 @pytest.mark.parametrize("change", ["data_zero", "load_state_dict"])

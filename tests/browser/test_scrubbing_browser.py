@@ -17,19 +17,19 @@ import torch
 from harness import MountedWidget, WidgetHarness, js_fmt
 from playwright.sync_api import expect
 
-from mechwidgets.analysis.scrubbing import Node
+from mechwidgets.analysis.scrubbing import HypothesisNode
 from mechwidgets.errors import HypothesisError
 from mechwidgets.widgets._base import _Job
 from mechwidgets.widgets.scrubbing import ScrubbingWidget, show_scrubbing
 
-HYPOTHESIS = Node("output", children=[
-    Node("L1H0", children=[
-        Node("q", children=[Node("embed", "token")]),
-        Node("k", children=[Node("L0H1", "previous_token")]),
-        Node("v", children=[Node("embed", "token")]),
+HYPOTHESIS = HypothesisNode("output", children=[
+    HypothesisNode("L1H0", children=[
+        HypothesisNode("q", children=[HypothesisNode("embed", "token")]),
+        HypothesisNode("k", children=[HypothesisNode("L0H1", "previous_token")]),
+        HypothesisNode("v", children=[HypothesisNode("embed", "token")]),
     ]),
-    Node("embed", "token"),
-    Node("resid"),  # every other component of the output's residual stream, as it is
+    HypothesisNode("embed", "token"),
+    HypothesisNode("resid"),  # every other component of the output's residual stream, as it is
 ])
 
 
@@ -153,7 +153,7 @@ def test_a_long_evaluation_shows_progress_and_can_be_cancelled(
     tree, history = list(w.tree), list(w.history)
     # In a kernel, an evaluation runs a step at a time on the event loop. The harness has none
     # (a request runs to its end at once), so start the job as the kernel would and step it.
-    w._scrubber.n_seeds = 50
+    w.scrubber.n_seeds = 50
     w._latest["evaluate"] = 99
     job = w._jobs["evaluate"] = _Job(99, "evaluate", w._handler("evaluate")(nodes={"output/embed": {"kept": False}}))
     for _ in range(3):
@@ -169,4 +169,30 @@ def test_a_long_evaluation_shows_progress_and_can_be_cancelled(
     expect(el.locator(".mw-error")).to_be_hidden()
     assert w.tree == tree and w.history == history  # nothing changed
     expect(el.locator('[data-testid="history-table"] tbody tr')).to_have_count(len(history))
+    assert_clean(widget_harness, m)
+
+
+def test_fold_a_node_and_see_python_lay_out_the_tree(widget_harness: WidgetHarness, widget: ScrubbingWidget) -> None:
+    """Folding is computed in Python (the layout trait); the page draws the boxes where it says."""
+    w = widget
+    m = widget_harness.mount(w)
+    el = m.el
+
+    def drawn_where_the_layout_says() -> None:
+        expect(el.locator(".mw-scrub-node")).to_have_count(len(w.layout["nodes"]))
+        for n in w.layout["nodes"]:
+            box = el.get_by_test_id(f"node-{w.tree[n['row']]['path']}")
+            x, y = n["x"] - w.layout["node_w"] / 2, n["y"] - w.layout["node_h"] / 2
+            expect(box).to_have_attribute("transform", f"translate({x:g},{y:g})")
+
+    drawn_where_the_layout_says()
+    el.get_by_test_id("fold-output/L1H0").click()
+    m.settle()
+    assert w.collapsed == ["output/L1H0"] and len(w.layout["nodes"]) == len(w.tree) - 6
+    drawn_where_the_layout_says()
+    expect(el.get_by_test_id("node-output/L1H0")).to_contain_text("+6")
+    el.get_by_test_id("fold-output/L1H0").click()
+    m.settle()
+    assert w.collapsed == [] and len(w.layout["nodes"]) == len(w.tree)
+    drawn_where_the_layout_says()
     assert_clean(widget_harness, m)
