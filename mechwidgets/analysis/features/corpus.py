@@ -14,7 +14,7 @@ from jaxtyping import Float, Int
 from ..._model import ModelHandle
 from ...errors import PromptError
 from .saes import BoundSAE, bind_saes
-from .trace import _check_feature
+from .trace import _check_feature, _padded_batches
 
 #: Edges of the activation histograms: log-spaced, 6 bins a decade from 1e-3 to 1e3 (values
 #: outside fall in the first or last bin).
@@ -118,22 +118,11 @@ def iter_feature_corpus(
     width = max(t.shape[0] for t in docs)
     example = torch.full((d * n_bins,), -1, dtype=torch.int64)
     inner = HIST_EDGES[1:-1]
-    bos = getattr(handle.model.tokenizer, "bos_token_id", None)
-    pad = getattr(handle.model.tokenizer, "pad_token_id", None)
     n_tok = 0
     total = len(docs)
-    for start in range(0, total, batch_size):
-        group = docs[start:start + batch_size]
-        length = max(t.shape[0] for t in group)
-        batch = torch.full((len(group), length), int(pad) if pad is not None else 0, dtype=torch.long)
-        keep = torch.zeros(len(group), length, dtype=torch.bool)
-        for r, t in enumerate(group):
-            batch[r, : t.shape[0]] = t
-            keep[r, : t.shape[0]] = True
-            if bos is not None and t.shape[0] > 1 and int(t[0]) == int(bos):
-                keep[r, 0] = False
-        with handle.session():  # right padding: no real token attends to a pad
-            _, cache = handle.run_with_cache(batch.to(handle.device), [b.hook_name], return_type=None)
+    for start, batch, keep in _padded_batches(handle, docs, batch_size):
+        with handle.session():
+            _, cache = handle.run_with_cache(batch, [b.hook_name], return_type=None)
             act = cache[b.hook_name]
             b.check_width(act)
             with torch.no_grad():

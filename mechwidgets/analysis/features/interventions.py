@@ -14,7 +14,8 @@ from jaxtyping import Float
 
 from ..._model import ModelHandle
 from ...errors import ComponentError, PromptError, SAEError
-from ..attention import Predictions, per_token_loss, top_predictions
+from ..attention import per_token_loss, top_predictions
+from ..results import BeforeAfter
 from .saes import BoundSAE, _as_bound
 from .trace import (
     FeatureTrace,
@@ -64,28 +65,26 @@ class FeatureChange:
 
 
 @dataclass
-class InterventionResult:
+class InterventionResult(BeforeAfter):
     """What editing SAE features did to the model.
 
     Attributes:
+        before / after: top-k next-token predictions at ``position``, of the clean and the
+            edited run; ``loss_before`` / ``loss_after`` ``[pos - 1]`` their per-token loss
+            (:class:`~mechwidgets.analysis.results.BeforeAfter`).
         interventions: the edits, normalised (hook names, positions as lists).
         position: the position the predictions are read at (default: last).
-        before / after: top-k next-token predictions at ``position``.
         logits_before / logits_after: ``[d_vocab]`` logits at ``position``.
-        loss_before / loss_after: ``[pos - 1]`` per-token loss.
         changes: the downstream features (SAEs at or after the first edited hook, the edited
             features excluded) whose activation changed most, largest change first.
-        after: the :class:`FeatureTrace` of the edited run (at edited hooks, the edited code).
+        trace_after: the :class:`FeatureTrace` of the edited run (at edited hooks, the edited
+            code).
     """
 
     interventions: list[FeatureIntervention]
     position: int
-    before: Predictions
-    after: Predictions
     logits_before: Float[torch.Tensor, " vocab"]
     logits_after: Float[torch.Tensor, " vocab"]
-    loss_before: Float[torch.Tensor, " pos_minus_1"]
-    loss_after: Float[torch.Tensor, " pos_minus_1"]
     changes: list[FeatureChange]
     trace_after: FeatureTrace
 

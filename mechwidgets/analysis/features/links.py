@@ -17,7 +17,7 @@ from ..._model import ModelHandle
 from ...errors import PromptError, SAEError
 from .effects import _to_residual
 from .saes import BoundSAE, _as_bound
-from .trace import _check_feature, _sae_index
+from .trace import _check_feature, _padded_batches, _sae_index
 
 LinkMetric = Literal["correlation", "cosine"]
 
@@ -133,23 +133,10 @@ def _collect_acts(
     if not prompts:
         raise PromptError("link_prompts is empty: pass some sample texts, or None for the default.")
     toks = _batched_tokens(handle, prompts, max_positions)
-    bos = getattr(handle.model.tokenizer, "bos_token_id", None)
-    pad = getattr(handle.model.tokenizer, "pad_token_id", None)
-    pad = int(pad) if pad is not None else 0
     names = [b.hook_name for b in bound]
     per_sae: list[list[torch.Tensor]] = [[] for _ in bound]
     taken = 0
-    for start in range(0, len(toks), batch_size):
-        group = toks[start:start + batch_size]
-        length = max(t.shape[0] for t in group)
-        batch = torch.full((len(group), length), pad, dtype=torch.long, device=handle.device)
-        keep = torch.zeros(len(group), length, dtype=torch.bool)
-        for r, t in enumerate(group):
-            batch[r, : t.shape[0]] = t
-            keep[r, : t.shape[0]] = True
-            if bos is not None and t.shape[0] > 1 and int(t[0]) == int(bos):
-                keep[r, 0] = False
-        # right padding: causal attention means no real token attends to a pad
+    for _, batch, keep in _padded_batches(handle, toks, batch_size):
         _, cache = handle.run_with_cache(batch, names, return_type=None)
         keep_dev = keep.to(handle.device)
         for i, b in enumerate(bound):

@@ -5,7 +5,7 @@ one encode per SAE), with each SAE's reconstruction error.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +15,12 @@ from jaxtyping import Float, Int
 from ..._fast import FinalNorm
 from ..._model import ModelHandle
 from ...errors import SAEError
+from ..results import PromptResult
 from .saes import BoundSAE, _as_bound
 
 
 @dataclass
-class FeatureTrace:
+class FeatureTrace(PromptResult):
     """The SAE features of one prompt.
 
     Attributes:
@@ -44,8 +45,6 @@ class FeatureTrace:
             scale logit effects; 1.0 for models without a final norm).
     """
 
-    tokens: Int[torch.Tensor, " pos"]
-    str_tokens: list[str]
     hook_names: list[str]
     labels: list[str]
     d_sae: list[int]
@@ -108,6 +107,27 @@ def _non_bos(tokens: torch.Tensor, handle: ModelHandle) -> slice:
     if tokens.shape[-1] > 1 and bos is not None and int(tokens.reshape(-1)[0]) == int(bos):
         return slice(1, None)
     return slice(0, None)
+
+
+def _padded_batches(handle: ModelHandle, docs: Sequence[torch.Tensor],
+                    batch_size: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(start, batch, keep)`` for each group of ``batch_size`` documents: ``batch``
+    ``[docs, length]`` the tokens right-padded with the pad token (causal attention: no real
+    token attends to a pad), on the model's device; ``keep`` ``[docs, length]`` (on the CPU)
+    marks the real tokens other than a leading BOS."""
+    bos = getattr(handle.model.tokenizer, "bos_token_id", None)
+    pad = getattr(handle.model.tokenizer, "pad_token_id", None)
+    for start in range(0, len(docs), batch_size):
+        group = docs[start:start + batch_size]
+        length = max(t.shape[0] for t in group)
+        batch = torch.full((len(group), length), int(pad) if pad is not None else 0, dtype=torch.long)
+        keep = torch.zeros(len(group), length, dtype=torch.bool)
+        for r, t in enumerate(group):
+            batch[r, : t.shape[0]] = t
+            keep[r, : t.shape[0]] = True
+            if bos is not None and t.shape[0] > 1 and int(t[0]) == int(bos):
+                keep[r, 0] = False
+        yield start, batch.to(handle.device), keep
 
 
 def _final_scale(handle: ModelHandle, resid: torch.Tensor) -> torch.Tensor:
