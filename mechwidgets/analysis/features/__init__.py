@@ -78,6 +78,7 @@ from .links import (
     lineage,
 )
 from .saes import BoundSAE, bind_saes, sae_hook_name, short_hook_label
+from .session import FeatureSession, overview, overview_colour
 from .trace import FeatureTrace, feature_activations
 
 __all__ = [
@@ -88,6 +89,7 @@ __all__ = [
     "FeatureCorpus",
     "FeatureIntervention",
     "FeatureLinks",
+    "FeatureSession",
     "FeatureTrace",
     "InterventionResult",
     "LinkTable",
@@ -106,6 +108,8 @@ __all__ = [
     "logit_effect_matrix",
     "logit_effects_of",
     "normalise_interventions",
+    "overview",
+    "overview_colour",
     "residual_directions",
     "sae_hook_name",
     "short_hook_label",
