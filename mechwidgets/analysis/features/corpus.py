@@ -42,9 +42,9 @@ class FeatureCorpus:
 
     hook_name: str
     d_sae: int
-    tokens: list[torch.Tensor]
     n_tokens: int
     n_docs: int
+    tokens: list[torch.Tensor]
     top_values: Float[torch.Tensor, "k d_sae"]
     top_doc: Int[torch.Tensor, "k d_sae"]
     top_pos: Int[torch.Tensor, "k d_sae"]

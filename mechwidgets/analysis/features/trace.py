@@ -48,9 +48,9 @@ class FeatureTrace(PromptResult):
     hook_names: list[str]
     labels: list[str]
     d_sae: list[int]
-    top_k: int
     top_indices: Int[torch.Tensor, "sae pos k"]
     top_values: Float[torch.Tensor, "sae pos k"]
+    top_k: int
     n_active: Int[torch.Tensor, "sae pos"]
     total_activation: Float[torch.Tensor, "sae pos"]
     active: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
