@@ -104,7 +104,7 @@ def default_link_prompts(model: Any, n: int = 48, seed: int = 12345) -> list[str
     handle = ModelHandle.wrap(model)
     name = str(getattr(handle.cfg, "model_name", "") or "")
     if name == "toy-lm":
-        from ..zoo import tasks
+        from ...zoo import tasks
 
         # a few documents run past the context window: keep the first n that fit
         fits = [t for t in tasks.sample_text(2 * n, seed=seed, n_segments=6)
