@@ -104,8 +104,9 @@ class FeaturesWidget(MechWidget):
         return {**self.session.trace_view(), "feature_labels": self.session.labels}
 
     def _show_labels(self) -> None:
-        if self.session.labels != self.feature_labels:
-            self.feature_labels = self.session.labels
+        labels = self.session.labels
+        if labels != self.feature_labels:
+            self.feature_labels = labels
 
     def _before_request(self, kind: str) -> None:
         """The model or an SAE changed since the trace was taken: recompute the session, then
