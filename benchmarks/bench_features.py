@@ -429,7 +429,7 @@ def _run_scale(args: Any) -> None:
     corpus[:, 0] = 0
     steps: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    widget._corpus = corpus
+    widget.session.corpus = corpus
     widget.observe(lambda ch: steps.append(ch["new"]) if ch["new"] else None, "progress")
     fc = widget.compute_corpus(min(1, n_saes - 1))
     corpus_s = time.perf_counter() - t0

@@ -21,6 +21,7 @@ from mechwidgets._tensor import decode_array, encoded_nbytes
 from mechwidgets.analysis.features import (
     DecoderLinks,
     FeatureIntervention,
+    FeatureSession,
     bind_saes,
     decoder_cosine_top_k,
     feature_activations,
@@ -732,6 +733,31 @@ def test_widget_state_requests_and_python_api(model: Any, saes: list[SimpleSAE],
     assert svg is not None and svg.startswith("<svg") and "L1 post" in svg
     bundle = w._repr_mimebundle_()
     assert "image/svg+xml" in (bundle[0] if isinstance(bundle, tuple) else bundle)
+
+
+def test_the_session_works_headless_and_the_widget_draws_it(model: Any, saes: list[SimpleSAE], unchanged: Any) -> None:
+    s = FeatureSession(model, saes, PROMPT, link_prompts=SAMPLE, top_k=4)
+    f = int(s.trace.top_indices[1, 4, 0])
+    detail = s.feature_detail(HOOKS[1], f)
+    torch.testing.assert_close(detail["activations"], s.trace.feature_values(1, f))
+    eff = feature_logit_effects(model, saes[1], f, k=8, ln_scale=s.trace.ln_scale)
+    assert detail["promoted"]["tokens"] == eff.promoted_tokens[0] and str(f) in s.labels[1]
+    # an edit through the session equals intervene_features run directly
+    state = s.intervene([{"sae": 1, "feature": f, "mode": "clamp", "value": 3.0, "positions": [4]}])
+    want = intervene_features(model, saes, PROMPT, [FeatureIntervention(HOOKS[1], f, "clamp", 3.0, [4])])
+    assert state == s.interventions and state[0]["hook_name"] == HOOKS[1]
+    assert s.last_intervention is not None
+    torch.testing.assert_close(s.last_intervention.logits_after, want.logits_after, atol=1e-5, rtol=0)
+    assert s.with_intervention(1, f, None) == [] and s.intervene([]) == [] and s.intervention_view() == {}
+    with pytest.raises(SAEError, match=r"features 0\.\.47"):
+        s.feature_detail(0, 48)
+    # the widget is a view over it: its traits are the session's numbers
+    w = FeaturesWidget(s, colour_by="total")
+    assert w.session is s and w.trace is s.trace and w.colour_by == "total"
+    np.testing.assert_array_equal(w.top["values"], s.trace.top_values.numpy())
+    assert w.top["indices"].dtype == np.int32 and w.recon["error_norm"].dtype == np.float32
+    with pytest.raises(SAEError, match="colour_by="):
+        FeaturesWidget(s, colour_by="depth")
 
 
 def test_widget_links_default_to_the_prompt_and_accept_precomputed(model: Any, saes: list[SimpleSAE]) -> None:
