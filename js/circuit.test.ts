@@ -1,5 +1,5 @@
 // @vitest-environment happy-dom
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import {
   LEVELS,
   SLIDER_MAX,
@@ -13,7 +13,7 @@ import {
   thresholdToSlider,
   visibleCount,
 } from "./circuit";
-import { FakeModel } from "./lib/fake_model";
+import { harness } from "./lib/fake_model";
 
 function enc(dtype: string, values: number[]) {
   const arr =
@@ -46,8 +46,7 @@ function edgesTrait(list = edgeList) {
   };
 }
 
-function makeModel(extra: Record<string, any> = {}) {
-  return new FakeModel({
+const { makeModel, mount, unmount } = harness(render, () => ({
     method: "eap",
     metric: "logit_diff",
     baseline: {
@@ -69,25 +68,7 @@ function makeModel(extra: Record<string, any> = {}) {
     acdc_threshold: 0.06,
     selected: "",
     node_detail: {},
-    error: "",
-    progress: {},
-    ...extra,
-  });
-}
-
-let cleanup: (() => void) | null = null;
-afterEach(() => {
-  cleanup?.();
-  cleanup = null;
-  document.body.replaceChildren();
-});
-
-function mount(model: FakeModel) {
-  const el = document.createElement("div");
-  document.body.append(el);
-  cleanup = render({ model: model as any, el });
-  return el;
-}
+}));
 
 const visible = (el: HTMLElement) => Number((el.querySelector(".mw-circuit") as HTMLElement).dataset.visibleEdges);
 
@@ -304,8 +285,8 @@ describe("circuit frontend", () => {
   it("cleans up its listeners", () => {
     const model = makeModel();
     mount(model);
-    cleanup?.();
-    cleanup = null;
-    for (const [ev, set] of model.listeners) expect([ev, set.size]).toEqual([ev, 0]);
+    expect(model.listenerCount()).toBeGreaterThan(0);
+    unmount();
+    expect(model.listenerCount()).toBe(0);
   });
 });

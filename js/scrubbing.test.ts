@@ -1,7 +1,7 @@
 // @vitest-environment happy-dom
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { initialCollapsed, layout, pct, render, visibleRows, type TreeRow } from "./scrubbing";
-import { FakeModel, f32 } from "./lib/fake_model";
+import { f32, harness } from "./lib/fake_model";
 
 const TREE: TreeRow[] = [
   { path: "output", component: "output", feature: "identity", kept: true, active: true, depth: 0, parent: -1 },
@@ -12,11 +12,8 @@ const TREE: TreeRow[] = [
   { path: "output/embed", component: "embed", feature: "token", kept: false, active: false, depth: 1, parent: 0 },
 ];
 
-function makeModel(extra: Record<string, any> = {}) {
-  return new FakeModel({
+const { makeModel, mount, unmount } = harness(render, () => ({
     live: true,
-    error: "",
-    progress: {},
     tree: TREE,
     features: [
       { name: "identity", description: "the full input" },
@@ -40,23 +37,7 @@ function makeModel(extra: Record<string, any> = {}) {
       { step: 1, label: "initial hypothesis", fraction: 0.9, fraction_std: 0.01, scrubbed: 0.9, random: 4.5, clean: 0.5, nodes: {} },
       { step: 2, label: "output/embed: kept → resampled", fraction: 0.875, fraction_std: 0.025, scrubbed: 1.0, random: 4.5, clean: 0.5, nodes: {} },
     ],
-    ...extra,
-  });
-}
-
-let cleanup: (() => void) | null = null;
-afterEach(() => {
-  cleanup?.();
-  cleanup = null;
-  document.body.replaceChildren();
-});
-
-function mount(model: FakeModel) {
-  const el = document.createElement("div");
-  document.body.append(el);
-  cleanup = render({ model: model as any, el });
-  return el;
-}
+}));
 
 const node = (el: HTMLElement, path: string) => el.querySelector(`[data-testid="node-${path}"]`) as SVGGElement;
 const toggle = (el: HTMLElement, path: string) => el.querySelector(`[data-testid="toggle-${path}"]`) as SVGGElement;
@@ -258,8 +239,8 @@ describe("scrubbing frontend", () => {
   it("removes its listeners on cleanup", () => {
     const model = makeModel();
     mount(model);
-    cleanup!();
-    cleanup = null;
-    for (const set of model.listeners.values()) expect(set.size).toBe(0);
+    expect(model.listenerCount()).toBeGreaterThan(0);
+    unmount();
+    expect(model.listenerCount()).toBe(0);
   });
 });
