@@ -9,7 +9,7 @@ const n = tokens.length;
 const prev = [1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0];
 const bos = [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0];
 
-const { makeModel, mount, unmount } = harness(render, () => {
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => {
   const thumbs = new Uint8Array([...prev, ...bos].map((v) => v * 255));
   return {
     tokens,
@@ -104,11 +104,5 @@ describe("attention frontend", () => {
     expect(strip.textContent).toContain("<img·src=x·onerror=alert(1)>");
   });
 
-  it("removes its listeners on cleanup", () => {
-    const model = makeModel();
-    mount(model);
-    expect(model.listenerCount()).toBeGreaterThan(0);
-    unmount();
-    expect(model.listenerCount()).toBe(0);
-  });
+  itRemovesItsListeners();
 });

@@ -46,7 +46,7 @@ function edgesTrait(list = edgeList) {
   };
 }
 
-const { makeModel, mount, unmount } = harness(render, () => ({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
     method: "eap",
     metric: "logit_diff",
     baseline: {
@@ -282,11 +282,5 @@ describe("circuit frontend", () => {
     expect(banner.textContent).toBe("the threshold must be a finite number >= 0, got -1.");
   });
 
-  it("cleans up its listeners", () => {
-    const model = makeModel();
-    mount(model);
-    expect(model.listenerCount()).toBeGreaterThan(0);
-    unmount();
-    expect(model.listenerCount()).toBe(0);
-  });
+  itRemovesItsListeners();
 });

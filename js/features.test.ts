@@ -18,7 +18,7 @@ const topVal = [
   [4, 2], [1, 0.5], [2, 0], [6, 1],
 ];
 
-const { makeModel, mount, unmount } = harness(render, () => ({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
     tokens,
     hook_names: ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
     sae_labels: ["L0 pre", "L1 pre"],
@@ -219,11 +219,5 @@ describe("features frontend", () => {
     expect(describeIntervention(iv, ["L0 pre"], ["a", "b"])).toBe("L0 pre #12: ablate (2 positions)");
   });
 
-  it("removes its listeners on cleanup", () => {
-    const model = makeModel();
-    mount(model);
-    expect(model.listenerCount()).toBeGreaterThan(0);
-    unmount();
-    expect(model.listenerCount()).toBe(0);
-  });
+  itRemovesItsListeners();
 });

@@ -32,7 +32,7 @@ const dla = {
   norm_bias: 0.2,
 };
 
-const { makeModel, mount, unmount } = harness(render, () => ({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
     prompt: "A B",
     tokens,
     layers,
@@ -195,11 +195,5 @@ describe("lens frontend", () => {
     expect(el.querySelector(".mw-error")!.textContent).toContain("out of range");
   });
 
-  it("removes its listeners on cleanup", () => {
-    const model = makeModel();
-    mount(model);
-    expect(model.listenerCount()).toBeGreaterThan(0);
-    unmount();
-    expect(model.listenerCount()).toBe(0);
-  });
+  itRemovesItsListeners();
 });

@@ -1,6 +1,6 @@
 // @vitest-environment happy-dom
 import { describe, expect, it } from "vitest";
-import { f32, harness } from "./lib/fake_model";
+import { f32, harness, tableText } from "./lib/fake_model";
 import { gridKey, render } from "./patching";
 
 const clean = ["<bos>", " Mary", " gave", " John"];
@@ -22,7 +22,7 @@ function grid() {
   };
 }
 
-const { makeModel, mount, unmount } = harness(render, () => ({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
   clean_tokens: clean,
   corrupted_tokens: corrupted,
   differing: [1],
@@ -80,12 +80,13 @@ describe("patching frontend", () => {
       top_probs: f32([0.75, 0.125], [2]),
     });
     const table = q(el, "detail-logits");
-    expect(Array.from(table.querySelectorAll("thead th")).map((t) => t.textContent)).toEqual(["#", "unpatched run", "p", "with this patch", "p"]);
-    const rows = Array.from(table.querySelectorAll("tbody tr")).map((r) => Array.from(r.children).map((c) => c.textContent));
-    expect(rows).toEqual([
-      ["1", "·Mary", "0.500", "·John", "0.750"],
-      ["2", "·John", "0.250", "<b>x</b>", "0.125"],
-    ]);
+    expect(tableText(table)).toEqual({
+      head: ["#", "unpatched run", "p", "with this patch", "p"],
+      rows: [
+        ["1", "·Mary", "0.500", "·John", "0.750"],
+        ["2", "·John", "0.250", "<b>x</b>", "0.125"],
+      ],
+    });
     expect(table.querySelector("b")).toBeNull();
   });
 
@@ -102,11 +103,5 @@ describe("patching frontend", () => {
     expect(model.last("view").args).toEqual({ component: "resid_pre", direction: "denoising", metric: "logit_diff" });
   });
 
-  it("removes its listeners on cleanup", () => {
-    const model = makeModel();
-    mount(model);
-    expect(model.listenerCount()).toBeGreaterThan(0);
-    unmount();
-    expect(model.listenerCount()).toBe(0);
-  });
+  itRemovesItsListeners();
 });

@@ -12,7 +12,7 @@ const TREE: TreeRow[] = [
   { path: "output/embed", component: "embed", feature: "token", kept: false, active: false, depth: 1, parent: 0 },
 ];
 
-const { makeModel, mount, unmount } = harness(render, () => ({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
     live: true,
     tree: TREE,
     features: [
@@ -236,11 +236,5 @@ describe("scrubbing frontend", () => {
     expect(el.querySelector('[data-testid="history-table"]')!.textContent).toContain(evil);
   });
 
-  it("removes its listeners on cleanup", () => {
-    const model = makeModel();
-    mount(model);
-    expect(model.listenerCount()).toBeGreaterThan(0);
-    unmount();
-    expect(model.listenerCount()).toBe(0);
-  });
+  itRemovesItsListeners();
 });

@@ -1,7 +1,7 @@
 // Test helpers (vitest only; no widget imports them): a fake anywidget model, a harness that
 // mounts a widget entry on one and tears it down after each test, and array builders.
 
-import { afterEach } from "vitest";
+import { afterEach, expect, it } from "vitest";
 
 type Listener = (...args: any[]) => void;
 type State = Record<string, any>;
@@ -82,6 +82,8 @@ export interface Harness {
   mount(model: FakeModel): HTMLElement;
   /** Dispose every mounted view now (afterEach does it otherwise). */
   unmount(): void;
+  /** The test that a view's dispose removes every listener it added to the model. */
+  itRemovesItsListeners(): void;
 }
 
 /** The helpers of one widget entry's tests. `defaults` builds its traits (called once per
@@ -97,16 +99,30 @@ export function harness(render: Render, defaults: () => State): Harness {
     unmount();
     document.body.replaceChildren();
   });
-  return {
-    makeModel: (extra = {}) => new FakeModel<State>({ error: "", progress: {}, ...defaults(), ...extra }),
-    mount(model) {
-      const el = document.createElement("div");
-      document.body.append(el);
-      disposers.push(render({ model, el }));
-      return el;
-    },
-    unmount,
+  const makeModel = (extra: State = {}): FakeModel => new FakeModel<State>({ error: "", progress: {}, ...defaults(), ...extra });
+  const mount = (model: FakeModel): HTMLElement => {
+    const el = document.createElement("div");
+    document.body.append(el);
+    disposers.push(render({ model, el }));
+    return el;
   };
+  const itRemovesItsListeners = (): void => {
+    it("removes its listeners on cleanup", () => {
+      const model = makeModel();
+      mount(model);
+      expect(model.listenerCount()).toBeGreaterThan(0);
+      unmount();
+      expect(model.listenerCount()).toBe(0);
+    });
+  };
+  return { makeModel, mount, unmount, itRemovesItsListeners };
+}
+
+/** The text of a table's cells: its header row, then one list per body row. */
+export function tableText(table: Element): { head: string[]; rows: string[][] } {
+  const cells = (tr: Element): string[] => Array.from(tr.children, (c) => c.textContent ?? "");
+  const head = table.querySelector("thead tr");
+  return { head: head ? cells(head) : [], rows: Array.from(table.querySelectorAll("tbody tr"), cells) };
 }
 
 export function f32(values: number[], shape: number[]) {

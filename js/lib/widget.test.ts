@@ -1,6 +1,6 @@
 // @vitest-environment happy-dom
 import { describe, expect, it } from "vitest";
-import { FakeModel, f32, harness } from "./fake_model";
+import { FakeModel, f32, harness, tableText } from "./fake_model";
 import { meanLoss, predictionsTable } from "./predictions";
 import { CancelledReplyError, StaleReplyError } from "./request";
 import { Widget, isQuiet, type StatusTraits, type WidgetProps } from "./widget";
@@ -125,9 +125,8 @@ describe("predictions table", () => {
       "predictions",
     );
     expect(table.dataset.testid).toBe("predictions");
-    expect(Array.from(table.querySelectorAll("thead th")).map((t) => t.textContent)).toEqual(["#", "before", "p", "after", "p"]);
-    const rows = Array.from(table.querySelectorAll("tbody tr")).map((r) => Array.from(r.children).map((c) => c.textContent));
-    expect(rows).toEqual([
+    expect(tableText(table).head).toEqual(["#", "before", "p", "after", "p"]);
+    expect(tableText(table).rows).toEqual([
       ["1", "·A", "0.500", "·B", "0.750"],
       ["2", "<b>x</b>", "0.250", "·C", "0.125"],
     ]);
@@ -141,8 +140,7 @@ describe("predictions table", () => {
       { label: "unpatched run", tokens: [] },
       { label: "with this patch", tokens: [" x", " y"], probs: f32([0.5, 0.5], [2]) },
     ]);
-    const rows = Array.from(table.querySelectorAll("tbody tr")).map((r) => Array.from(r.children).map((c) => c.textContent));
-    expect(rows).toEqual([
+    expect(tableText(table).rows).toEqual([
       ["1", "", "", "·x", "0.500"],
       ["2", "", "", "·y", "0.500"],
     ]);
