@@ -1,7 +1,7 @@
 // @vitest-environment happy-dom
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { render } from "./attention";
-import { FakeModel, f32 } from "./lib/fake_model";
+import { f32, harness } from "./lib/fake_model";
 
 const tokens = ["<bos>", " A", " B", " A"];
 const n = tokens.length;
@@ -9,16 +9,14 @@ const n = tokens.length;
 const prev = [1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0];
 const bos = [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0];
 
-function makeModel(extra: Record<string, any> = {}) {
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => {
   const thumbs = new Uint8Array([...prev, ...bos].map((v) => v * 255));
-  return new FakeModel({
+  return {
     tokens,
     n_layers: 1,
     n_heads: 2,
     layers: [0],
     live: true,
-    error: "",
-    progress: {},
     thumbnails: { dtype: "uint8", shape: [1, 2, n, n], buffer: new DataView(thumbs.buffer) },
     scores: { previous_token: f32([0.75, 0], [1, 2]), induction: f32([0, 0.1], [1, 2]), first_token: f32([0.25, 1], [1, 2]) },
     selected: {},
@@ -27,23 +25,8 @@ function makeModel(extra: Record<string, any> = {}) {
     ablation: {},
     ablation_mode: "zero",
     has_ablation_prompt: false,
-    ...extra,
-  });
-}
-
-let cleanup: (() => void) | null = null;
-afterEach(() => {
-  cleanup?.();
-  cleanup = null;
-  document.body.replaceChildren();
+  };
 });
-
-function mount(model: FakeModel) {
-  const el = document.createElement("div");
-  document.body.append(el);
-  cleanup = render({ model: model as any, el });
-  return el;
-}
 
 describe("attention frontend", () => {
   it("draws a thumbnail per head and tokens as text", () => {
@@ -121,11 +104,5 @@ describe("attention frontend", () => {
     expect(strip.textContent).toContain("<img·src=x·onerror=alert(1)>");
   });
 
-  it("removes its listeners on cleanup", () => {
-    const model = makeModel();
-    mount(model);
-    cleanup!();
-    cleanup = null;
-    for (const set of model.listeners.values()) expect(set.size).toBe(0);
-  });
+  itRemovesItsListeners();
 });

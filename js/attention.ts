@@ -3,17 +3,11 @@
 // (so saved notebooks render with no kernel); clicks become requests to the kernel.
 
 import { decodeArray, isEncoded, type Encoded, type NDArray } from "./lib/array";
-import { mountStatus } from "./lib/banner";
 import { sequential, diverging, css } from "./lib/colormap";
 import { clip, fmt, h, showToken } from "./lib/dom";
 import { HeatmapView, legend } from "./lib/heatmap";
-import { RequestClient, StaleReplyError, type ModelLike } from "./lib/request";
-
-interface Predictions {
-  tokens: string[];
-  token_ids: number[];
-  probs: Encoded;
-}
+import { meanLoss, predictionsTable, type Predictions } from "./lib/predictions";
+import { Widget, type OrEmpty, type StatusTraits, type WidgetProps } from "./lib/widget";
 
 interface Ablation {
   heads?: number[][];
@@ -25,10 +19,26 @@ interface Ablation {
   changed?: { layer: number; head: number; change: number }[];
 }
 
-export interface AttentionModel extends ModelLike {
-  get(name: string): any;
-  set(name: string, value: unknown): void;
-  save_changes(): void;
+/** The synced traits of mechwidgets/widgets/attention.py:AttentionWidget. */
+export interface AttentionTraits extends StatusTraits {
+  prompt: string;
+  tokens: string[];
+  n_layers: number;
+  n_heads: number;
+  /** The layers shown (rows of thumbnails and scores). */
+  layers: number[];
+  /** uint8 [layers, heads, t, t] thumbnails of every pattern (255 = probability 1). */
+  thumbnails: OrEmpty<Encoded>;
+  /** Head scores by name, each [layers, heads]. */
+  scores: Record<string, Encoded>;
+  selected: OrEmpty<{ layer: number; head: number }>;
+  /** The selected head's float32 [dest, src] pattern. */
+  pattern: OrEmpty<Encoded>;
+  ablation_mode: string;
+  ablated: number[][];
+  has_ablation_prompt: boolean;
+  ablation: Ablation;
+  live: boolean;
 }
 
 const SCORE_LABELS: Record<string, string> = {
@@ -38,11 +48,9 @@ const SCORE_LABELS: Record<string, string> = {
   first_token: "first token",
 };
 
-export function render({ model, el }: { model: AttentionModel; el: HTMLElement }): () => void {
-  const client = new RequestClient(model);
-  const root = h("div", { class: "mw-root mw-attention" });
-  el.append(root);
-  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
+export function render({ model, el }: WidgetProps<AttentionTraits>): () => void {
+  const w = new Widget(model, el, "mw-attention");
+  const { root, client, fail } = w;
   const live = (): boolean => model.get("live") !== false;
 
   // ------------------------------------------------------------------ state
@@ -106,12 +114,6 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
     const raw = model.get("scores") ?? {};
     for (const k of Object.keys(raw)) if (isEncoded(raw[k])) out[k] = decodeArray(raw[k]);
     return out;
-  };
-
-  const fail = (e: unknown): void => {
-    if (e instanceof StaleReplyError) return;
-    // The kernel also writes the message to the `error` trait; this covers a dead kernel.
-    if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
   };
 
   const requestLayer = (layer: number): Promise<void> => {
@@ -378,39 +380,21 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
     results.replaceChildren();
     const ab: Ablation = model.get("ablation") ?? {};
     if (!ab.before || !ab.after) return;
-    const before = decodeArray(ab.before.probs);
-    const after = decodeArray(ab.after.probs);
     const heads = (ab.heads ?? []).map(([l, hd]) => `L${l}H${hd}`).join(", ") || "none";
-    const predTable = h("table", { class: "mw-table", "data-testid": "predictions" }, h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "before"), h("th", {}, "p"), h("th", {}, `after (${ab.mode}: ${heads})`), h("th", {}, "p"))));
-    const tb = h("tbody", {});
-    for (let k = 0; k < ab.before.tokens.length; k++) {
-      tb.append(
-        h(
-          "tr",
-          {},
-          h("td", {}, k + 1),
-          h("td", { class: "mw-tok" }, showToken(ab.before.tokens[k])),
-          h("td", { class: "mw-num" }, fmt(before.data[k], 3)),
-          h("td", { class: "mw-tok", "data-testid": `after-${k}` }, showToken(ab.after.tokens[k] ?? "")),
-          h("td", { class: "mw-num" }, fmt(after.data[k] ?? NaN, 3)),
-        ),
-      );
-    }
-    predTable.append(tb);
+    const predTable = predictionsTable(
+      [
+        { label: "before", ...ab.before },
+        { label: `after (${ab.mode}: ${heads})`, ...ab.after, cellTestid: "after" },
+      ],
+      "predictions",
+    );
     // per-token loss, before vs after
     const lossBox = h("div", { class: "mw-loss", "data-testid": "loss" });
     if (ab.loss_before && ab.loss_after) {
       const lb = decodeArray(ab.loss_before);
       const la = decodeArray(ab.loss_after);
       const toks = tokens();
-      let sumB = 0;
-      let sumA = 0;
-      for (let k = 0; k < lb.data.length; k++) {
-        sumB += lb.data[k];
-        sumA += la.data[k];
-      }
-      const n = Math.max(1, lb.data.length);
-      lossBox.append(h("div", { class: "mw-subtitle" }, `Per-token loss (predicting the next token): mean ${fmt(sumB / n, 3)} → ${fmt(sumA / n, 3)}`));
+      lossBox.append(h("div", { class: "mw-subtitle" }, `Per-token loss (predicting the next token): mean ${fmt(meanLoss(ab.loss_before), 3)} → ${fmt(meanLoss(ab.loss_after), 3)}`));
       const row = h("div", { class: "mw-token-strip" });
       for (let k = 0; k < lb.data.length; k++) {
         const d = la.data[k] - lb.data[k];
@@ -462,8 +446,7 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
   }
 
   function setAblation(heads: number[][]): void {
-    status.setLocalError("");
-    client.request("ablate", { heads, mode: modeSelect.value }).catch(fail);
+    w.ask("ablate", { heads, mode: modeSelect.value });
   }
 
   sortSelect.value = sortKey;
@@ -472,8 +455,7 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
     const ablated: number[][] = model.get("ablated") ?? [];
     if (ablated.length) setAblation(ablated);
     else {
-      model.set("ablation_mode", modeSelect.value);
-      model.save_changes();
+      w.set("ablation_mode", modeSelect.value);
     }
   });
   ablateButton.addEventListener("click", () => {
@@ -502,28 +484,16 @@ export function render({ model, el }: { model: AttentionModel; el: HTMLElement }
     layerCache.clear();
     drawAll();
   };
-  model.on("change:selected", onSelected);
-  model.on("change:pattern", onSelected);
-  model.on("change:ablation", onAblation);
-  model.on("change:ablated", onAblation);
-  model.on("change:thumbnails", onData);
-  model.on("change:scores", onData);
+  w.on(["selected", "pattern"], onSelected);
+  w.on(["ablation", "ablated"], onAblation);
+  w.on(["thumbnails", "scores"], onData);
 
   const sel = model.get("selected");
   if (sel && typeof sel.layer === "number") selected = { layer: sel.layer, head: sel.head };
   drawAll();
   if (selected) void requestLayer(selected.layer).catch(fail);
 
-  return () => {
-    model.off("change:selected", onSelected);
-    model.off("change:pattern", onSelected);
-    model.off("change:ablation", onAblation);
-    model.off("change:ablated", onAblation);
-    model.off("change:thumbnails", onData);
-    model.off("change:scores", onData);
-    client.dispose();
-    status.dispose();
-  };
+  return w.dispose;
 }
 
 export default { render };

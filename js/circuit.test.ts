@@ -1,5 +1,5 @@
 // @vitest-environment happy-dom
-import { afterEach, describe, expect, it, vi } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import {
   SLIDER_MAX,
   decodeEdges,
@@ -11,7 +11,7 @@ import {
   visibleCount,
 } from "./circuit";
 import { css, diverging } from "./lib/colormap";
-import { FakeModel } from "./lib/fake_model";
+import { harness } from "./lib/fake_model";
 
 function enc(dtype: string, values: number[]) {
   const arr =
@@ -47,8 +47,7 @@ function edgesTrait(list = edgeList) {
   };
 }
 
-function makeModel(extra: Record<string, any> = {}) {
-  return new FakeModel({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
     method: "eap",
     metric: "logit_diff",
     baseline: {
@@ -70,25 +69,7 @@ function makeModel(extra: Record<string, any> = {}) {
     acdc_threshold: 0.06,
     selected: "",
     node_detail: {},
-    error: "",
-    progress: {},
-    ...extra,
-  });
-}
-
-let cleanup: (() => void) | null = null;
-afterEach(() => {
-  cleanup?.();
-  cleanup = null;
-  document.body.replaceChildren();
-});
-
-function mount(model: FakeModel) {
-  const el = document.createElement("div");
-  document.body.append(el);
-  cleanup = render({ model: model as any, el });
-  return el;
-}
+}));
 
 const visible = (el: HTMLElement) => Number((el.querySelector(".mw-circuit") as HTMLElement).dataset.visibleEdges);
 
@@ -339,11 +320,5 @@ describe("circuit frontend", () => {
     expect(banner.textContent).toBe("the threshold must be a finite number >= 0, got -1.");
   });
 
-  it("cleans up its listeners", () => {
-    const model = makeModel();
-    mount(model);
-    cleanup?.();
-    cleanup = null;
-    for (const [ev, set] of model.listeners) expect([ev, set.size]).toEqual([ev, 0]);
-  });
+  itRemovesItsListeners();
 });

@@ -4,16 +4,49 @@
 // ACDC as a long job with progress and cancel. Everything on screen is drawn from traits, so a
 // saved notebook renders with no kernel.
 
-import { decodeArray, isEncoded } from "./lib/array";
-import { mountStatus } from "./lib/banner";
+import { decodeArray, isEncoded, type Encoded } from "./lib/array";
 import { css, diverging } from "./lib/colormap";
 import { clip, fmt, h } from "./lib/dom";
-import { RequestClient, StaleReplyError, type ModelLike } from "./lib/request";
+import { Widget, type OrEmpty, type StatusTraits, type WidgetProps } from "./lib/widget";
 
-export interface CircuitModel extends ModelLike {
-  get(name: string): any;
-  set(name: string, value: unknown): void;
-  save_changes(): void;
+/** The synced traits of mechwidgets/widgets/circuit.py:CircuitWidget. */
+export interface CircuitTraits extends StatusTraits {
+  method: string;
+  metric: string;
+  baseline: OrEmpty<Baseline>;
+  nodes: NodeInfo[];
+  /** The drawing's size and a node's box, in pixels. */
+  size: { node_w?: number; node_h?: number; width?: number; height?: number };
+  /** The edges sent, sorted by decreasing |score| (see decodeEdges). */
+  edges: { src?: Encoded; dst?: Encoded; port?: Encoded; score?: Encoded };
+  n_edges_total: number;
+  /** Sum of the scores of the edges not sent. */
+  unsent_score_sum: number;
+  threshold: number;
+  faithfulness: OrEmpty<Faithfulness>;
+  acdc_threshold: number;
+  acdc_signed: boolean;
+  selected: string;
+  node_detail: NodeDetail;
+}
+
+interface Baseline {
+  clean: number;
+  corrupted: number;
+  answers?: string[];
+  wrong_answers?: string[] | null;
+  clean_prompt?: string;
+  corrupted_prompt?: string;
+  n_prompts?: number;
+}
+
+/** The exact faithfulness at a threshold. */
+interface Faithfulness {
+  threshold: number;
+  metric: number;
+  normalized: number;
+  n_edges: number;
+  total_edges: number;
 }
 
 interface NodeInfo {
@@ -148,11 +181,9 @@ export function strokes(edges: EdgeData, indices: Iterable<number>): { tone: num
   return [...byTone.values()].sort((a, b) => Math.abs(a.tone) - Math.abs(b.tone));
 }
 
-export function render({ model, el }: { model: CircuitModel; el: HTMLElement }): () => void {
-  const client = new RequestClient(model);
-  const root = h("div", { class: "mw-root mw-circuit" });
-  el.append(root);
-  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
+export function render({ model, el }: WidgetProps<CircuitTraits>): () => void {
+  const w = new Widget(model, el, "mw-circuit");
+  const { root, ask } = w;
 
   // ------------------------------------------------------------------ state
   let edges: EdgeData | null = null;
@@ -186,9 +217,9 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   const plot = h("div", { class: "mw-circuit-plot" });
   const canvas = h("canvas", { class: "mw-circuit-canvas", "data-testid": "edge-canvas" });
   const tooltip = h("div", { class: "mw-tooltip", "data-testid": "edge-tooltip" });
-  graphBox.append(plot);
   const legendBox = h("div", { class: "mw-legend", "data-testid": "legend" });
   const detail = h("div", { class: "mw-circuit-detail", "data-testid": "node-detail" });
+  graphBox.append(plot);
 
   root.append(
     title,
@@ -203,10 +234,6 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     detail,
   );
 
-  const fail = (e: unknown): void => {
-    if (e instanceof StaleReplyError) return;
-    if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
-  };
   const total = (): number => model.get("n_edges_total") ?? 0;
   const method = (): string => model.get("method") ?? "eap";
 
@@ -245,7 +272,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
       faithLine.classList.remove("mw-circuit-stale");
       faithLine.append(
         h("b", {}, `faithfulness ${fmt(f.normalized, 3)}`),
-        ` — ${model.get("metric")} ${fmt(f.metric, 3)} with ${f.n_edges} of ${f.total_edges} edges kept, every other edge patched from the corrupted run (exact forward pass; 1 = clean ${fmt(b.clean)}, 0 = corrupted ${fmt(b.corrupted)})`,
+        ` — ${model.get("metric")} ${fmt(f.metric, 3)} with ${f.n_edges} of ${f.total_edges} edges kept, every other edge patched from the corrupted run (exact forward pass; 1 = clean ${fmt(b.clean ?? NaN)}, 0 = corrupted ${fmt(b.corrupted ?? NaN)})`,
       );
       return;
     }
@@ -506,8 +533,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     const name = nodes[idx]?.name;
     if (!name) return;
     detail.prepend(h("div", { class: "mw-note" }, `patching ${name}…`));
-    status.setLocalError("");
-    client.request("select_node", { node: name }).catch(fail);
+    ask("select_node", { node: name });
   }
 
   const redraw = (): void => {
@@ -525,21 +551,17 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   slider.addEventListener("change", () => {
     threshold = sliderToThreshold(Number(slider.value), bounds.lo, bounds.hi);
     redraw();
-    status.setLocalError("");
-    client.request("faithfulness", { threshold }).catch(fail);
+    ask("faithfulness", { threshold });
   });
   acdcButton.addEventListener("click", () => {
     const tau = Number(acdcInput.value);
-    status.setLocalError("");
-    client.request("acdc", { threshold: tau, signed: signedBox.checked }).catch(fail);
+    ask("acdc", { threshold: tau, signed: signedBox.checked });
   });
   eapButton.addEventListener("click", () => {
-    status.setLocalError("");
-    client.request("eap", { ig: false }).catch(fail);
+    ask("eap", { ig: false });
   });
   igButton.addEventListener("click", () => {
-    status.setLocalError("");
-    client.request("eap", { ig: true }).catch(fail);
+    ask("eap", { ig: true });
   });
 
   // ------------------------------------------------------------------ trait changes
@@ -578,15 +600,12 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
     signedBox.checked = Boolean(model.get("acdc_signed"));
     drawText();
   };
-  model.on("change:edges", onEdges);
-  model.on("change:nodes", onEdges);
-  model.on("change:threshold", onThreshold);
-  model.on("change:faithfulness", onFaith);
-  model.on("change:node_detail", onDetail);
-  model.on("change:selected", onDetail);
-  model.on("change:method", onText);
-  model.on("change:acdc_threshold", onText);
-  model.on("change:acdc_signed", onSigned);
+  w.on(["edges", "nodes"], onEdges);
+  w.on("threshold", onThreshold);
+  w.on("faithfulness", onFaith);
+  w.on(["node_detail", "selected"], onDetail);
+  w.on(["method", "acdc_threshold"], onText);
+  w.on("acdc_signed", onSigned);
 
   buildGraph();
   onSigned(); // the box and the text
@@ -594,19 +613,7 @@ export function render({ model, el }: { model: CircuitModel; el: HTMLElement }):
   drawFaith();
   drawDetail();
 
-  return () => {
-    model.off("change:edges", onEdges);
-    model.off("change:nodes", onEdges);
-    model.off("change:threshold", onThreshold);
-    model.off("change:faithfulness", onFaith);
-    model.off("change:node_detail", onDetail);
-    model.off("change:selected", onDetail);
-    model.off("change:method", onText);
-    model.off("change:acdc_threshold", onText);
-    model.off("change:acdc_signed", onSigned);
-    client.dispose();
-    status.dispose();
-  };
+  return w.dispose;
 }
 
 export default { render };

@@ -1,7 +1,7 @@
 // @vitest-environment happy-dom
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { describeIntervention, featureName, render } from "./features";
-import { FakeModel, f32, i32 } from "./lib/fake_model";
+import { f32, harness, i32 } from "./lib/fake_model";
 
 const HOSTILE = "<img src=x onerror=window.__xss=1>";
 const tokens = ["<bos>", " Mary", HOSTILE, " to"];
@@ -18,8 +18,7 @@ const topVal = [
   [4, 2], [1, 0.5], [2, 0], [6, 1],
 ];
 
-function makeModel(extra: Record<string, any> = {}) {
-  return new FakeModel({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
     tokens,
     hook_names: ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"],
     sae_labels: ["L0 pre", "L1 pre"],
@@ -38,11 +37,7 @@ function makeModel(extra: Record<string, any> = {}) {
     interventions: [],
     intervention: {},
     links_info: { n_tokens: 100, n_prompts: 4, by: "correlation", source: "link_prompts" },
-    error: "",
-    progress: {},
-    ...extra,
-  });
-}
+}));
 
 const featureDetail = {
   sae: 0,
@@ -65,20 +60,6 @@ const featureDetail = {
   frequency: 0.125,
   max_activation: 2,
 };
-
-let cleanup: (() => void) | null = null;
-afterEach(() => {
-  cleanup?.();
-  cleanup = null;
-  document.body.replaceChildren();
-});
-
-function mount(model: FakeModel) {
-  const el = document.createElement("div");
-  document.body.append(el);
-  cleanup = render({ model: model as any, el });
-  return el;
-}
 
 /** Trait changes redraw at the end of the current task (coalesced): let them run. */
 const tick = () => new Promise((r) => setTimeout(r, 0));
@@ -237,4 +218,6 @@ describe("features frontend", () => {
     const iv = { sae: 0, feature: 12, mode: "ablate" as const, value: 0, positions: [0, 1] };
     expect(describeIntervention(iv, ["L0 pre"], ["a", "b"])).toBe("L0 pre #12: ablate (2 positions)");
   });
+
+  itRemovesItsListeners();
 });

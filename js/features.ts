@@ -6,17 +6,11 @@
 // that need the model become requests (select_token, select_feature, intervene).
 
 import { decodeArray, isEncoded, type Encoded, type NDArray } from "./lib/array";
-import { mountStatus } from "./lib/banner";
 import { css, diverging, sequential } from "./lib/colormap";
 import { clip, fmt, h, showToken } from "./lib/dom";
 import { legend } from "./lib/heatmap";
-import { RequestClient, StaleReplyError, type ModelLike } from "./lib/request";
-
-interface Predictions {
-  tokens: string[];
-  token_ids: number[];
-  probs: Encoded;
-}
+import { meanLoss, predictionsTable, type Predictions } from "./lib/predictions";
+import { Widget, type OrEmpty, type StatusTraits, type WidgetProps } from "./lib/widget";
 
 export interface Intervention {
   sae: number;
@@ -105,10 +99,30 @@ interface SearchAnswer {
   features?: { feature: number; effect: number }[];
 }
 
-export interface FeaturesModel extends ModelLike {
-  get(name: string): any;
-  set(name: string, value: unknown): void;
-  save_changes(): void;
+/** The synced traits of mechwidgets/widgets/features.py:FeaturesWidget. */
+export interface FeaturesTraits extends StatusTraits {
+  prompt: string;
+  tokens: string[];
+  hook_names: string[];
+  sae_labels: string[];
+  d_sae: number[];
+  /** Per SAE and position [saes, positions]: how many features fire, their total activation. */
+  overview: { n_active?: Encoded; total?: Encoded };
+  colour_by: string;
+  /** Each position's top features per SAE, [saes, positions, k] (index -1: none). */
+  top: { indices?: Encoded; values?: Encoded };
+  /** Reconstruction quality per SAE on the prompt. */
+  recon: { explained_variance?: Encoded; relative_error?: Encoded; error_norm?: Encoded; act_norm?: Encoded };
+  /** Per SAE: feature → the tokens it promotes most. */
+  feature_labels: Record<string, string[]>[];
+  selected_token: number;
+  selected_feature: OrEmpty<{ sae: number; feature: number }>;
+  feature: FeatureDetail;
+  interventions: Intervention[];
+  intervention: InterventionState;
+  links_info: { by?: string; source?: string; n_tokens?: number; n_prompts?: number };
+  corpus_info: { n_docs?: number; source?: string; done?: number[] };
+  search: SearchAnswer;
 }
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -135,11 +149,9 @@ export function describeIntervention(iv: Intervention, labels: string[], tokens:
   return `${featureName(labels, iv.sae, iv.feature)}: ${what} (${where})`;
 }
 
-export function render({ model, el }: { model: FeaturesModel; el: HTMLElement }): () => void {
-  const client = new RequestClient(model);
-  const root = h("div", { class: "mw-root mw-features" });
-  el.append(root);
-  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
+export function render({ model, el }: WidgetProps<FeaturesTraits>): () => void {
+  const w = new Widget(model, el, "mw-features");
+  const { root, client, fail } = w;
 
   // ------------------------------------------------------------------ state
   const tokens = (): string[] => model.get("tokens") ?? [];
@@ -208,11 +220,6 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
     ),
     results,
   );
-
-  const fail = (e: unknown): void => {
-    if (e instanceof StaleReplyError) return;
-    if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
-  };
 
   // ------------------------------------------------------------------ drawing: title and recon
   const drawTitle = (): void => {
@@ -503,10 +510,7 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
         return box;
       }
       const btn = h("button", { class: "mw-btn", "data-testid": "corpus-compute" }, `Compute this SAE's features over ${info.n_docs} documents of ${info.source || "the corpus"}`);
-      btn.addEventListener("click", () => {
-        status.setLocalError("");
-        client.request("corpus", { sae: d.sae }).catch(fail);
-      });
+      btn.addEventListener("click", () => w.ask("corpus", { sae: d.sae }));
       box.append(btn);
       return box;
     }
@@ -558,7 +562,7 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
 
   searchBox.addEventListener("keydown", (ev: KeyboardEvent) => {
     if (ev.key !== "Enter" || !searchBox.value.trim()) return;
-    status.setLocalError("");
+    w.status.setLocalError("");
     const sae = Number(searchSae.value || 0);
     const q = searchBox.value;
     const num = q.trim().replace(/^#/, "");
@@ -637,42 +641,19 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
     if (!r.before || !r.after) return;
     const ls = labels();
     const toks = tokens();
-    const before = decodeArray(r.before.probs);
-    const after = decodeArray(r.after.probs);
     const desc = (r.interventions ?? []).map((iv) => describeIntervention(iv, ls, toks)).join("; ");
     const pos = r.position ?? toks.length - 1;
-    const table = h(
-      "table",
-      { class: "mw-table", "data-testid": "predictions" },
-      h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "before"), h("th", {}, "p"), h("th", { "data-testid": "after-header" }, "after"), h("th", {}, "p"))),
+    const nEdits = (r.interventions ?? []).length;
+    const table = predictionsTable(
+      [
+        { label: "before", ...r.before },
+        { label: `after (${nEdits} edit${nEdits === 1 ? "" : "s"})`, ...r.after, cellTestid: "after", headerTestid: "after-header" },
+      ],
+      "predictions",
     );
-    const body = h("tbody", {});
-    for (let k = 0; k < r.before.tokens.length; k++) {
-      body.append(
-        h(
-          "tr",
-          {},
-          h("td", {}, k + 1),
-          h("td", { class: "mw-tok" }, showToken(r.before.tokens[k])),
-          h("td", { class: "mw-num" }, fmt(before.data[k], 3)),
-          h("td", { class: "mw-tok", "data-testid": `after-${k}` }, showToken(r.after.tokens[k] ?? "")),
-          h("td", { class: "mw-num" }, fmt(after.data[k] ?? NaN, 3)),
-        ),
-      );
-    }
-    table.append(body);
     let lossNote = "";
     if (r.loss_before && r.loss_after) {
-      const lb = decodeArray(r.loss_before);
-      const la = decodeArray(r.loss_after);
-      let sb = 0;
-      let sa = 0;
-      for (let k = 0; k < lb.data.length; k++) {
-        sb += lb.data[k];
-        sa += la.data[k];
-      }
-      const m = Math.max(1, lb.data.length);
-      lossNote = `Mean next-token loss ${fmt(sb / m, 3)} → ${fmt(sa / m, 3)}; largest logit change ${fmt(r.max_logit_change ?? 0, 3)}.`;
+      lossNote = `Mean next-token loss ${fmt(meanLoss(r.loss_before), 3)} → ${fmt(meanLoss(r.loss_after), 3)}; largest logit change ${fmt(r.max_logit_change ?? 0, 3)}.`;
     }
     const changedBox = h("div", { class: "mw-col", "data-testid": "changed-features" }, h("div", { class: "mw-subtitle" }, "Downstream features that changed most (activation before → after, at the position of the largest change)"));
     const changed = r.changed ?? [];
@@ -700,8 +681,6 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
       h("div", { class: "mw-note" }, `Next-token predictions at ${clip(showToken(toks[pos] ?? ""), 12)}@${pos}. ${lossNote}`),
       h("div", { class: "mw-row" }, table, changedBox),
     );
-    const header = table.querySelector('[data-testid="after-header"]');
-    if (header) header.textContent = `after (${(r.interventions ?? []).length} edit${(r.interventions ?? []).length === 1 ? "" : "s"})`;
   };
 
   const drawAll = (): void => {
@@ -736,8 +715,7 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
   }
 
   function setInterventions(ivs: Intervention[]): void {
-    status.setLocalError("");
-    client.request("intervene", { interventions: ivs }).catch(fail);
+    w.ask("intervene", { interventions: ivs });
   }
 
   function apply(iv: Intervention): void {
@@ -746,8 +724,7 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
   }
 
   colourSelect.addEventListener("change", () => {
-    model.set("colour_by", colourSelect.value);
-    model.save_changes();
+    w.set("colour_by", colourSelect.value);
     drawGrid();
   });
 
@@ -799,32 +776,19 @@ export function render({ model, el }: { model: FeaturesModel; el: HTMLElement })
     decoded.clear();
     later(drawAll);
   };
-  const subs: [string, () => void][] = [
-    ["change:selected_token", onSelectedToken],
-    ["change:selected_feature", onFeature],
-    ["change:feature", onFeature],
-    ["change:intervention", onIntervention],
-    ["change:interventions", onIntervention],
-    ["change:feature_labels", onLabels],
-    ["change:search", onSearch],
-    ["change:corpus_info", onFeature],
-    ["change:colour_by", onColour],
-    ["change:overview", onData],
-    ["change:top", onData],
-    ["change:recon", onData],
-    ["change:tokens", onData],
-  ];
-  for (const [ev, cb] of subs) model.on(ev, cb);
+  w.on("selected_token", onSelectedToken);
+  w.on(["selected_feature", "feature", "corpus_info"], onFeature);
+  w.on(["intervention", "interventions"], onIntervention);
+  w.on("feature_labels", onLabels);
+  w.on("search", onSearch);
+  w.on("colour_by", onColour);
+  w.on(["overview", "top", "recon", "tokens"], onData);
 
   const sf = model.get("selected_feature");
   if (sf && typeof sf.sae === "number") selectedFeature = { sae: sf.sae, feature: sf.feature };
   drawAll();
 
-  return () => {
-    for (const [ev, cb] of subs) model.off(ev, cb);
-    client.dispose();
-    status.dispose();
-  };
+  return w.dispose;
 }
 
 export default { render };

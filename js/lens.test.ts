@@ -1,7 +1,7 @@
 // @vitest-environment happy-dom
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { logLine, parsePart, render, sortParts } from "./lens";
-import { FakeModel, f32, i32 } from "./lib/fake_model";
+import { f32, harness, i32 } from "./lib/fake_model";
 
 const tokens = ["<bos>", " A", " B"];
 const layers = ["L0 pre", "final"];
@@ -32,8 +32,7 @@ const dla = {
   norm_bias: 0.2,
 };
 
-function makeModel(extra: Record<string, any> = {}) {
-  return new FakeModel({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
     prompt: "A B",
     tokens,
     layers,
@@ -52,25 +51,7 @@ function makeModel(extra: Record<string, any> = {}) {
     has_ablation_prompt: false,
     ablation: {},
     live: true,
-    error: "",
-    progress: {},
-    ...extra,
-  });
-}
-
-let cleanup: (() => void) | null = null;
-afterEach(() => {
-  cleanup?.();
-  cleanup = null;
-  document.body.replaceChildren();
-});
-
-function mount(model: FakeModel) {
-  const el = document.createElement("div");
-  document.body.append(el);
-  cleanup = render({ model: model as any, el });
-  return el;
-}
+}));
 
 describe("lens helpers", () => {
   it("parses clickable parts", () => {
@@ -213,4 +194,6 @@ describe("lens frontend", () => {
     model.change("error", "layer 9 is out of range");
     expect(el.querySelector(".mw-error")!.textContent).toContain("out of range");
   });
+
+  itRemovesItsListeners();
 });

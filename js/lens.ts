@@ -7,11 +7,11 @@
 // show both.
 
 import { decodeArray, isEncoded, type Encoded, type NDArray } from "./lib/array";
-import { mountStatus } from "./lib/banner";
 import { css, diverging, sequential } from "./lib/colormap";
 import { clip, fmt, h, showToken } from "./lib/dom";
 import { HeatmapView, legend } from "./lib/heatmap";
-import { RequestClient, StaleReplyError, type ModelLike } from "./lib/request";
+import { predictionsTable, type Predictions, type PredictionsColumn } from "./lib/predictions";
+import { Widget, type OrEmpty, type StatusTraits, type WidgetProps } from "./lib/widget";
 
 interface LensState {
   vocab?: string[];
@@ -34,26 +34,40 @@ interface DLAState {
   norm_bias?: number;
 }
 
-interface Predictions {
-  tokens: string[];
-  probs: Encoded;
-}
-
 interface ViewState {
   lens?: LensState;
   dla?: DLAState;
   norms?: { values?: Encoded; mean?: Encoded; fitted_growth?: number };
-  predictions?: Predictions;
+  predictions?: OrEmpty<Predictions>;
   predictions_before?: Predictions;
   heads?: number[][];
   mlps?: number[];
   mode?: string;
 }
 
-export interface LensModel extends ModelLike {
-  get(name: string): any;
-  set(name: string, value: unknown): void;
-  save_changes(): void;
+/** The synced traits of mechwidgets/widgets/lens.py:LogitLensWidget. */
+export interface LensTraits extends StatusTraits {
+  prompt: string;
+  tokens: string[];
+  /** The rows of the grid, first to final ("L0 pre", ..., "final"). */
+  layers: string[];
+  n_layers: number;
+  n_heads: number;
+  has_mlp: boolean;
+  answer: string;
+  wrong_answer: string;
+  top_k: number;
+  ln_scale: string;
+  lens: LensState;
+  dla: DLAState;
+  norms: NonNullable<ViewState["norms"]>;
+  predictions: OrEmpty<Predictions>;
+  ablation_mode: string;
+  ablated: { heads?: number[][]; mlps?: number[]; mode?: string };
+  has_ablation_prompt: boolean;
+  /** The ablated run's views (empty when nothing is ablated). */
+  ablation: ViewState;
+  live: boolean;
 }
 
 type Run = "clean" | "ablated";
@@ -95,11 +109,9 @@ function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string,
   return el;
 }
 
-export function render({ model, el }: { model: LensModel; el: HTMLElement }): () => void {
-  const client = new RequestClient(model);
-  const root = h("div", { class: "mw-root mw-lens" });
-  el.append(root);
-  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
+export function render({ model, el }: WidgetProps<LensTraits>): () => void {
+  const w = new Widget(model, el, "mw-lens");
+  const { root, client, fail } = w;
   const live = (): boolean => model.get("live") !== false;
 
   let run: Run = "clean";
@@ -158,11 +170,6 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
       ? ablation()
       : { lens: model.get("lens"), dla: model.get("dla"), norms: model.get("norms"), predictions: model.get("predictions") };
   const dec = (x: unknown): NDArray | null => (isEncoded(x) ? decodeArray(x) : null);
-
-  const fail = (e: unknown): void => {
-    if (e instanceof StaleReplyError) return;
-    if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
-  };
 
   // ------------------------------------------------------------------ drawing
   const drawTitle = (): void => {
@@ -397,24 +404,11 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
   const drawPredictions = (): void => {
     preds.replaceChildren();
     const before = viewOf("clean").predictions;
-    if (!before) return;
+    if (!before?.tokens) return;
     const after = hasAblation() ? ablation().predictions : null;
-    const pb = decodeArray(before.probs);
-    const pa = after ? decodeArray(after.probs) : null;
-    const table = h("table", { class: "mw-table" }, h("tr", {}, h("th", {}, "#"), h("th", {}, "next token"), h("th", {}, "p"), ...(after ? [h("th", {}, "after ablation"), h("th", {}, "p")] : [])));
-    for (let k = 0; k < before.tokens.length; k++) {
-      table.append(
-        h(
-          "tr",
-          {},
-          h("td", {}, k + 1),
-          h("td", { class: "mw-tok" }, showToken(before.tokens[k])),
-          h("td", { class: "mw-num" }, fmt(pb.data[k])),
-          ...(after && pa ? [h("td", { class: "mw-tok", "data-testid": `after-${k}` }, showToken(after.tokens[k] ?? "")), h("td", { class: "mw-num" }, fmt(pa.data[k] ?? NaN))] : []),
-        ),
-      );
-    }
-    preds.append(h("div", { class: "mw-subtitle" }, "Next-token predictions at the last position"), table);
+    const columns: PredictionsColumn[] = [{ label: "next token", ...before }];
+    if (after?.tokens) columns.push({ label: "after ablation", ...after, cellTestid: "after" });
+    preds.append(h("div", { class: "mw-subtitle" }, "Next-token predictions at the last position"), predictionsTable(columns));
   };
 
   const drawControls = (): void => {
@@ -441,8 +435,7 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
 
   // ------------------------------------------------------------------ actions
   function setAblation(heads: number[][], mlps: number[]): void {
-    status.setLocalError("");
-    client.request("ablate", { heads, mlps, mode: modeSelect.value }).catch(fail);
+    w.ask("ablate", { heads, mlps, mode: modeSelect.value });
   }
 
   function toggle(label: string): void {
@@ -468,8 +461,7 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
     const ab = model.get("ablated") ?? {};
     if ((ab.heads ?? []).length || (ab.mlps ?? []).length) setAblation(ab.heads ?? [], ab.mlps ?? []);
     else {
-      model.set("ablation_mode", modeSelect.value);
-      model.save_changes();
+      w.set("ablation_mode", modeSelect.value);
     }
   });
   clearButton.addEventListener("click", () => setAblation([], []));
@@ -488,27 +480,17 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
     topkCache.clear();
     drawAll();
   };
-  model.on("change:ablation", onAblation);
+  w.on("ablation", onAblation);
   const onAblated = (): void => {
     drawBars();
     drawControls();
   };
-  model.on("change:ablated", onAblated);
-  model.on("change:lens", onData);
-  model.on("change:dla", onData);
-  model.on("change:norms", onData);
+  w.on("ablated", onAblated);
+  w.on(["lens", "dla", "norms"], onData);
   if (hasAblation()) run = "ablated";
   drawAll();
 
-  return () => {
-    model.off("change:ablation", onAblation);
-    model.off("change:ablated", onAblated);
-    model.off("change:lens", onData);
-    model.off("change:dla", onData);
-    model.off("change:norms", onData);
-    client.dispose();
-    status.dispose();
-  };
+  return w.dispose;
 }
 
 export default { render };

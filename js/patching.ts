@@ -3,11 +3,11 @@
 // component redraws from the `grids` trait when that view is cached (no kernel round trip).
 
 import { decodeArray, isEncoded, type Encoded, type NDArray } from "./lib/array";
-import { mountStatus } from "./lib/banner";
 import { css, diverging, sequential } from "./lib/colormap";
 import { clip, fmt, h, showToken } from "./lib/dom";
 import { HeatmapView, legend } from "./lib/heatmap";
-import { RequestClient, StaleReplyError, type ModelLike } from "./lib/request";
+import { predictionsTable } from "./lib/predictions";
+import { Widget, type StatusTraits, type WidgetProps } from "./lib/widget";
 
 export interface Grid {
   attribution?: Encoded;
@@ -36,10 +36,27 @@ interface Detail {
   value?: number;
 }
 
-export interface PatchingModel extends ModelLike {
-  get(name: string): any;
-  set(name: string, value: unknown): void;
-  save_changes(): void;
+/** The synced traits of mechwidgets/widgets/patching.py:PatchingWidget. */
+export interface PatchingTraits extends StatusTraits {
+  clean_tokens: string[];
+  corrupted_tokens: string[];
+  /** Positions where the corrupted prompt differs from the clean one. */
+  differing: number[];
+  answer: string;
+  wrong_answer: string;
+  answer_note: string;
+  component: string;
+  direction: string;
+  metric: string;
+  components: string[];
+  metrics: string[];
+  /** Computed views by gridKey(component, direction, metric). */
+  grids: Record<string, Grid>;
+  /** Replacement tokens proposed for the clicked clean position. */
+  candidates: { pos?: number; tokens?: string[] };
+  detail: Detail;
+  n_layers: number;
+  n_heads: number;
 }
 
 const DIRECTION_HELP: Record<string, string> = {
@@ -96,26 +113,14 @@ function download(name: string, blob: Blob): void {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
-export function render({ model, el }: { model: PatchingModel; el: HTMLElement }): () => void {
-  const client = new RequestClient(model);
-  const root = h("div", { class: "mw-root mw-patching" });
-  el.append(root);
-  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
-  const fail = (e: unknown): void => {
-    if (e instanceof StaleReplyError) return;
-    if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
-  };
-  const ask = (kind: string, args: Record<string, unknown>): void => {
-    status.setLocalError("");
-    client.request(kind, args).catch(fail);
-  };
+export function render({ model, el }: WidgetProps<PatchingTraits>): () => void {
+  const w = new Widget(model, el, "mw-patching");
+  const { root, ask } = w;
   // A new corrupted prompt or new answers clear the grids: compute the current view again.
   const askThenView = (kind: string, args: Record<string, unknown>): void => {
-    status.setLocalError("");
-    client
-      .request(kind, args)
+    w.request(kind, args)
       .then(() => setView({}))
-      .catch(fail);
+      .catch(w.fail);
   };
 
   // ------------------------------------------------------------------ layout
@@ -340,24 +345,13 @@ export function render({ model, el }: { model: PatchingModel; el: HTMLElement })
       }
       detail.append(row);
     } else if (d.kind === "logits" && d.top_tokens && isEncoded(d.top_probs)) {
-      const probs = decodeArray(d.top_probs);
-      const base = isEncoded(d.base_probs) ? decodeArray(d.base_probs) : null;
-      const table = h("table", { class: "mw-table", "data-testid": "detail-logits" }, h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "unpatched run"), h("th", {}, "p"), h("th", {}, "with this patch"), h("th", {}, "p"))));
-      const body = h("tbody", {});
-      d.top_tokens.forEach((tok, k) => {
-        body.append(
-          h(
-            "tr",
-            {},
-            h("td", {}, k + 1),
-            h("td", { class: "mw-tok" }, showToken(d.base_tokens?.[k] ?? "")),
-            h("td", { class: "mw-num" }, base ? fmt(base.data[k], 3) : ""),
-            h("td", { class: "mw-tok" }, showToken(tok)),
-            h("td", { class: "mw-num" }, fmt(probs.data[k], 3)),
-          ),
-        );
-      });
-      table.append(body);
+      const table = predictionsTable(
+        [
+          { label: "unpatched run", tokens: d.base_tokens ?? [], probs: d.base_probs },
+          { label: "with this patch", tokens: d.top_tokens, probs: d.top_probs },
+        ],
+        "detail-logits",
+      );
       detail.append(table);
     }
   };
@@ -443,28 +437,18 @@ export function render({ model, el }: { model: PatchingModel; el: HTMLElement })
   });
 
   // ------------------------------------------------------------------ trait changes
-  const events: [string, () => void][] = [
-    ["change:clean_tokens", drawTokens],
-    ["change:corrupted_tokens", drawTokens],
-    ["change:differing", drawTokens],
-    ["change:answer", drawTokens],
-    ["change:wrong_answer", drawTokens],
-    ["change:answer_note", drawTokens],
-    ["change:candidates", drawCandidates],
-    ["change:grids", drawGrids],
-    ["change:component", () => { drawControls(); drawGrids(); }],
-    ["change:direction", () => { drawControls(); drawGrids(); }],
-    ["change:metric", () => { drawControls(); drawGrids(); }],
-    ["change:detail", drawDetail],
-  ];
-  for (const [ev, cb] of events) model.on(ev, cb);
+  const onView = (): void => {
+    drawControls();
+    drawGrids();
+  };
+  w.on(["clean_tokens", "corrupted_tokens", "differing", "answer", "wrong_answer", "answer_note"], drawTokens);
+  w.on("candidates", drawCandidates);
+  w.on("grids", drawGrids);
+  w.on(["component", "direction", "metric"], onView);
+  w.on("detail", drawDetail);
   drawAll();
 
-  return () => {
-    for (const [ev, cb] of events) model.off(ev, cb);
-    client.dispose();
-    status.dispose();
-  };
+  return w.dispose;
 }
 
 export default { render };

@@ -1,7 +1,7 @@
 // @vitest-environment happy-dom
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { pct, render, type Layout, type TreeRow } from "./scrubbing";
-import { FakeModel, f32 } from "./lib/fake_model";
+import { f32, harness } from "./lib/fake_model";
 
 const TREE: TreeRow[] = [
   { path: "output", component: "output", feature: "identity", kept: true, active: true, depth: 0, parent: -1 },
@@ -25,11 +25,8 @@ const LAYOUT = lay([[0, -1, 0, 188, 28], [1, 0, 0, 110, 86], [2, 1, 0, 58, 144],
 // ... and with output/L1H2 folded
 const FOLDED = lay([[0, -1, 0, 110, 28], [1, 0, 3, 58, 86], [5, 0, 0, 162, 86]], 220, 114);
 
-function makeModel(extra: Record<string, any> = {}) {
-  return new FakeModel({
+const { makeModel, mount, itRemovesItsListeners } = harness(render, () => ({
     live: true,
-    error: "",
-    progress: {},
     tree: TREE,
     collapsed: [],
     layout: LAYOUT,
@@ -55,23 +52,7 @@ function makeModel(extra: Record<string, any> = {}) {
       { step: 1, label: "initial hypothesis", fraction: 0.9, fraction_std: 0.01, scrubbed: 0.9, random: 4.5, clean: 0.5, nodes: {} },
       { step: 2, label: "output/embed: kept → resampled", fraction: 0.875, fraction_std: 0.025, scrubbed: 1.0, random: 4.5, clean: 0.5, nodes: {} },
     ],
-    ...extra,
-  });
-}
-
-let cleanup: (() => void) | null = null;
-afterEach(() => {
-  cleanup?.();
-  cleanup = null;
-  document.body.replaceChildren();
-});
-
-function mount(model: FakeModel) {
-  const el = document.createElement("div");
-  document.body.append(el);
-  cleanup = render({ model: model as any, el });
-  return el;
-}
+}));
 
 const node = (el: HTMLElement, path: string) => el.querySelector(`[data-testid="node-${path}"]`) as SVGGElement;
 const toggle = (el: HTMLElement, path: string) => el.querySelector(`[data-testid="toggle-${path}"]`) as SVGGElement;
@@ -266,11 +247,5 @@ describe("scrubbing frontend", () => {
     expect(el.querySelector('[data-testid="history-table"]')!.textContent).toContain(evil);
   });
 
-  it("removes its listeners on cleanup", () => {
-    const model = makeModel();
-    mount(model);
-    cleanup!();
-    cleanup = null;
-    for (const set of model.listeners.values()) expect(set.size).toBe(0);
-  });
+  itRemovesItsListeners();
 });

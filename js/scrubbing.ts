@@ -5,9 +5,8 @@
 // renders with no kernel); changes are `evaluate` requests, long jobs with progress and cancel.
 
 import { decodeArray, isEncoded, type Encoded } from "./lib/array";
-import { mountStatus } from "./lib/banner";
 import { clip, fmt, h } from "./lib/dom";
-import { RequestClient, StaleReplyError, type ModelLike } from "./lib/request";
+import { Widget, type StatusTraits, type WidgetProps } from "./lib/widget";
 
 export interface TreeRow {
   path: string;
@@ -48,10 +47,28 @@ export interface HistoryEntry {
   nodes: Record<string, { kept: boolean; feature: string }>;
 }
 
-export interface ScrubbingModel extends ModelLike {
-  get(name: string): any;
-  set(name: string, value: unknown): void;
-  save_changes(): void;
+export interface DatasetInfo {
+  n_inputs?: number;
+  length?: number;
+  positions?: number[];
+  metric?: string;
+  n_seeds?: number;
+  n_references?: number;
+}
+
+/** The synced traits of mechwidgets/widgets/scrubbing.py:ScrubbingWidget. */
+export interface ScrubbingTraits extends StatusTraits {
+  /** The hypothesis, one row per node, parents before children. */
+  tree: TreeRow[];
+  features: FeatureInfo[];
+  result: ResultState;
+  history: HistoryEntry[];
+  dataset: DatasetInfo;
+  live: boolean;
+  /** Paths of the folded nodes (Python's; a fold click asks Python). */
+  collapsed: string[];
+  /** Where each shown node is drawn (mechwidgets/widgets/_scrubbing_tree.py:tree_layout). */
+  layout: Layout;
 }
 
 /** Where each node not folded away is drawn: the `layout` trait, computed in Python
@@ -98,11 +115,9 @@ function describe(component: string): string {
   return component;
 }
 
-export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }): () => void {
-  const client = new RequestClient(model);
-  const root = h("div", { class: "mw-root mw-scrubbing" });
-  el.append(root);
-  const status = mountStatus(model, root, (kind, id) => client.cancel(kind, id));
+export function render({ model, el }: WidgetProps<ScrubbingTraits>): () => void {
+  const w = new Widget(model, el, "mw-scrubbing");
+  const { root } = w;
   const live = (): boolean => model.get("live") !== false;
   const tree = (): TreeRow[] => model.get("tree") ?? [];
   const features = (): FeatureInfo[] => model.get("features") ?? [];
@@ -135,18 +150,14 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
   const fail = (e: unknown): void => {
     pending = false;
     drawResult();
-    if (e instanceof StaleReplyError) return; // superseded, or cancelled (by the user or a restore)
-    // the kernel also writes the message into the `error` trait; this covers a dead kernel
-    if (!model.get("error")) status.setLocalError(e instanceof Error ? e.message : String(e));
+    w.fail(e); // no banner when superseded or cancelled (by the user or a restore)
   };
 
   function evaluate(nodes: Record<string, { kept?: boolean; feature?: string }>): void {
     if (!live()) return;
-    status.setLocalError("");
     pending = true;
     drawResult();
-    client
-      .request("evaluate", { nodes })
+    w.request("evaluate", { nodes })
       .then(() => {
         pending = false;
         drawResult();
@@ -156,8 +167,7 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
 
   function restore(step: number): void {
     if (!live()) return;
-    status.setLocalError("");
-    client.request("restore", { step }).catch(fail);
+    w.request("restore", { step }).catch(fail);
   }
 
   function select(path: string): void {
@@ -216,7 +226,7 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
         fold.addEventListener("click", (ev) => {
           ev.stopPropagation();
           // Python folds it: the `collapsed` and `layout` traits change
-          if (live()) client.request("fold", { path: row.path, folded: !isCollapsed }).catch((e) => e instanceof StaleReplyError || fail(e));
+          if (live()) w.ask("fold", { path: row.path, folded: !isCollapsed });
         });
         g.append(fold);
       }
@@ -389,24 +399,15 @@ export function render({ model, el }: { model: ScrubbingModel; el: HTMLElement }
     drawResult();
     drawHistory();
   };
-  model.on("change:tree", onTree);
-  model.on("change:layout", drawTree);
-  model.on("change:features", drawPanel);
-  model.on("change:result", onResult);
-  model.on("change:history", drawHistory);
-  model.on("change:dataset", drawTitle);
+  w.on("tree", onTree);
+  w.on("layout", drawTree);
+  w.on("features", drawPanel);
+  w.on("result", onResult);
+  w.on("history", drawHistory);
+  w.on("dataset", drawTitle);
   drawAll();
 
-  return () => {
-    model.off("change:tree", onTree);
-    model.off("change:layout", drawTree);
-    model.off("change:features", drawPanel);
-    model.off("change:result", onResult);
-    model.off("change:history", drawHistory);
-    model.off("change:dataset", drawTitle);
-    client.dispose();
-    status.dispose();
-  };
+  return w.dispose;
 }
 
 export default { render };

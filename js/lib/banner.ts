@@ -1,11 +1,20 @@
 // The error banner and the progress bar every widget shows.
+import type { AnyModel } from "@anywidget/types";
 import { clear, h } from "./dom";
 
-export interface BannerModel {
-  get(name: "error"): string;
-  get(name: "progress"): { kind?: string; id?: unknown; done?: number; total?: number; message?: string };
-  on(event: string, cb: () => void): void;
-  off(event: string, cb?: () => void): void;
+/** A long job's progress (mechwidgets/widgets/_base.py): `id` names the running request. */
+export interface Progress {
+  kind?: string;
+  id?: unknown;
+  done?: number;
+  total?: number;
+  message?: string;
+}
+
+/** The traits every widget has: the kernel's last error message and a long job's progress. */
+export interface StatusTraits {
+  error: string;
+  progress: Progress;
 }
 
 export interface Status {
@@ -16,7 +25,7 @@ export interface Status {
 
 /** A banner bound to the `error` trait, plus a progress bar (with cancel) bound to `progress`;
  * the cancel button names the running request (its kind and id). */
-export function mountStatus(model: BannerModel, el: HTMLElement, onCancel?: (kind: string, id: unknown) => void): Status {
+export function mountStatus(model: AnyModel<StatusTraits>, el: HTMLElement, onCancel?: (kind: string, id: unknown) => void): Status {
   const banner = h("div", { class: "mw-error", role: "alert" });
   const progress = h("div", { class: "mw-progress" });
   el.append(banner, progress);
