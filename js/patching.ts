@@ -287,7 +287,8 @@ export function render({ model, el }: { model: PatchingModel; el: HTMLElement })
     if (!ctx) return;
     const W = scatter.width;
     const H = scatter.height;
-    ctx.fillStyle = "white";
+    const theme = getComputedStyle(scatter); // the theme's colours (js/lib/style.css: --mw-*)
+    ctx.fillStyle = theme.getPropertyValue("--mw-bg") || "white";
     ctx.fillRect(0, 0, W, H);
     if (!exact || !attrib) return;
     const pts: [number, number][] = [];
@@ -299,7 +300,7 @@ export function render({ model, el }: { model: PatchingModel; el: HTMLElement })
     for (const [x, y] of pts) m = Math.max(m, Math.abs(x), Math.abs(y));
     const px = (v: number) => ((v / m + 1) / 2) * (W - 20) + 10;
     const py = (v: number) => H - (((v / m + 1) / 2) * (H - 20) + 10);
-    ctx.strokeStyle = "#d0d7de";
+    ctx.strokeStyle = theme.getPropertyValue("--mw-border") || "#d0d7de";
     ctx.beginPath();
     ctx.moveTo(px(-m), py(-m));
     ctx.lineTo(px(m), py(m));
@@ -308,7 +309,7 @@ export function render({ model, el }: { model: PatchingModel; el: HTMLElement })
     ctx.moveTo(px(-m), py(0));
     ctx.lineTo(px(m), py(0));
     ctx.stroke();
-    ctx.fillStyle = "#0969da";
+    ctx.fillStyle = theme.getPropertyValue("--mw-accent") || "#0969da";
     for (const [x, y] of pts) {
       ctx.beginPath();
       ctx.arc(px(x), py(y), 2.5, 0, 2 * Math.PI);
