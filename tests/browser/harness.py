@@ -505,6 +505,11 @@ class LabPage:
         self.lab.write_notebook(name, cells)
         workspace = f"t{uuid.uuid4().hex[:12]}"
         self.page.goto(f"{self.lab.url}/lab/workspaces/{workspace}/tree/{name}?reset")
+        self._attach(name, timeout_ms)
+
+    def _attach(self, name: str, timeout_ms: float) -> None:
+        """Wait for notebook ``name`` to be the app's current widget; keep its panel; wait for
+        its kernel."""
         self.page.wait_for_function(
             """(name) => {
                 const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -619,20 +624,7 @@ class Notebook7Page(LabPage):
     def open(self, name: str, cells: list[str], timeout_ms: float = 120_000) -> None:
         self.lab.write_notebook(name, cells)
         self.page.goto(f"{self.lab.url}/notebooks/{name}")
-        self.page.wait_for_function(
-            """(name) => {
-                const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-                return !!(w && w.context && w.context.path === name && w.content && w.content.widgets);
-            }""",
-            arg=name,
-            timeout=timeout_ms,
-        )
-        panel_id = self.page.evaluate(
-            "() => { window.__mwPanel = window.jupyterapp.shell.currentWidget; return window.__mwPanel.id; }"
-        )
-        self.panel = self.page.locator(f"[id='{panel_id}']")
-        self.panel.locator(".jp-Cell").first.wait_for(timeout=timeout_ms)
-        self.wait_idle(timeout_ms)
+        self._attach(name, timeout_ms)
 
     def wait_idle(self, timeout_ms: float = 120_000) -> None:
         """The notebook's kernel is connected and idle (read from its session context)."""
