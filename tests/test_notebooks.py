@@ -45,13 +45,19 @@ def widget_outputs(nb: Any) -> list[Any]:
 
 
 def shape(nb: Any) -> list[list[tuple[str, ...]]]:
-    """Per code cell, its outputs as (type, stream name or MIME types, text with digits masked)."""
+    """Per code cell, its outputs as (type, stream name or MIME types, text with numbers masked).
+    Consecutive pieces of one stream are joined (how a kernel splits its output into messages
+    depends on timing)."""
     out = []
     for cell in code_cells(nb):
         rows: list[tuple[str, ...]] = []
         for o in cell.get("outputs", []):
             if o.output_type == "stream":
-                rows.append(("stream", o.name, re.sub(r"\d+", "#", o.text)))
+                text = re.sub(r"-?\d+", "#", o.text)
+                if rows and rows[-1][:2] == ("stream", o.name):
+                    rows[-1] = ("stream", o.name, rows[-1][2] + text)
+                else:
+                    rows.append(("stream", o.name, text))
             elif o.output_type in ("display_data", "execute_result"):
                 rows.append((o.output_type, *sorted(o.data)))
             else:
