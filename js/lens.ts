@@ -283,11 +283,13 @@ export function render({ model, el }: WidgetProps<LensTraits>): () => void {
       const rank = before.data[i * nPos + nPos - 1];
       const td = h("td", { class: "mw-num" }, String(rank));
       td.style.background = css(sequential(1 / (1 + rank)));
+      if (1 / (1 + rank) > 0.6) td.style.color = "white"; // as the lens cells: white on dark
       r0.append(td);
       if (after) {
         const ra = after.data[i * nPos + nPos - 1];
         const ta = h("td", { class: "mw-num" }, String(ra));
         ta.style.background = css(sequential(1 / (1 + ra)));
+        if (1 / (1 + ra) > 0.6) ta.style.color = "white";
         r1.append(ta);
       }
     }

@@ -292,8 +292,10 @@ export function render({ model, el }: WidgetProps<PatchingTraits>): () => void {
     if (!ctx) return;
     const W = scatter.width;
     const H = scatter.height;
-    ctx.fillStyle = "white";
-    ctx.fillRect(0, 0, W, H);
+    // the theme's colours (js/lib/style.css: --mw-*) once the canvas is in the page (before,
+    // mid-tones that read on light and dark); the background is the element's own (CSS)
+    const theme = getComputedStyle(scatter);
+    ctx.clearRect(0, 0, W, H);
     if (!exact || !attrib) return;
     const pts: [number, number][] = [];
     for (let k = 0; k < exact.data.length; k++) {
@@ -304,7 +306,7 @@ export function render({ model, el }: WidgetProps<PatchingTraits>): () => void {
     for (const [x, y] of pts) m = Math.max(m, Math.abs(x), Math.abs(y));
     const px = (v: number) => ((v / m + 1) / 2) * (W - 20) + 10;
     const py = (v: number) => H - (((v / m + 1) / 2) * (H - 20) + 10);
-    ctx.strokeStyle = "#d0d7de";
+    ctx.strokeStyle = theme.getPropertyValue("--mw-border-strong") || "#8c959f";
     ctx.beginPath();
     ctx.moveTo(px(-m), py(-m));
     ctx.lineTo(px(m), py(m));
@@ -313,7 +315,7 @@ export function render({ model, el }: WidgetProps<PatchingTraits>): () => void {
     ctx.moveTo(px(-m), py(0));
     ctx.lineTo(px(m), py(0));
     ctx.stroke();
-    ctx.fillStyle = "#0969da";
+    ctx.fillStyle = theme.getPropertyValue("--mw-accent") || "#1f6feb";
     for (const [x, y] of pts) {
       ctx.beginPath();
       ctx.arc(px(x), py(y), 2.5, 0, 2 * Math.PI);

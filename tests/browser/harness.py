@@ -19,7 +19,10 @@ Nothing here imports pytest, so a benchmark can use it too.
   through ``MechWidget._on_frontend_message``). Binary buffers travel as binary (fetched once from the 127.0.0.1 server, as a websocket
   carries them, not as base64 through Playwright) and arrive in JS as ``DataView``.
 - :class:`JupyterLab` / :class:`LabPage`: a real JupyterLab server on 127.0.0.1 and helpers to
-  open a notebook, wait for its kernel, run cells and read their output.
+  open a notebook, wait for its kernel, run cells and read their output. ``JupyterLab(settings=
+  {**DARK_THEME, **NO_WINDOWING})`` starts it with extra user settings (the dark theme, every
+  cell in the DOM); ``JupyterLab(app="notebook")`` starts Jupyter Notebook 7 instead, whose
+  notebooks :class:`Notebook7Page` opens.
 """
 
 from __future__ import annotations
@@ -357,10 +360,34 @@ class WidgetHarness:
 
 
 # ---------------------------------------------------------------------------------------- JupyterLab
+#: the server application classes (``python -m <app>``) whose ``expose_app_in_browser`` we set
+_APP_CLASSES = {"jupyterlab": "LabApp", "notebook": "JupyterNotebookApp"}
+
+#: user settings for :class:`JupyterLab`: the dark theme, every cell in the DOM (no windowing:
+#: a widget far down a notebook renders and can be screenshotted without scrolling first)
+DARK_THEME: dict[str, dict[str, Any]] = {
+    "@jupyterlab/apputils-extension:themes": {"theme": "JupyterLab Dark"},
+}
+NO_WINDOWING: dict[str, dict[str, Any]] = {
+    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
+}
+
+
 class JupyterLab:
     """A JupyterLab server on 127.0.0.1: free port, no token, no password, temporary dirs."""
 
-    def __init__(self, startup_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        startup_timeout: float = 120.0,
+        *,
+        settings: dict[str, dict[str, Any]] | None = None,
+        app: str = "jupyterlab",
+    ) -> None:
+        """``settings``: extra user settings, ``{"<extension>:<plugin>": {...}}`` (e.g.
+        :data:`DARK_THEME`). ``app``: ``"jupyterlab"`` or ``"notebook"`` (Jupyter Notebook 7,
+        which reads the same settings; open its notebooks with :class:`Notebook7Page`)."""
+        if app not in _APP_CLASSES:
+            raise ValueError(f"app must be one of {sorted(_APP_CLASSES)}, not {app!r}")
         self.tmp = Path(tempfile.mkdtemp(prefix="mw-lab-"))
         self.root = self.tmp / "notebooks"
         for d in ("notebooks", "config", "data", "runtime", "settings", "workspaces"):
@@ -371,6 +398,11 @@ class JupyterLab:
         (notif / "notification.jupyterlab-settings").write_text(
             json.dumps({"fetchNews": "false", "checkForUpdates": False})
         )
+        for key, values in (settings or {}).items():
+            extension, plugin = key.split(":")
+            folder = self.tmp / "settings" / extension
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{plugin}.jupyterlab-settings").write_text(json.dumps(values))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
@@ -383,8 +415,9 @@ class JupyterLab:
             TRANSFORMERS_OFFLINE="1",
             PYTHONUNBUFFERED="1",
         )
+        app_class = _APP_CLASSES[app]
         cmd = [
-            sys.executable, "-m", "jupyterlab",
+            sys.executable, "-m", app,
             "--no-browser",
             "--allow-root",
             "--ServerApp.ip=127.0.0.1",
@@ -394,9 +427,15 @@ class JupyterLab:
             "--ServerApp.password=",
             "--ServerApp.disable_check_xsrf=True",
             f"--ServerApp.root_dir={self.root}",
-            "--LabApp.expose_app_in_browser=True",
-            "--LabApp.news_url=None",
-            "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+            f"--{app_class}.expose_app_in_browser=True",
+            *(
+                [
+                    "--LabApp.news_url=None",
+                    "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+                ]
+                if app == "jupyterlab"
+                else []
+            ),
             "--MappingKernelManager.cull_idle_timeout=0",
         ]
         self.log_path = self.tmp / "server.log"
@@ -466,6 +505,11 @@ class LabPage:
         self.lab.write_notebook(name, cells)
         workspace = f"t{uuid.uuid4().hex[:12]}"
         self.page.goto(f"{self.lab.url}/lab/workspaces/{workspace}/tree/{name}?reset")
+        self._attach(name, timeout_ms)
+
+    def _attach(self, name: str, timeout_ms: float) -> None:
+        """Wait for notebook ``name`` to be the app's current widget; keep its panel; wait for
+        its kernel."""
         self.page.wait_for_function(
             """(name) => {
                 const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
@@ -568,6 +612,29 @@ class LabPage:
             if time.monotonic() > deadline:
                 raise AssertionError(f"still false after {timeout_s} s: {expr}")
             self.page.wait_for_timeout(250)
+
+
+class Notebook7Page(LabPage):
+    """A Jupyter Notebook 7 page (``JupyterLab(app="notebook")``) with one open notebook.
+
+    Notebook 7 is built from JupyterLab's packages: the notebook panel, its commands and its
+    cells are the same, so :class:`LabPage`'s helpers work; only the URL and the kernel status
+    (Notebook 7 has no status bar) differ."""
+
+    def open(self, name: str, cells: list[str], timeout_ms: float = 120_000) -> None:
+        self.lab.write_notebook(name, cells)
+        self.page.goto(f"{self.lab.url}/notebooks/{name}")
+        self._attach(name, timeout_ms)
+
+    def wait_idle(self, timeout_ms: float = 120_000) -> None:
+        """The notebook's kernel is connected and idle (read from its session context)."""
+        self.page.wait_for_function(
+            """() => {
+                const k = window.__mwPanel.sessionContext.session?.kernel;
+                return !!(k && k.connectionStatus === 'connected' && k.status === 'idle');
+            }""",
+            timeout=timeout_ms,
+        )
 
 
 # ---------------------------------------------------------------------------------------- text helpers
