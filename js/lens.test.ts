@@ -105,7 +105,7 @@ describe("lens frontend", () => {
     // as the kernel sends it: the array's bytes as a message buffer
     const probs = new Float32Array([0.5, 0.1, 0.4, 0.3, 0.2, 0.1]);
     model.reply(
-      { type: "reply", id: req.id, kind: "layer_topk", result: { layer: 0, run: "clean", probs: { dtype: "float32", shape: [3, 2], buffer: { $buffer: 0 } }, strs: [["a", "b"], ["c", "d"], ["e", "f"]] } },
+      { type: "reply", id: req.id, kind: "layer_topk", result: { layer: 0, run: "clean", probs: { dtype: "float32", shape: [3, 2] }, strs: [["a", "b"], ["c", "d"], ["e", "f"]] }, buffer_paths: [["result", "probs", "buffer"]] },
       [new DataView(probs.buffer)],
     );
     await new Promise((r) => setTimeout(r, 0));

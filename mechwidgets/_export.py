@@ -2,18 +2,14 @@
 
 ``jupyter nbconvert --to html`` loads require.js, the ipywidgets HTML manager and anywidget from
 CDNs, so offline its widgets are blank. This module writes ONE HTML file that needs nothing but
-itself:
+itself: the standalone runtime, each drawn widget's saved state and code (stored once per distinct
+text), and for every widget a fallback (its static picture, else its text), shown when scripts
+are off and replaced once the widget drew.
 
-- a small runtime (``js/standalone.ts``, built to ``mechwidgets/static/standalone.js``) that
-  implements the anywidget model interface (``get/set/on/off``; ``send`` and ``save_changes``
-  do nothing) over the saved state, puts the saved binary buffers back at their nested paths as
-  ``DataView`` s, imports each widget's ES module from a Blob URL and calls its ``render``;
-- a payload in ``<script type="application/json" id="mw-export-data">``: each widget's saved
-  state and buffers (base64), its ES module and CSS (stored once per distinct text);
-- for every widget, a fallback inside its host element (the static SVG/PNG picture of its MIME
-  bundle, else its ``text/plain``), shown when scripts are off and replaced once the widget drew.
-
-Entry points: :func:`widget_to_html` (``widget.to_html(path)``), :func:`notebook_to_html` and
+The page's pieces (saved state, payload, runtime, fallback) are in :mod:`mechwidgets._standalone`,
+which also writes one widget's page (``widget.to_html(path)``, :func:`widget_to_html`); this module
+decides how each widget of a notebook is drawn (its trust rules, below) and renders the notebook
+around them. Entry points: :func:`notebook_to_html` and
 :func:`export_notebook` (``python -m mechwidgets export notebook.ipynb -o out.html``). A notebook
 must carry its widget state (``nbclient`` saves it when it executes a notebook; JupyterLab's
 "Save Widget State Automatically"), or be exported with ``execute=True``.
@@ -54,10 +50,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
-import html
-import json
-import math
 import os
 import re
 import secrets
@@ -68,17 +60,28 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from ._standalone import (
+    _FALLBACK_CSS,
+    MAX_STATE_BYTES,
+    STATIC_OVERRIDES,
+    _esm_of,
+    _host,
+    _Payload,
+    fallback_html,
+    json_for_script,
+    runtime_js,
+    saved_state_nbytes,
+    static_file,
+    to_html,
+    widget_saved_state,
+    widget_to_html,
+    without_nonfinite,
+)
 from .errors import ExportError, MissingDependencyError
 
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
-#: Traits a static page overrides for mechwidgets widgets: there is no model behind the page.
-STATIC_OVERRIDES: dict[str, Any] = {"live": False}
-
-#: The most saved state (JSON, base64 buffers included) one widget may bring into a page. A
-#: mechwidgets view is at most ~2 MB on a 128-token prompt (tests/test_export.py measures it).
-MAX_STATE_BYTES = 32 * 1024 * 1024
 #: The largest image file embedded from the notebook's folder.
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 #: Keys a saved buffer path may not hold (they would reach an object's prototype in JS).
@@ -86,113 +89,10 @@ UNSAFE_KEYS = frozenset({"__proto__", "constructor", "prototype"})
 #: The install command named when the export's dependencies are missing.
 EXPORT_EXTRA = "pip install 'mechwidgets[export]'"
 
-_FALLBACK_CSS = """
-.mw-export-fallback img { max-width: 100%; height: auto; }
-.mw-export-fallback pre { white-space: pre-wrap; word-break: break-all; }
-"""
-_STATIC_PAGE_CSS = (
-    "body { margin: 16px; background: #fff; color: #1f2328; font-family: system-ui, sans-serif; }"
-    + _FALLBACK_CSS
-)
-
-# An ES module that imports from a URL would reach the network: such widgets keep their picture.
-_REMOTE_IMPORT = re.compile(r"""(?:\bfrom\s*|\bimport\s*\(?\s*)["'`](?:https?:)?//""")
 # CSS that loads something from a URL (a trusted widget's saved style is dropped if it does).
 _REMOTE_CSS = re.compile(r"""@import|url\(\s*["']?\s*(?:[a-z][a-z0-9+.-]*:)?//""", re.I)
 
-
-# ------------------------------------------------------------------------------------ escaping
-def json_for_script(obj: Any) -> str:
-    """JSON that is safe inside a ``<script>`` element, whatever strings ``obj`` holds.
-
-    ``<``, ``>`` and ``&`` only occur inside JSON strings, where ``\\u003c`` etc. mean the same
-    character to ``JSON.parse``; with them gone the text can neither close the element
-    (``</script>``) nor open an HTML comment (``<!--``). Non-ASCII (right-to-left marks, lone
-    surrogates of broken tokens) is written as ``\\uXXXX`` too.
-    """
-    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------ state
-def _split_buffers(obj: Any, path: list[Any], out: list[dict[str, Any]]) -> Any:
-    """Remove ``bytes``/``memoryview`` values from a state, recording them ipywidgets-style."""
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        raw = obj.tobytes() if isinstance(obj, memoryview) else bytes(obj)
-        out.append({"path": list(path), "data": base64.b64encode(raw).decode("ascii"), "encoding": "base64"})
-        return None
-    if isinstance(obj, dict):
-        kept: dict[str, Any] = {}
-        for k, v in obj.items():
-            if isinstance(v, (bytes, bytearray, memoryview)):
-                _split_buffers(v, [*path, k], out)  # ipywidgets drops the key; put_buffers adds it
-            else:
-                kept[k] = _split_buffers(v, [*path, k], out)
-        return kept
-    if isinstance(obj, (list, tuple)):
-        return [_split_buffers(v, [*path, i], out) for i, v in enumerate(obj)]
-    return obj
-
-
-def widget_saved_state(widget: Any) -> dict[str, Any]:
-    """The entry a notebook saves for ``widget`` (ipywidgets' widget-state format, version 2).
-
-    ``{"model_name", "model_module", "model_module_version", "state", "buffers": [{path, data
-    (base64), encoding}]}``, with every trait (``drop_defaults=False``: anywidget's ``_esm`` is
-    kept). Its JSON size is what the widget adds to a saved notebook.
-    """
-    state = widget.get_state()
-    buffers: list[dict[str, Any]] = []
-    clean = _split_buffers(state, [], buffers)
-    return {
-        "model_name": clean.get("_model_name", ""),
-        "model_module": clean.get("_model_module", ""),
-        "model_module_version": clean.get("_model_module_version", ""),
-        "state": clean,
-        "buffers": buffers,
-    }
-
-
-def saved_state_nbytes(widget: Any) -> int:
-    """Bytes of ``widget``'s saved state as JSON, base64 buffers included (its notebook cost)."""
-    return len(json.dumps(widget_saved_state(widget), separators=(",", ":")).encode("utf-8"))
-
-
-def without_nonfinite(obj: Any) -> tuple[Any, int]:
-    """``obj`` with every ``NaN``/``Infinity`` float replaced by ``None``, and how many there were.
-
-    JSON has no such numbers: a browser's ``JSON.stringify`` writes them as ``null`` (what a
-    widget manager would have received), while Python's ``json`` writes invalid ``NaN`` tokens.
-    """
-    count = 0
-
-    def walk(v: Any) -> Any:
-        nonlocal count
-        if isinstance(v, float) and not math.isfinite(v):
-            count += 1
-            return None
-        if isinstance(v, dict):
-            return {k: walk(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [walk(x) for x in v]
-        return v
-
-    return walk(obj), count
-
-
-def _esm_of(state: dict[str, Any]) -> str | None:
-    esm = state.get("_esm")
-    if not isinstance(esm, str) or not esm.strip():
-        return None
-    if re.match(r"^\s*(?:https?:)?//", esm) or _REMOTE_IMPORT.search(esm):
-        return None
-    return esm
-
-
+# ------------------------------------------------------------------------------------ trust
 def is_renderable(entry: dict[str, Any]) -> bool:
     """True for a saved anywidget whose ES module is inline and imports nothing from a URL.
 
@@ -293,165 +193,6 @@ def how_drawn(entry: Any, *, trust: bool = False, bundles: dict[str, str] | None
         return Verdict("fallback", reason=UNTRUSTED, name=name)
     return Verdict("saved", name=name)
 
-
-@dataclass
-class _Payload:
-    """What the runtime reads: modules and styles stored once, models referencing them."""
-
-    max_state_bytes: int = MAX_STATE_BYTES
-    modules: dict[str, str] = field(default_factory=dict)
-    styles: dict[str, str] = field(default_factory=dict)
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: NaN/Infinity numbers written as null
-    nonfinite: int = 0
-
-    def add(self, model_id: str, state: dict[str, Any], buffers: list[Any], esm: str, css: Any,
-            *, ours: bool, label: str) -> None:
-        """Add one widget drawn by ``esm``; its state's own ``_esm``/``_css`` are never used."""
-        state = {k: v for k, v in state.items() if k not in ("_esm", "_css")}
-        if ours:
-            for key, value in STATIC_OVERRIDES.items():
-                if key in state:
-                    state[key] = value
-        state, nonfinite = without_nonfinite(state)
-        nbytes = len(json.dumps(state, separators=(",", ":"))) + sum(len(b["data"]) for b in buffers)
-        if nbytes > self.max_state_bytes:
-            mb = math.ceil(nbytes / 2**20)
-            raise ExportError(
-                f"{label} has {nbytes / 2**20:.1f} MiB of saved state, over the limit of "
-                f"{self.max_state_bytes / 2**20:g} MiB for one widget (a page that large is slow to "
-                f"open and share). If you mean it, raise the limit: --max-state-mb {mb} "
-                f"(max_state_bytes={mb} * 2**20); otherwise give the widget smaller budgets "
-                f"(max_positions, top_k, layers) or clear that output before saving."
-            )
-        self.nonfinite += nonfinite
-        module = _hash(esm)
-        self.modules[module] = esm
-        style = None
-        if isinstance(css, str) and css.strip():
-            style = _hash(css)
-            self.styles[style] = css
-        self.models[model_id] = {"module": module, "style": style, "state": state, "buffers": list(buffers)}
-
-    def script(self) -> str:
-        data = {"version": 1, "modules": self.modules, "styles": self.styles, "models": self.models}
-        return (
-            f'<script type="application/json" id="mw-export-data">{json_for_script(data)}</script>\n'
-            f'<script type="module">{runtime_js()}</script>\n'
-        )
-
-
-def runtime_js() -> str:
-    """The built standalone runtime, checked to be safe to inline in a ``<script>`` element."""
-    from .widgets._base import static_file
-
-    code = static_file("standalone.js").read_text(encoding="utf-8")
-    lowered = code.lower()
-    if "</script" in lowered or "<!--" in lowered:  # pragma: no cover - guarded by a test
-        raise RuntimeError("standalone.js contains '</script' or '<!--' and cannot be inlined")
-    return code
-
-
-# ------------------------------------------------------------------------------------ fallback
-def fallback_html(data: dict[str, Any], *, alt: str = "widget") -> str:
-    """Markup for a MIME bundle where no widget can draw: its picture, else its text.
-
-    Pictures go in ``<img src="data:...">``, so an SVG cannot run a script; text is escaped.
-    """
-    alt_attr = html.escape(alt, quote=True)
-    svg = data.get("image/svg+xml")
-    if isinstance(svg, list):
-        svg = "".join(svg)
-    if isinstance(svg, str) and svg.strip():
-        b64 = base64.b64encode(svg.encode("utf-8", "replace")).decode("ascii")
-        return f'<img class="mw-export-picture" alt="{alt_attr}" src="data:image/svg+xml;base64,{b64}">'
-    for mime in ("image/png", "image/jpeg"):
-        img = data.get(mime)
-        if isinstance(img, list):
-            img = "".join(img)
-        if isinstance(img, str) and img.strip():
-            b64 = re.sub(r"\s+", "", img)
-            if re.fullmatch(r"[A-Za-z0-9+/=]*", b64):
-                return f'<img class="mw-export-picture" alt="{alt_attr}" src="data:{mime};base64,{b64}">'
-    text = data.get("text/plain", "")
-    if isinstance(text, list):
-        text = "".join(text)
-    return f"<pre>{html.escape(str(text), quote=True)}</pre>" if text else ""
-
-
-def _host(model_id: str, fallback: str) -> str:
-    mid = html.escape(model_id, quote=True)
-    return (
-        f'<div class="mw-export-widget" data-mw-model-id="{mid}">'
-        f'<div class="mw-export-fallback">{fallback}</div></div>'
-    )
-
-
-# ------------------------------------------------------------------------------------ one widget
-def widget_to_html(
-    widget: Any,
-    path: str | os.PathLike[str] | None = None,
-    *,
-    title: str | None = None,
-    max_state_bytes: int = MAX_STATE_BYTES,
-) -> str:
-    """One self-contained HTML page of ``widget``'s current view; written to ``path`` if given.
-
-    The page inlines the runtime, the widget's ES module, CSS and state (buffers in base64), and
-    the static picture as a fallback: opening it makes no network request and needs no kernel.
-    Clicks that would ask the kernel for more (another head's full pattern, an ablation) do
-    nothing there; everything saved in the traits is drawn. A live widget is the user's own, so
-    its own ES module draws it; ``NaN``/``Infinity`` in its traits are written as ``null``.
-
-    Raises:
-        ExportError: the widget has no inline ES module, or more than ``max_state_bytes`` of state.
-
-    Returns:
-        The HTML text.
-    """
-    entry = widget_saved_state(widget)
-    model_id = str(getattr(widget, "model_id", None) or "widget")
-    esm = _esm_of(entry["state"])
-    if esm is None:
-        raise ExportError(
-            f"{type(widget).__name__} has no inline ES module (_esm) that imports nothing from a "
-            f"URL: it cannot be drawn offline, so it cannot be exported as HTML."
-        )
-    payload = _Payload(max_state_bytes=max_state_bytes)
-    ours = str(entry["state"].get("_anywidget_id", "")).startswith("mechwidgets.")
-    payload.add(model_id, entry["state"], entry["buffers"], esm, entry["state"].get("_css"),
-                ours=ours, label=f"this {type(widget).__name__}")
-    bundle: dict[str, Any] = {"text/plain": repr(widget)}
-    try:
-        svg = widget._static_svg() if hasattr(widget, "_static_svg") else None
-    except Exception:  # the picture is a fallback: never let it break the export
-        svg = None
-    if svg:
-        bundle["image/svg+xml"] = svg
-    name = title if title is not None else type(widget).__name__
-    page = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(name)}</title>\n<style>{_STATIC_PAGE_CSS}</style>\n</head>\n<body>\n<main>\n"
-        f"{_host(model_id, fallback_html(bundle, alt=name))}\n</main>\n{payload.script()}</body>\n</html>\n"
-    )
-    if path is not None:
-        Path(path).write_text(page, encoding="utf-8", errors="replace")
-    return page
-
-
-def to_html(self: Any, path: str | os.PathLike[str] | None = None, *, title: str | None = None) -> str:
-    """Write this widget's current view as one self-contained, offline HTML file.
-
-    Args:
-        path: where to write it; ``None`` only returns the text.
-        title: the page title (default: the widget's class name).
-
-    Returns:
-        The HTML text. Opening it makes no network request: the runtime, the widget's code and
-        its data are all inside.
-    """
-    return widget_to_html(self, path, title=title)
 
 
 # ------------------------------------------------------------------------------------ images
@@ -795,8 +536,6 @@ def notebook_to_html(
 
 
 def _installed_text(name: str) -> str:
-    from .widgets._base import static_file
-
     return static_file(name).read_text(encoding="utf-8")
 
 
@@ -868,6 +607,7 @@ def export_notebook(
 __all__ = [
     "EXPORT_EXTRA",
     "MAX_STATE_BYTES",
+    "STATIC_OVERRIDES",
     "UNTRUSTED",
     "ExportSummary",
     "ImageEmbedder",

@@ -1,18 +1,24 @@
 """Binary array transport between Python and the frontend.
 
-An array travels as ``{"dtype": str, "shape": [int, ...], "buffer": bytes}``. In widget state
-ipywidgets lifts the ``bytes`` out of the JSON and sends them as binary buffers; in custom
-messages :func:`split_buffers` does the same by hand. The TypeScript side decodes both with
-``js/lib/array.ts`` (which honours the ``DataView``'s ``byteOffset``). Nothing here calls
-``.tolist()`` on a tensor: numbers stay binary end to end.
+An array travels as ``{"dtype": str, "shape": [int, ...], "buffer": bytes}``. Binary values
+travel in one scheme, ipywidgets' own: lifted out of the JSON (a dict's key removed, a list's
+item set to ``None``) and sent beside it as buffers, each with its path. ipywidgets does it for
+widget state (live, and saved by ``ipywidgets.embed``); :func:`split_buffers` does it, with
+anywidget's copy of the same function, for custom messages, which carry the paths as
+``buffer_paths``. On the page
+``js/lib/array.ts:putBuffers`` puts them back (also for saved state, ``js/lib/static_model.ts``)
+and ``decodeArray`` decodes an array (honouring the ``DataView``'s ``byteOffset``). Nothing here
+calls ``.tolist()`` on a tensor: numbers stay binary end to end.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 import torch
+from anywidget._util import put_buffers, remove_buffers
 
 #: dtypes the frontend decoder understands.
 DTYPES = ("float32", "float16", "uint8", "int32", "uint16")
@@ -61,19 +67,21 @@ def encoded_nbytes(obj: Any) -> int:
     return 0
 
 
-def split_buffers(obj: Any, buffers: list[bytes] | None = None) -> tuple[Any, list[bytes]]:
-    """Replace every ``bytes`` in a nested structure by ``{"$buffer": i}`` and collect them.
+def split_buffers(message: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """Lift every ``bytes``/``memoryview`` out of a custom message (``widget.send(body, buffers)``).
 
-    Used for custom messages (``widget.send(content, buffers)``), which, unlike widget
-    state, do not lift buffers out by themselves. ``js/lib/array.ts:putBuffers`` undoes it.
+    Returns the message without them plus ``"buffer_paths"`` (one path of keys and indices per
+    buffer; absent when there are none) and the buffers in that order. It is anywidget's copy of
+    ipywidgets' ``_remove_buffers``, which splits widget state: one scheme for state, saved state
+    and messages. :func:`join_buffers` and ``js/lib/array.ts:putBuffers`` undo it.
     """
-    if buffers is None:
-        buffers = []
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        buffers.append(bytes(obj))
-        return {"$buffer": len(buffers) - 1}, buffers
-    if isinstance(obj, dict):
-        return {k: split_buffers(v, buffers)[0] for k, v in obj.items()}, buffers
-    if isinstance(obj, (list, tuple)):
-        return [split_buffers(v, buffers)[0] for v in obj], buffers
-    return obj, buffers
+    body, paths, buffers = remove_buffers(message)
+    return ({**body, "buffer_paths": paths} if buffers else body), buffers
+
+
+def join_buffers(message: dict[str, Any], buffers: list[Any]) -> dict[str, Any]:
+    """Inverse of :func:`split_buffers`: the message with each buffer back at its path, as the
+    page reads it (for tests and Python readers of sent messages)."""
+    body = copy.deepcopy({k: v for k, v in message.items() if k != "buffer_paths"})
+    put_buffers(body, message.get("buffer_paths", []), buffers)
+    return body

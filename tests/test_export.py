@@ -794,6 +794,27 @@ def test_unsafe_buffer_paths_are_refused(tmp_path: Path) -> None:
     assert summary.path is not None and 'id="mw-export-data"' not in summary.path.read_text()
 
 
+def test_saved_state_is_ipywidgets_embed_state() -> None:
+    """A widget's saved state is what ``ipywidgets.embed`` saves for it: the state without its
+    binary values, which are base64 ``buffers`` with their paths; put back, they give the
+    widget's state byte for byte."""
+    from ipywidgets.embed import dependency_state
+
+    w = small_attention()
+    entry = _export.widget_saved_state(w)
+    assert entry == dependency_state([w], drop_defaults=False)[w.model_id]
+    assert len(entry["buffers"]) >= 2 and all(b["encoding"] == "base64" for b in entry["buffers"])
+    state = copy.deepcopy(entry["state"])
+    for b in entry["buffers"]:
+        *keys, last = b["path"]
+        node = state
+        for key in keys:
+            node = node[key]
+        assert last not in node  # lifted out, not left as a copy
+        node[last] = base64.b64decode(b["data"])
+    assert state == w.get_state()
+
+
 def test_saved_state_size_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     w = small_attention()
     nbytes = _export.saved_state_nbytes(w)

@@ -15,7 +15,7 @@ import torch
 from support import request
 
 from mechwidgets import LogitLensWidget, show_logit_lens, zoo
-from mechwidgets._tensor import decode_array, encoded_nbytes
+from mechwidgets._tensor import decode_array, encoded_nbytes, join_buffers
 from mechwidgets.analysis.lens import (
     direct_logit_attribution,
     lens_view,
@@ -309,23 +309,13 @@ def test_bad_inputs_raise_clear_errors(model: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- widget
-def _put_buffers(obj: Any, buffers: list[bytes]) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {"$buffer"}:
-            return buffers[obj["$buffer"]]
-        return {k: _put_buffers(v, buffers) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_put_buffers(v, buffers) for v in obj]
-    return obj
-
-
 def _ask(widget: Any, rid: Any, kind: str, **args: Any) -> dict[str, Any]:
     """The last message the widget sends back for a request, binary buffers put back."""
     sent: list[tuple[Any, list[bytes]]] = []
     widget.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))
     widget._on_frontend_message(widget, {"type": "request", "id": rid, "kind": kind, "args": args}, [])
     content, buffers = sent[-1]
-    return _put_buffers(content, buffers)  # type: ignore[no-any-return]
+    return join_buffers(content, buffers)
 
 
 @pytest.fixture

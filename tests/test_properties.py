@@ -39,7 +39,7 @@ from support import TL3
 from mechwidgets import show_attention, show_circuit, show_features, show_patching, zoo
 from mechwidgets._fingerprint import model_fingerprint
 from mechwidgets._model import hook_count
-from mechwidgets._tensor import decode_array
+from mechwidgets._tensor import decode_array, join_buffers
 from mechwidgets.analysis.attention import head_scores
 from mechwidgets.analysis.attribution import attribution_patch
 from mechwidgets.analysis.patching import activation_patch
@@ -70,17 +70,6 @@ def assert_close(shown: Any, want: Any, what: str, atol: float = TOL) -> None:
 
 
 # ------------------------------------------------------------------------------ the user and the page
-def with_buffers(content: Any, buffers: list[Any]) -> Any:
-    """A message as the page reads it: its binary buffers back in place of their references."""
-    if isinstance(content, dict):
-        if set(content) == {"$buffer"}:
-            return buffers[content["$buffer"]]
-        return {k: with_buffers(v, buffers) for k, v in content.items()}
-    if isinstance(content, list):
-        return [with_buffers(v, buffers) for v in content]
-    return content
-
-
 def _scale(x: torch.Tensor, hook: Any, factor: float) -> torch.Tensor:
     return x * factor
 
@@ -101,7 +90,7 @@ class User:
         self.n = 0
         self.ids: list[str] = []
         self.kinds: dict[str, str] = {}  # request id -> kind, in the order they were made
-        widget.send = lambda content, buffers=None: self.sent.append(with_buffers(content, buffers or []))  # type: ignore[method-assign]
+        widget.send = lambda content, buffers=None: self.sent.append(join_buffers(content, buffers or []))  # type: ignore[method-assign]
 
     # -- the page
     def request(self, kind: str, **args: Any) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
-from mechwidgets._tensor import decode_array
+from mechwidgets._args import Int
+from mechwidgets._tensor import decode_array, join_buffers
 from mechwidgets.errors import BudgetError
 from mechwidgets.widgets._base import MAX_UPDATE_BYTES, MechWidget
+from mechwidgets.widgets._requests import page_request
 from mechwidgets.widgets._traits import Arrays, from_json, to_json
 
 
@@ -55,3 +59,29 @@ def test_default_is_not_shared_and_budget_applies() -> None:
 def test_unsupported_dtype_is_refused() -> None:
     with pytest.raises(TypeError, match="cannot be sent"):
         _W().data = np.array(["x"])
+
+
+class _Replies(MechWidget):
+    _bundle = "attention.js"
+
+    @page_request(n=Int(0, 10**9))
+    def _req_tensor(self, n: int) -> Any:
+        return {"x": torch.ones(n, dtype=torch.float64)}  # float64: travels as float32
+
+
+def test_reply_tensors_are_measured_cast_and_sent_as_buffers() -> None:
+    w = _Replies()
+    sent: list[tuple[dict[str, Any], list[Any]]] = []
+    w.send = lambda content, buffers=None: sent.append((content, list(buffers or [])))  # type: ignore[method-assign]
+    w._on_frontend_message(w, {"type": "request", "id": 1, "kind": "tensor", "args": {"n": 3}}, [])
+    content, buffers = sent[-1]
+    assert content["buffer_paths"] == [["result", "x", "buffer"]] and len(buffers) == 1
+    page = join_buffers(content, buffers)["result"]["x"]
+    assert page["dtype"] == "float32" and page["shape"] == [3]
+    np.testing.assert_array_equal(decode_array(page), np.ones(3, np.float32))
+    # 4 bytes a value on the wire: just over the budget is refused, measured after the cast
+    over = MAX_UPDATE_BYTES // 4 + 1
+    w._on_frontend_message(w, {"type": "request", "id": 2, "kind": "tensor", "args": {"n": over}}, [])
+    content, buffers = sent[-1]
+    assert "MAX_UPDATE_BYTES" in content["error"] and buffers == [] and "result" not in content
+    assert "MAX_UPDATE_BYTES" in w.error

@@ -31,6 +31,8 @@ def test_wheel_contains_frontend(wheel: Path) -> None:
     js = zipfile.ZipFile(wheel).read("mechwidgets/static/attention.js").decode()
     assert "render" in js and len(js) > 1000
     assert not any(n.startswith(("js/", "tests/", "node_modules/")) for n in names)
+    # the colour maps, read by the static pictures (the bundles hold their own copy)
+    assert "mechwidgets/widgets/colormaps.json" in names
 
 
 def test_installed_wheel_imports_its_js(wheel: Path, tmp_path: Path) -> None:
@@ -44,6 +46,8 @@ def test_installed_wheel_imports_its_js(wheel: Path, tmp_path: Path) -> None:
         "from mechwidgets.widgets._base import static_file;"
         "p = static_file('attention.js');"
         f"assert str(p).startswith({str(target)!r}), p;"
+        "from mechwidgets.widgets._svg import diverging_rgb;"
+        "assert diverging_rgb(1.0) == 'rgb(255,40,40)';"
         "print(len(p.read_text()))"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

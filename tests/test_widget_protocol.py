@@ -11,7 +11,7 @@ import traitlets
 
 from mechwidgets import show_attention
 from mechwidgets._args import Int, Str
-from mechwidgets._tensor import decode_array, encode_array, split_buffers
+from mechwidgets._tensor import decode_array, encode_array, join_buffers, split_buffers
 from mechwidgets.errors import BudgetError, ComponentError
 from mechwidgets.widgets._base import MAX_UPDATE_BYTES, MechWidget
 from mechwidgets.widgets._requests import page_request
@@ -36,8 +36,10 @@ def test_encode_roundtrip_and_split() -> None:
         assert enc["shape"] == [3, 4] and len(enc["buffer"]) == 12 * (4 if dtype == "float32" else 2)
         np.testing.assert_allclose(decode_array(enc), x, atol=1e-3)
     body, buffers = split_buffers({"a": [enc, {"b": b"xy"}], "n": 1})
-    assert body["a"][0]["buffer"] == {"$buffer": 0} and body["a"][1]["b"] == {"$buffer": 1}
+    assert body["buffer_paths"] == [["a", 0, "buffer"], ["a", 1, "b"]]
+    assert "buffer" not in body["a"][0] and body["a"][1] == {}
     assert buffers[1] == b"xy" and body["n"] == 1
+    assert join_buffers(body, buffers) == {"a": [enc, {"b": b"xy"}], "n": 1}
 
 
 def test_reply_with_binary_buffers(model: Any) -> None:
@@ -47,7 +49,7 @@ def test_reply_with_binary_buffers(model: Any) -> None:
     (content, buffers), = sent
     assert content["type"] == "reply" and content["id"] == 7 and "error" not in content
     enc = content["result"]["patterns"]
-    assert enc["buffer"] == {"$buffer": 0} and enc["dtype"] == "float16"
+    assert content["buffer_paths"] == [["result", "patterns", "buffer"]] and enc["dtype"] == "float16"
     arr = np.frombuffer(buffers[0], dtype="<f2").reshape(enc["shape"])
     np.testing.assert_allclose(arr, w.patterns[0].numpy(), atol=1e-3)
 

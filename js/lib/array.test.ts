@@ -33,10 +33,23 @@ describe("decodeArray", () => {
 });
 
 describe("putBuffers", () => {
-  it("puts custom-message buffers back in place", () => {
+  it("puts custom-message buffers back at their buffer_paths", () => {
     const b0 = new DataView(new ArrayBuffer(4));
-    const out = putBuffers({ a: [{ buffer: { $buffer: 0 } }], n: 1 }, [b0]) as any;
+    const b1 = new DataView(new ArrayBuffer(2));
+    // as mechwidgets/_tensor.py:split_buffers sends {"a": [{"buffer": b0}, b1], "n": 1}
+    const msg = { a: [{}, null], n: 1, buffer_paths: [["a", 0, "buffer"], ["a", 1]] };
+    const out = putBuffers(msg, [b0, b1]) as any;
     expect(out.a[0].buffer).toBe(b0);
+    expect(out.a[1]).toBe(b1);
     expect(out.n).toBe(1);
+    expect("buffer_paths" in out).toBe(false);
+  });
+
+  it("takes explicit paths (saved state) and leaves a message without buffers alone", () => {
+    const b0 = new DataView(new ArrayBuffer(4));
+    const state = putBuffers({ x: { dtype: "float32", shape: [1] } }, [b0], [["x", "buffer"]]) as any;
+    expect(state.x.buffer).toBe(b0);
+    const plain = { type: "reply", result: { k: 1 } };
+    expect(putBuffers(plain, [])).toEqual(plain);
   });
 });

@@ -1,6 +1,9 @@
-// Binary arrays from Python: {dtype, shape, buffer}. In widget state the buffer arrives as a
-// DataView (ipywidgets lifts bytes out of the JSON); in custom messages as {"$buffer": i},
-// an index into the message's buffers (see mechwidgets/_tensor.py:split_buffers).
+// Binary arrays from Python: {dtype, shape, buffer}. Binary values travel in ONE scheme,
+// ipywidgets' own: they are lifted out of the JSON (a dict's key removed, a list's item set to
+// null) and sent beside it as buffers, each with its path. Widget state arrives with the buffers
+// already put back (as DataViews) by the widget manager; custom messages carry
+// `buffer_paths` (mechwidgets/_tensor.py:split_buffers) and saved state `[{path, data}]`
+// (js/lib/static_model.ts): both are put back by putBuffers below.
 
 export type DType = "float32" | "float16" | "uint8" | "int32" | "uint16";
 
@@ -86,19 +89,49 @@ export function isEncoded(x: unknown): x is Encoded {
   return !!x && typeof x === "object" && "dtype" in x && "shape" in x && "buffer" in x;
 }
 
-/** Put custom-message buffers back where `{"$buffer": i}` placeholders stand. */
-export function putBuffers(obj: unknown, buffers: ReadonlyArray<DataView | ArrayBuffer>): unknown {
-  if (Array.isArray(obj)) return obj.map((v) => putBuffers(v, buffers));
-  if (obj && typeof obj === "object") {
-    const rec = obj as Record<string, unknown>;
-    const keys = Object.keys(rec);
-    if (keys.length === 1 && keys[0] === "$buffer" && typeof rec.$buffer === "number") {
-      return buffers[rec.$buffer];
-    }
-    const out: Record<string, unknown> = {};
-    for (const k of keys) out[k] = putBuffers(rec[k], buffers);
-    return out;
+/** Keys a buffer path may never hold: they reach an object's prototype (prototype pollution). */
+const UNSAFE_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+
+export type Path = (string | number)[];
+
+/** A path of plain string keys and non-negative integer indices, none of them UNSAFE_KEYS. */
+export function isSafePath(path: unknown): path is Path {
+  if (!Array.isArray(path) || path.length === 0) return false;
+  return path.every((key) =>
+    typeof key === "number" ? Number.isInteger(key) && key >= 0 : typeof key === "string" && !UNSAFE_KEYS.has(key),
+  );
+}
+
+function own(obj: object, key: string | number): unknown {
+  return Object.prototype.hasOwnProperty.call(obj, key) ? (obj as Record<string | number, unknown>)[key] : undefined;
+}
+
+/**
+ * Put binary buffers back at their paths (the inverse of ipywidgets' remove_buffers), creating
+ * missing containers. `paths` defaults to the object's own `buffer_paths` (a custom message
+ * carries them), which is left out of the result. A path that is not safe (isSafePath) is
+ * skipped, and only own properties are followed, so no path reaches Object.prototype (saved
+ * state is untrusted).
+ */
+export function putBuffers<T = unknown>(obj: T, buffers: ReadonlyArray<DataView | ArrayBuffer>, paths?: unknown): T {
+  if (paths === undefined && obj && typeof obj === "object" && !Array.isArray(obj) && "buffer_paths" in obj) {
+    const { buffer_paths, ...rest } = obj as Record<string, unknown>;
+    return putBuffers(rest as T, buffers, buffer_paths);
   }
+  if (!Array.isArray(paths)) return obj;
+  paths.forEach((path, k) => {
+    if (!isSafePath(path) || k >= buffers.length || !obj || typeof obj !== "object") return;
+    let at = obj as Record<string | number, unknown>;
+    for (let i = 0; i < path.length - 1; i++) {
+      let next = own(at, path[i]);
+      if (next === undefined || next === null || typeof next !== "object") {
+        next = typeof path[i + 1] === "number" ? [] : {};
+        at[path[i]] = next;
+      }
+      at = next as Record<string | number, unknown>;
+    }
+    at[path[path.length - 1]] = buffers[k];
+  });
   return obj;
 }
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { decodeArray } from "./array";
-import { StaticModel, decodeBase64, decodeHex, isSafePath, putSavedBuffers } from "./static_model";
+import { decodeArray, isSafePath } from "./array";
+import { StaticModel, decodeBase64, decodeHex, putSavedBuffers } from "./static_model";
 
 function b64(bytes: Uint8Array): string {
   let s = "";

@@ -6,9 +6,10 @@
 // - save_changes and send do nothing (they are counted): requests never get a reply, which the
 //   widgets handle, since they draw everything from traits;
 // - binary buffers from ipywidgets' saved state (`buffers: [{path, data, encoding}]`) are decoded
-//   and put back at their nested path as DataViews, exactly as a live widget manager does.
+//   and put back at their nested path as DataViews (array.ts:putBuffers), as a live widget
+//   manager does.
 
-export type Path = (string | number)[];
+import { isSafePath, putBuffers, type Path } from "./array";
 
 export interface SavedBuffer {
   path: Path;
@@ -38,43 +39,14 @@ export function decodeSavedBuffer(b: SavedBuffer): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** Keys a buffer path may never hold: they reach an object's prototype (prototype pollution). */
-const UNSAFE_KEYS = new Set(["__proto__", "constructor", "prototype"]);
-
-/** A path of plain string keys and non-negative integer indices, none of them UNSAFE_KEYS. */
-export function isSafePath(path: unknown): path is Path {
-  if (!Array.isArray(path) || path.length === 0) return false;
-  return path.every((key) =>
-    typeof key === "number" ? Number.isInteger(key) && key >= 0 : typeof key === "string" && !UNSAFE_KEYS.has(key),
-  );
-}
-
-function own(obj: object, key: string | number): unknown {
-  return Object.prototype.hasOwnProperty.call(obj, key) ? (obj as Record<string | number, unknown>)[key] : undefined;
-}
-
 /**
- * Put each saved buffer back into `state` at its path (creating missing containers).
- *
- * Saved state is untrusted: a buffer whose path is not safe (isSafePath) is skipped, and only
- * the state's own properties are followed, so no path reaches Object.prototype.
+ * Put each saved buffer back into `state` at its path, as DataViews (array.ts:putBuffers: the
+ * one decoder of the buffer scheme). Saved state is untrusted: an entry whose path is not safe
+ * (array.ts:isSafePath) or that has no data string is skipped before anything is decoded.
  */
 export function putSavedBuffers(state: Record<string, unknown>, buffers: readonly SavedBuffer[] = []): Record<string, unknown> {
-  for (const b of buffers) {
-    if (!b || !isSafePath(b.path) || typeof b.data !== "string") continue;
-    let obj: Record<string | number, unknown> = state;
-    for (let i = 0; i < b.path.length - 1; i++) {
-      const key = b.path[i];
-      let next = own(obj, key);
-      if (next === undefined || next === null || typeof next !== "object") {
-        next = typeof b.path[i + 1] === "number" ? [] : {};
-        obj[key] = next;
-      }
-      obj = next as Record<string | number, unknown>;
-    }
-    obj[b.path[b.path.length - 1]] = decodeSavedBuffer(b);
-  }
-  return state;
+  const valid = buffers.filter((b) => b && isSafePath(b.path) && typeof b.data === "string");
+  return putBuffers(state, valid.map(decodeSavedBuffer), valid.map((b) => b.path));
 }
 
 export class StaticModel {

@@ -1,12 +1,15 @@
 """The base every mechwidgets widget stands on.
 
 - **State** that must survive a save and an export (the data on screen, the user's selections)
-  lives in synced traits. Arrays inside traits are ``{dtype, shape, buffer}`` dicts
-  (:mod:`mechwidgets._tensor`), which ipywidgets sends as binary buffers.
+  lives in synced traits. Traits that hold arrays are :class:`~mechwidgets.widgets._traits.Arrays`:
+  each array goes on the wire as ``{dtype, shape, buffer}`` (:mod:`mechwidgets._tensor`), whose
+  bytes ipywidgets sends as a binary buffer.
 - **Live work** against the model goes through one request protocol. The frontend sends
   ``{"type": "request", "id", "kind", "args"}``; the widget answers
   ``{"type": "reply", "id", "kind", "result"}`` or ``{..., "error": message}``, and usually also
-  writes the result into traits. Each view of the widget (the same output shown twice, a second
+  writes the result into traits. A result may hold tensors and arrays: they are encoded as an
+  ``Arrays`` trait's are and travel as binary buffers with their ``buffer_paths``
+  (:func:`mechwidgets._tensor.split_buffers`). Each view of the widget (the same output shown twice, a second
   tab) prefixes its request ids with an id of its own and takes only the replies to its own ids.
 - **Long work** is a generator that yields progress; it runs one step at a time on the kernel's
   event loop, so a message gets in between two steps. A job is tied to the inputs it started
@@ -33,7 +36,6 @@ import logging
 import traceback
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anywidget
@@ -41,6 +43,8 @@ import numpy as np
 import traitlets
 from anywidget._util import try_file_contents
 
+from .. import _standalone
+from .._standalone import static_file
 from .._tensor import encoded_nbytes, split_buffers
 from ..errors import BudgetError, CancelledError, MechWidgetsError
 from ._requests import checked_page_request, page_requests
@@ -48,18 +52,27 @@ from ._traits import as_wire, to_json
 
 log = logging.getLogger("mechwidgets")
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
-
-#: No single reply or synced trait value may exceed this many bytes (DESIGN: ≤ 4 MiB per
-#: update): :meth:`MechWidget._reply` answers an over-budget result with a
-#: :class:`~mechwidgets.errors.BudgetError` instead of sending it, and :meth:`MechWidget.notify_change`
-#: refuses an over-budget trait value (the trait keeps its old value) with the same error.
+#: The update budget, in bytes, checked in two places (the size is :func:`payload_nbytes`'s
+#: estimate of a value after its tensors are cast to their wire dtypes):
+#:
+#: - the result of a request from the page: :meth:`MechWidget._reply` sends a ``BudgetError``
+#:   reply in its place and shows it in the banner (a call from Python gets its result back
+#:   directly: nothing is sent, nothing is measured);
+#: - a synced trait's new value: :meth:`MechWidget.notify_change` puts the old value back and
+#:   raises :class:`~mechwidgets.errors.BudgetError` to whoever assigned it (a request handler,
+#:   whose reply becomes that error; the Python caller; for a value the page sent, ipywidgets'
+#:   message handler, which logs it), so the value is neither kept nor sent.
+#:
+#: The other messages (cancel notices, error replies) are not measured. Jupyter's own cap
+#: on a message from the browser is 10 MiB; this keeps each update well under it.
 MAX_UPDATE_BYTES = 4 * 1024 * 1024
 
 
 def payload_nbytes(obj: Any) -> int:
-    """Bytes a message or trait value takes on the wire: its binary buffers, plus its strings
-    and (8 bytes each) its other scalars as JSON, roughly."""
+    """An estimate of the bytes a message or trait value takes on the wire: the bytes of its
+    binary buffers and NumPy arrays, plus one per character of its strings (keys included), plus
+    8 per other value (numbers, ``None``, tensors: cast a tensor with ``as_wire`` first to count
+    its bytes). JSON punctuation is not counted."""
     if isinstance(obj, str):
         return len(obj)
     if isinstance(obj, dict):
@@ -75,18 +88,6 @@ def _over_budget(what: str, size: int) -> BudgetError:
         f"budget per update (MAX_UPDATE_BYTES): show less at once, e.g. a shorter prompt, a "
         f"smaller max_positions=, fewer layers= or SAEs."
     )
-
-
-def static_file(name: str) -> Path:
-    """Path of a built frontend file, with a clear error when the JS was never built."""
-    path = STATIC / name
-    if not path.exists():
-        raise MechWidgetsError(
-            f"the widget's frontend file {path} is missing: the JavaScript was not built. In a "
-            f"source checkout run `npm ci && npm run build` (or `make dev`); an installed wheel "
-            f"always contains it."
-        )
-    return path
 
 
 def error_message(exc: BaseException) -> str:
@@ -349,7 +350,7 @@ class MechWidget(anywidget.AnyWidget):
     def notify_change(self, change: Any) -> None:
         """Refuse a synced trait value over :data:`MAX_UPDATE_BYTES`: the trait keeps its old
         value and :class:`~mechwidgets.errors.BudgetError` is raised (to the request that set
-        it, or to the Python caller), so nothing over budget is ever sent."""
+        it, or to the Python caller), so the value is never sent."""
         name = change.get("name") if isinstance(change, dict) else None
         if change.get("type") == "change" and name in getattr(self, "keys", ()):
             size = payload_nbytes(change.get("new"))
@@ -371,7 +372,8 @@ class MechWidget(anywidget.AnyWidget):
 
     # ------------------------------------------------------------ replies
     def _send_message(self, content: dict[str, Any]) -> None:
-        # a handler may return tensors or arrays: they travel as an Arrays trait's do
+        # a handler may return tensors or arrays: they travel as an Arrays trait's do, their
+        # bytes as buffers with their paths (split_buffers)
         body, buffers = split_buffers(to_json(as_wire(content)))
         if self.comm is not None:
             self.send(body, buffers)
@@ -379,6 +381,7 @@ class MechWidget(anywidget.AnyWidget):
     def _reply(self, req_id: Any, kind: str, result: Any) -> None:
         if self._latest.get(kind) != req_id:
             return  # superseded while running: its reply would be dropped anyway
+        result = as_wire(result)  # tensors become NumPy arrays of their wire dtype: measurable
         size = payload_nbytes(result)
         if size > MAX_UPDATE_BYTES:
             self._reply_error(req_id, kind, _over_budget(f"the reply to {kind!r}", size))
@@ -400,23 +403,9 @@ class MechWidget(anywidget.AnyWidget):
         """An SVG picture of the current view for places without a widget manager."""
         return None
 
-    def to_html(self, path: str | Path | None = None, *, title: str | None = None) -> str:
-        """Write this widget's current view as one self-contained, offline HTML file.
-
-        The page inlines a small runtime, the widget's ES module, CSS and state (binary buffers
-        in base64) and its static picture as a fallback: opening it makes no network request and
-        needs no kernel. Clicks that would ask the kernel for more do nothing there.
-
-        Args:
-            path: where to write the file; ``None`` only returns the text.
-            title: the page title (default: the class name).
-
-        Returns:
-            The HTML text.
-        """
-        from .._export import widget_to_html
-
-        return widget_to_html(self, path, title=title)
+    #: Write this widget's current view as one self-contained, offline HTML file (see
+    #: :func:`mechwidgets._standalone.to_html`).
+    to_html = _standalone.to_html
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = super()._repr_mimebundle_(**kwargs)

@@ -7,9 +7,14 @@ never interpreted as markup.
 
 from __future__ import annotations
 
+import functools
+import json
+import math
 import re
 from collections.abc import Sequence
 from html import escape
+from importlib import resources
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,21 +40,38 @@ def _label(text: str, limit: int = 14) -> str:
     return escape(text, quote=True)
 
 
+@functools.cache
+def colormaps() -> dict[str, Any]:
+    """The colour maps (``mechwidgets/widgets/colormaps.json``), the same file the widgets'
+    bundle holds (``js/lib/colormap.ts`` imports it)."""
+    text = resources.files(__package__).joinpath("colormaps.json").read_text(encoding="utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def colour(name: str, t: float) -> tuple[int, int, int]:
+    """The RGB of map ``name`` at ``t``: its stops spaced evenly over its domain, linearly
+    interpolated; ``t`` outside the domain clamped, non-finite taken as 0; rounded half up
+    (as JavaScript's ``Math.round``), so the page and the picture agree channel for channel."""
+    cmap = colormaps()[name]
+    lo, hi = cmap["domain"]
+    stops = cmap["stops"]
+    t = t if math.isfinite(t) else 0.0
+    u = (min(hi, max(lo, t)) - lo) / (hi - lo) * (len(stops) - 1)
+    i = min(math.floor(u), len(stops) - 2)
+    f = u - i
+    a, b = stops[i], stops[i + 1]
+    r, g, bl = (math.floor(a[c] + (b[c] - a[c]) * f + 0.5) for c in range(3))
+    return r, g, bl
+
+
 def diverging_rgb(t: float) -> str:
-    """Blue (-1) → white (0) → red (+1)."""
-    t = max(-1.0, min(1.0, t))
-    if t >= 0:
-        r, g, b = 255, int(255 * (1 - t) + 40 * t), int(255 * (1 - t) + 40 * t)
-    else:
-        s = -t
-        r, g, b = int(255 * (1 - s) + 40 * s), int(255 * (1 - s) + 90 * s), 255
-    return f"rgb({r},{g},{b})"
+    """Blue (-1) → white (0) → red (+1), as ``rgb(r,g,b)``."""
+    return "rgb({},{},{})".format(*colour("diverging", t))
 
 
 def sequential_rgb(t: float) -> str:
-    """White (0) → deep blue (1)."""
-    t = max(0.0, min(1.0, t))
-    return f"rgb({int(255 - 225 * t)},{int(255 - 180 * t)},{int(255 - 75 * t)})"
+    """White (0) → deep blue (1), as ``rgb(r,g,b)``."""
+    return "rgb({},{},{})".format(*colour("sequential", t))
 
 
 def heatmap_svg(
