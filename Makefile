@@ -2,6 +2,7 @@
 #   make demo   JupyterLab on demo_notebooks/ with the zoo models (http://127.0.0.1:8888)
 #   make test   lint, type checks, vitest, then pytest (unit, browser, demo notebooks)
 #   make bench  benchmarks/ (ratios against TransformerLens in the same process)
+#   make demos  re-execute the committed demo notebooks (outputs, widget state, pictures)
 #   make dev    editable install + esbuild watch with anywidget hot reload
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-tl4 lint typecheck js-test pytest bench dev chromium clean
+.PHONY: demo demos test test-tl4 lint typecheck js-test pytest bench dev chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ demo: $(VENV)/.stamp
 	@echo "JupyterLab: http://127.0.0.1:$(PORT)/lab/tree/01_attention.ipynb"
 	cd demo_notebooks && ../$(BIN)/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser \
 	  --ServerApp.token='' --ServerApp.password='' --allow-root
+
+# re-execute demo_notebooks/ (committed executed, so GitHub and nbviewer show them) offline
+demos: $(VENV)/.stamp mechwidgets/static/.stamp
+	$(BIN)/python scripts/execute_demos.py
 
 lint: $(VENV)/.stamp
 	$(BIN)/ruff check

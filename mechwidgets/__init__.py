@@ -7,6 +7,9 @@ Quick start::
     show_attention(model, "...")
 """
 
+from . import (
+    _nnsight as _nnsight,  # registers the nnsight backend's handle (nnsight is imported on use)
+)
 from . import widgets
 from ._model import ModelHandle
 from .errors import MechWidgetsError

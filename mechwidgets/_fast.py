@@ -47,6 +47,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from ._versions import tl_major_version
+
 #: What a caller needs the arithmetic to cover: ``"record"`` (EAP's whole recording forward
 #: pass) or ``"blocks"`` (:func:`block_runner`, which also follows rotary positions,
 #: grouped-query attention and parallel attention and MLP).
@@ -165,7 +167,6 @@ def unsupported(model: Any, need: Need = "record") -> str | None:
     does not follow for ``need``, a module's own attention settings or ``cfg``, any hook (the
     model's, a user's, or global ones), autocast, left padding, or code that is not
     TransformerLens's own. Cheap enough to ask before every run (about 0.5 ms on toy-lm)."""
-    from ._model import tl_major_version
 
     if tl_major_version() != 3:
         return "not a TransformerLens 3.x HookedTransformer"

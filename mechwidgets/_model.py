@@ -17,7 +17,6 @@ version is installed. Everything else in the package talks to the model through 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 
 from . import _fast
 from ._args import as_int, is_int
+from ._versions import tl_major_version, tl_version
 from .errors import AnswerError, ComponentError, ModelError, PromptError
 
 HookFn = Callable[..., Any]
@@ -52,27 +52,6 @@ _HOOK_TEMPLATES = {
     "pos_embed": "hook_pos_embed",
     "ln_final": "ln_final.hook_normalized",
 }
-
-
-def tl_major_version() -> int:
-    """The installed TransformerLens major version (3 has ``HookedTransformer``, 4 does not)."""
-    import transformer_lens
-
-    try:  # 4.x raises ImportError (not AttributeError) for the removed class
-        return 3 if getattr(transformer_lens, "HookedTransformer", None) is not None else 4
-    except ImportError:
-        return 4
-
-
-@functools.cache
-def _tl_version() -> tuple[int, ...]:
-    """The installed TransformerLens version as numbers (``(0,)`` when unknown)."""
-    from importlib.metadata import version
-
-    try:
-        return tuple(int(x) for x in version("transformer_lens").split(".")[:2])
-    except Exception:  # pragma: no cover - not installed as a distribution, or a local version
-        return (0,)
 
 
 def hook_count(model: Any) -> int:
@@ -143,6 +122,11 @@ def _check_weights(model: Any) -> None:
         )
 
 
+#: Other backends' handles, as ``(is_theirs(model), handle class)``: each backend's module adds
+#: itself on import (mechwidgets/__init__ imports them), so this module imports none of them.
+BACKENDS: list[tuple[Callable[[Any], bool], Callable[[Any], ModelHandle]]] = []
+
+
 class ModelHandle:
     """A TransformerLens model, with the few operations the analyses need.
 
@@ -193,10 +177,9 @@ class ModelHandle:
         :class:`~mechwidgets._nnsight.NNsightHandle` for an nnsight model)."""
         if isinstance(model, ModelHandle):
             return model
-        if type(model).__module__.split(".")[0] == "nnsight":
-            from ._nnsight import NNsightHandle
-
-            return NNsightHandle(model)
+        for is_theirs, handle in BACKENDS:
+            if is_theirs(model):
+                return handle(model)
         return cls(model)
 
     # ------------------------------------------------------------------ tokens
@@ -309,7 +292,7 @@ class ModelHandle:
             return None
         prepends = getattr(self.cfg, "tokenizer_prepends_bos", None)
         if (
-            _tl_version()[0] != 3
+            tl_version()[0] != 3
             or getattr(type(self.model), "to_tokens", None) is not HookedTransformer.to_tokens
             or "to_tokens" in vars(self.model)
             or prepends is None
@@ -574,7 +557,7 @@ class ModelHandle:
         """Like :meth:`wrap`, but also accepts a model without a tokenizer (e.g. one built from
         a config for a benchmark). Such a handle takes token tensors only; tokens are labelled
         by id (``"#17"``)."""
-        if isinstance(model, ModelHandle) or type(model).__module__.split(".")[0] == "nnsight":
+        if isinstance(model, ModelHandle) or any(is_theirs(model) for is_theirs, _ in BACKENDS):
             return cls.wrap(model)
         return cls(model, need_tokenizer=False)
 
@@ -674,4 +657,4 @@ class ModelHandle:
         return logits if columns is None else logits[:, list(columns)]
 
 
-__all__ = ["ModelHandle", "hook_count", "tl_major_version"]
+__all__ = ["BACKENDS", "ModelHandle", "hook_count", "tl_major_version"]

@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-import nnsight
 import torch
 
-from ._model import ModelHandle
+from ._model import BACKENDS, ModelHandle
 from .errors import ComponentError, ModelError, RemoteError
 
 Edit = Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
@@ -153,6 +152,8 @@ class NNsightCore:
         if remote:
             # a remote trace ships the code it runs: this module's by value (mechwidgets is not
             # installed on NDIF's servers)
+            import nnsight
+
             nnsight.register(sys.modules[__name__])
 
     @contextlib.contextmanager
@@ -194,6 +195,8 @@ class NNsightCore:
         want = set(names)
         plan = [(name, *_split(name), edits.get(name), name in want)
                 for name in sorted(set(edits) | want, key=_order)]
+        import nnsight  # (optional dependency: imported where used)
+
         model, s = self.model, self.structure  # the trace body names no mechwidgets object but these
         saved: dict[str, Any] = {}
         session = self.session(grad=False) if own_session else contextlib.nullcontext()
@@ -222,6 +225,8 @@ class NNsightCore:
         """``metric(logits)`` (a scalar) and its gradient with respect to the activation at each
         of ``names``, from one trace with a backward pass."""
         plan = [(name, *_split(name)) for name in sorted(set(names), key=_order)]
+        import nnsight  # (optional dependency: imported where used)
+
         model, s = self.model, self.structure
         grads: dict[str, Any] = {}
         with self.session(grad=True), _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
@@ -273,6 +278,8 @@ def _write(model: Any, s: Structure, layer: int, kind: str, value: torch.Tensor)
 def _check_remote(model: Any) -> None:
     """Refuse at once what NDIF cannot run: a model built from an object (NDIF loads models by
     their Hugging Face id), or no API key."""
+    import nnsight
+
     if not getattr(model, "repo_id", None) or not isinstance(model.repo_id, str):
         raise RemoteError(
             "this nnsight model was built from a model object, which NDIF cannot run: NDIF runs "
@@ -292,6 +299,7 @@ def _remote_errors(model: Any, remote: bool | str) -> Iterator[None]:
     """A remote trace's failures (nnsight's ``RemoteError``, the network, the Hugging Face hub
     that names the model) as a :class:`RemoteError` that says what to do. Local traces' errors
     pass through."""
+    import nnsight
     from nnsight.intervention.backends.remote import RemoteError as NDIFError
 
     try:
@@ -462,4 +470,14 @@ def _edit(name: str, fns: list[tuple[str, Any]]) -> Callable[[torch.Tensor], tor
     return edit
 
 
-__all__ = ["NNsightCore", "NNsightHandle", "Structure", "find_structure"]
+
+
+def is_nnsight_model(model: Any) -> bool:
+    """Whether ``model`` is an nnsight model (checked without importing nnsight)."""
+    return type(model).__module__.split(".")[0] == "nnsight"
+
+
+BACKENDS.append((is_nnsight_model, NNsightHandle))
+
+
+__all__ = ["NNsightCore", "NNsightHandle", "Structure", "find_structure", "is_nnsight_model"]

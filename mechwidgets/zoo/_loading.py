@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .._versions import tl_major_version
 from ..errors import ZooError
 
 ZOO_DIR = Path(__file__).resolve().parent
@@ -30,21 +31,6 @@ CONFIG_FILENAME = "config.json"
 WEIGHTS_FILENAME = "model.safetensors"
 TOKENIZER_DIRNAME = "tokenizer"
 FORMAT_VERSION = 1
-
-
-def tl_major_version() -> int:
-    """3 when TransformerLens has ``HookedTransformer``, else 4.
-
-    TransformerLens 4.x raises ``ImportError`` (not ``AttributeError``) when the removed
-    ``HookedTransformer`` is looked up, so a bare ``hasattr`` is not enough.
-    """
-    import transformer_lens
-
-    try:
-        getattr(transformer_lens, "HookedTransformer")  # noqa: B009
-    except (AttributeError, ImportError):
-        return 4
-    return 3
 
 
 def sha256_file(path: Path) -> str:
