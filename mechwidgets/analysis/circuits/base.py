@@ -16,7 +16,6 @@ from ... import _fast
 from ..._model import ModelHandle
 from ...errors import MetricError, ModelError, PromptError
 from ..metrics import MetricFn, call_metric, kl_div
-from ..patching import token_str
 from .graph import CircuitGraph
 from .inputs import Prompts, prompt_list
 
@@ -119,26 +118,20 @@ class PatcherBase:
         self.last = torch.tensor([n - 1 for n in lengths], device=device)
         self.clean_tokens = torch.stack([self._pad(t, width) for t in clean_toks])
         self.corrupted_tokens = torch.stack([self._pad(t, width) for t in corrupted_toks])
-        if getattr(handle.model, "tokenizer", None) is None:
-            self.str_tokens = [self._labels(t) for t in clean_toks]
-            self.corrupted_str_tokens = [self._labels(t) for t in corrupted_toks]
-        else:
-            labels = handle.str_tokens_many(clean_toks + corrupted_toks)
-            self.str_tokens, self.corrupted_str_tokens = labels[:self.batch], labels[self.batch:]
+        # (``#id`` labels for a model without a tokenizer)
+        labels = handle.str_tokens_many(clean_toks + corrupted_toks)
+        self.str_tokens, self.corrupted_str_tokens = labels[:self.batch], labels[self.batch:]
 
     def _mask(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward keyword arguments: with a left-padding tokenizer TransformerLens would mask the
         leading BOS tokens as padding, so every position is marked real (prompts here are
         right-padded, which a causal model never sees)."""
-        tok = getattr(self.handle.model, "tokenizer", None)
-        if getattr(tok, "padding_side", "right") == "left":
+        if self.handle.pads_left:
             return {"attention_mask": torch.ones(tokens.shape[0], tokens.shape[1], dtype=torch.long, device=tokens.device)}
         return {}
 
     def _labels(self, tokens: torch.Tensor) -> list[str]:
         """The tokens as strings (``#id`` for a model without a tokenizer)."""
-        if getattr(self.handle.model, "tokenizer", None) is None:
-            return [token_str(self.handle, int(t)) for t in tokens]
         return self.handle.str_tokens(tokens)
 
     @staticmethod

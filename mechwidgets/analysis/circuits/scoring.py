@@ -230,8 +230,7 @@ class EapScoring(PatcherBase):
                     corr_last = self._clean_last_logits = torch.zeros(B, 1)
             # answers and their defaults exactly as activation patching chooses them (the
             # explicit answers' strings decoded at once, for the descriptions and notes)
-            has_tokenizer = getattr(handle.model, "tokenizer", None) is not None
-            if has_tokenizer:
+            if handle.tokenizer is not None:
                 answers = resolve(handle, answers, "answer")
                 wrongs = resolve(handle, wrongs, "wrong answer")
                 handle.token_strs([a for a in answers + wrongs if a is not None])
@@ -246,7 +245,7 @@ class EapScoring(PatcherBase):
             device = final.device
             self.answer_ids = torch.tensor([a if a is not None else 0 for a in answer_ids], device=device)
             self.wrong_ids = torch.tensor([w if w is not None else 0 for w in wrong_ids], device=device)
-            if has_tokenizer:
+            if handle.tokenizer is not None:
                 handle.token_strs([t for t in answer_ids + wrong_ids if t is not None])
             self._answers = [token_str(handle, a) for a in answer_ids if a is not None]
             self._wrong = [token_str(handle, w) for w in wrong_ids if w is not None] or None

@@ -103,7 +103,7 @@ def _check_feature(hook: str, d_sae: int, feature: Any) -> int:
 
 def _non_bos(tokens: torch.Tensor, handle: ModelHandle) -> slice:
     """Positions used for summary statistics: all but a leading BOS (when there is more)."""
-    bos = getattr(handle.model.tokenizer, "bos_token_id", None)
+    bos = handle.bos_token_id
     if tokens.shape[-1] > 1 and bos is not None and int(tokens.reshape(-1)[0]) == int(bos):
         return slice(1, None)
     return slice(0, None)
@@ -115,8 +115,8 @@ def _padded_batches(handle: ModelHandle, docs: Sequence[torch.Tensor],
     ``[docs, length]`` the tokens right-padded with the pad token (causal attention: no real
     token attends to a pad), on the model's device; ``keep`` ``[docs, length]`` (on the CPU)
     marks the real tokens other than a leading BOS."""
-    bos = getattr(handle.model.tokenizer, "bos_token_id", None)
-    pad = getattr(handle.model.tokenizer, "pad_token_id", None)
+    bos = handle.bos_token_id
+    pad = getattr(handle.tokenizer, "pad_token_id", None)
     for start in range(0, len(docs), batch_size):
         group = docs[start:start + batch_size]
         length = max(t.shape[0] for t in group)

@@ -29,7 +29,7 @@ def induction_heads(
 
     handle = ModelHandle.wrap(model)
     gen = torch.Generator().manual_seed(seed)
-    bos = getattr(getattr(handle.model, "tokenizer", None), "bos_token_id", None)
+    bos = handle.bos_token_id
     body = torch.randint(1, handle.d_vocab - 1, (n, half), generator=gen)
     toks = torch.cat([torch.full((n, 1), 0 if bos is None else int(bos)), body, body], 1)
     names = [handle.hook_name("pattern", layer) for layer in range(handle.n_layers)]
