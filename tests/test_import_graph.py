@@ -119,3 +119,32 @@ def test_the_graph_sees_lazy_imports() -> None:
 def test_no_import_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " → ".join(cycle or [])
+
+
+def test_analysis_all_lists_every_headless_entry_point():
+    """Every public function or class of an analysis module that takes a model first (what a
+    user calls headless) is exported by ``mechwidgets.analysis`` itself, and each name there is
+    one object (one public name per concept)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import mechwidgets.analysis as analysis
+
+    missing = []
+    for info in pkgutil.walk_packages(analysis.__path__, "mechwidgets.analysis."):
+        module = importlib.import_module(info.name)
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            target = obj.__init__ if inspect.isclass(obj) else obj
+            if not callable(target) or name.startswith("_"):
+                continue
+            try:
+                params = list(inspect.signature(target).parameters)
+            except (TypeError, ValueError):
+                continue
+            params = [p for p in params if p != "self"]
+            if params[:1] == ["model"] and name not in analysis.__all__:
+                missing.append(f"{info.name}.{name}")
+    assert not missing, missing
+    assert len(set(analysis.__all__)) == len(analysis.__all__)

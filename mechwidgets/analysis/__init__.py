@@ -1,5 +1,7 @@
-"""Headless analyses: pure torch, no widgets. Each function takes a TransformerLens model (or a
-:class:`~mechwidgets._model.ModelHandle`) and returns a small typed result."""
+"""Headless analyses: pure torch, no widgets. Each function takes a model (TransformerLens 3.x or
+4.x, or nnsight; or a :class:`~mechwidgets._model.ModelHandle`) and returns a small typed result;
+each prepared object (``EdgePatcher``, ``Scrubber``, ``FeatureSession``, ...) is what a widget
+is a view of. ``__all__`` lists every headless entry point (``tests/test_import_graph.py``)."""
 
 from .attention import (
     AblationResult,
@@ -9,16 +11,58 @@ from .attention import (
     head_scores,
 )
 from .attribution import attribution_patch
+from .circuits import (
+    CircuitGraph,
+    CircuitResult,
+    EdgePatcher,
+    Faithfulness,
+    Node,
+    NodeEffect,
+    acdc,
+    circuit_faithfulness,
+    edge_attribution_patching,
+)
+from .features import (
+    DecoderLinks,
+    FeatureCorpus,
+    FeatureSession,
+    FeatureTrace,
+    InterventionResult,
+    bind_saes,
+    default_link_prompts,
+    feature_activations,
+    feature_corpus,
+    feature_links,
+    feature_logit_effects,
+    features_promoting,
+    intervene_features,
+    iter_feature_corpus,
+    lineage,
+    logit_effect_matrix,
+    logit_effects_of,
+    residual_directions,
+)
 from .lens import (
     DLAResult,
     LensResult,
     NormResult,
     direct_logit_attribution,
+    lens_view,
     logit_lens,
     residual_norms,
 )
 from .metrics import METRICS, Metric, MetricFn
 from .patching import COMPONENTS, DIRECTIONS, PatchingResult, activation_patch
+from .scrubbing import (
+    HypothesisNode,
+    Scrubber,
+    ScrubResult,
+    dataset_tokens,
+    induction_heads,
+    induction_hypothesis,
+    scrub,
+)
+from .tokens import replace_token, similar_tokens
 
 __all__ = [
     "COMPONENTS",
@@ -26,18 +70,55 @@ __all__ = [
     "METRICS",
     "AblationResult",
     "AttentionPatterns",
+    "CircuitGraph",
+    "CircuitResult",
     "DLAResult",
+    "DecoderLinks",
+    "EdgePatcher",
+    "Faithfulness",
+    "FeatureCorpus",
+    "FeatureSession",
+    "FeatureTrace",
+    "HypothesisNode",
+    "InterventionResult",
     "LensResult",
     "Metric",
     "MetricFn",
+    "Node",
+    "NodeEffect",
     "NormResult",
     "PatchingResult",
+    "ScrubResult",
+    "Scrubber",
     "ablate_heads",
+    "acdc",
     "activation_patch",
     "attribution_patch",
+    "bind_saes",
+    "circuit_faithfulness",
+    "dataset_tokens",
+    "default_link_prompts",
     "direct_logit_attribution",
+    "edge_attribution_patching",
+    "feature_activations",
+    "feature_corpus",
+    "feature_links",
+    "feature_logit_effects",
+    "features_promoting",
     "get_attention_patterns",
     "head_scores",
+    "induction_heads",
+    "induction_hypothesis",
+    "intervene_features",
+    "iter_feature_corpus",
+    "lens_view",
+    "lineage",
+    "logit_effect_matrix",
+    "logit_effects_of",
     "logit_lens",
+    "replace_token",
+    "residual_directions",
     "residual_norms",
+    "scrub",
+    "similar_tokens",
 ]
