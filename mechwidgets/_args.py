@@ -131,18 +131,29 @@ def _bound(bound: Bound, widget: Any) -> Any:
     return bound(widget) if callable(bound) else bound
 
 
-class Int(Spec):
-    """An integer in ``lo..hi`` (inclusive; each a number or a function of the widget)."""
+class _Ranged(Spec):
+    """A number in ``lo..hi`` (inclusive; each a number, a function of the widget, or None)."""
+
+    noun = "a number"
 
     def __init__(self, lo: Bound = None, hi: Bound = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.lo, self.hi = lo, hi
 
+    def bounds(self, widget: Any) -> tuple[Any, Any]:
+        return _bound(self.lo, widget), _bound(self.hi, widget)
+
     def describe(self, widget: Any) -> str:
-        return "an integer" + _range(_bound(self.lo, widget), _bound(self.hi, widget))
+        return self.noun + _range(*self.bounds(widget))
+
+
+class Int(_Ranged):
+    """An integer in ``lo..hi`` (inclusive; each a number or a function of the widget)."""
+
+    noun = "an integer"
 
     def _check(self, value: Any, widget: Any, where: str) -> int:
-        lo, hi = _bound(self.lo, widget), _bound(self.hi, widget)
+        lo, hi = self.bounds(widget)
         if not is_int(value):
             raise self.fail(value, widget, where)
         out = int(value)
@@ -151,21 +162,16 @@ class Int(Spec):
         return out
 
 
-class Float(Spec):
+class Float(_Ranged):
     """A finite number (ints accepted) in ``lo..hi``."""
 
-    def __init__(self, lo: Bound = None, hi: Bound = None, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.lo, self.hi = lo, hi
-
-    def describe(self, widget: Any) -> str:
-        return "a finite number" + _range(_bound(self.lo, widget), _bound(self.hi, widget))
+    noun = "a finite number"
 
     def _check(self, value: Any, widget: Any, where: str) -> float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise self.fail(value, widget, where)
         out = float(value)
-        lo, hi = _bound(self.lo, widget), _bound(self.hi, widget)
+        lo, hi = self.bounds(widget)
         if not math.isfinite(out) or (lo is not None and out < lo) or (hi is not None and out > hi):
             raise self.fail(value, widget, where, f"got {_show(value)}")
         return out

@@ -1,10 +1,41 @@
-"""Word lists of the ``toy-lm`` grammar (:mod:`mechwidgets.zoo.tasks`).
+"""Word lists and IOI templates of the ``toy-lm`` grammar (:mod:`mechwidgets.zoo.tasks`).
 
 Every word here is one token of ``toy-lm``'s tokenizer (with a leading space, GPT-2 style), so
 names, objects and places used by the tasks are single tokens.
 """
 
 from __future__ import annotations
+
+# IOI intro clauses; ``{A}`` and ``{B}`` are the two names, in either order of IO and S.
+IOI_INTROS: tuple[str, ...] = (
+    "When {A} and {B} went to the {PLACE},",
+    "After {A} and {B} went to the {PLACE},",
+    "While {A} and {B} were working at the {PLACE},",
+    "Then, {A} and {B} went to the {PLACE}.",
+    "When {A} and {B} got a {OBJECT2} at the {PLACE},",
+    "Friends {A} and {B} found a {OBJECT2} at the {PLACE}.",
+    "Afterwards, {A} and {B} went to the {PLACE}.",
+    "When {A} and {B} arrived at the {PLACE},",
+    "Then, {A} and {B} had a long argument, and afterwards",
+    "While {A} and {B} were commuting to the {PLACE},",
+    "After the lunch, {A} and {B} went to the {PLACE}.",
+    "Then in the morning, {A} and {B} went to the {PLACE}.",
+    "The {PLACE} {A} and {B} went to had a {OBJECT2}.",
+    "Yesterday, {A} and {B} met at the {PLACE}.",
+)
+# IOI action clauses; ``{S}`` is the repeated subject, the prompt ends with " to".
+IOI_ACTIONS: tuple[str, ...] = (
+    "{S} gave a {OBJECT} to",
+    "{S} handed a {OBJECT} to",
+    "{S} threw a {OBJECT} to",
+    "{S} said to",
+    "{S} decided to give a {OBJECT} to",
+    "{S} sent a {OBJECT} to",
+    "{S} passed the {OBJECT} to",
+    "{S} showed the {OBJECT} to",
+    "{S} brought a {OBJECT} to",
+    "{S} offered a {OBJECT} to",
+)
 
 # 64 first names: the IOI subjects and indirect objects. Single tokens.
 NAMES = (

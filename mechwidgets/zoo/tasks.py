@@ -38,36 +38,10 @@ NAMES = lx.NAMES
 PLACES = lx.PLACES
 OBJECTS = lx.OBJECTS
 
-#: IOI intro clauses; ``{A}`` and ``{B}`` are the two names, in either order of IO and S.
-IOI_INTROS: tuple[str, ...] = (
-    "When {A} and {B} went to the {PLACE},",
-    "After {A} and {B} went to the {PLACE},",
-    "While {A} and {B} were working at the {PLACE},",
-    "Then, {A} and {B} went to the {PLACE}.",
-    "When {A} and {B} got a {OBJECT2} at the {PLACE},",
-    "Friends {A} and {B} found a {OBJECT2} at the {PLACE}.",
-    "Afterwards, {A} and {B} went to the {PLACE}.",
-    "When {A} and {B} arrived at the {PLACE},",
-    "Then, {A} and {B} had a long argument, and afterwards",
-    "While {A} and {B} were commuting to the {PLACE},",
-    "After the lunch, {A} and {B} went to the {PLACE}.",
-    "Then in the morning, {A} and {B} went to the {PLACE}.",
-    "The {PLACE} {A} and {B} went to had a {OBJECT2}.",
-    "Yesterday, {A} and {B} met at the {PLACE}.",
-)
-#: IOI action clauses; ``{S}`` is the repeated subject, the prompt ends with " to".
-IOI_ACTIONS: tuple[str, ...] = (
-    "{S} gave a {OBJECT} to",
-    "{S} handed a {OBJECT} to",
-    "{S} threw a {OBJECT} to",
-    "{S} said to",
-    "{S} decided to give a {OBJECT} to",
-    "{S} sent a {OBJECT} to",
-    "{S} passed the {OBJECT} to",
-    "{S} showed the {OBJECT} to",
-    "{S} brought a {OBJECT} to",
-    "{S} offered a {OBJECT} to",
-)
+#: IOI templates (intro clauses with ``{A}`` and ``{B}``; action clauses with the repeated
+#: subject ``{S}``, ending with " to"): with the word lists in :mod:`._lexicon`.
+IOI_INTROS = lx.IOI_INTROS
+IOI_ACTIONS = lx.IOI_ACTIONS
 #: Indices into :data:`IOI_INTROS` / :data:`IOI_ACTIONS` never used in training IOI prompts.
 IOI_HELD_OUT_INTROS: tuple[int, ...] = (2, 11)
 IOI_HELD_OUT_ACTIONS: tuple[int, ...] = (9,)

@@ -348,13 +348,28 @@ def induction_batch(gen: torch.Generator, batch_size: int, n_ctx: int,
     return x
 
 
+def _start(defaults: dict[str, Any], steps: int | None) -> tuple[dict[str, Any], Callable[[], tuple[float, float]]]:
+    """A training run's hyperparameters (``steps`` overriding the default) and a clock of its
+    wall-clock and CPU seconds since now."""
+    t_start, cpu_start = time.time(), time.process_time()
+    hp = dict(defaults)
+    if steps:
+        hp["steps"] = steps
+    return hp, lambda: (time.time() - t_start, time.process_time() - cpu_start)
+
+
+def _publish(folder: Path, report: dict[str, Any], card: str) -> dict[str, Any]:
+    """Write a trained model's metrics and card beside its weights; print the summary."""
+    (folder / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "README.md").write_text(card)
+    _print_summary(report)
+    return report
+
+
 def train_induction_2l(out_root: Path, seed: int = 0, steps: int | None = None) -> dict:
     from ._tokenizers import induction_2l_tokenizer
 
-    t_start, cpu_start = time.time(), time.process_time()
-    hp = dict(INDUCTION_2L_TRAIN)
-    if steps:
-        hp["steps"] = steps
+    hp, elapsed = _start(INDUCTION_2L_TRAIN, steps)
     cfg = dict(INDUCTION_2L_CONFIG)
     torch.manual_seed(seed)
     model = TrainLM(cfg, init_std=hp["init_std"])
@@ -366,8 +381,7 @@ def train_induction_2l(out_root: Path, seed: int = 0, steps: int | None = None) 
                                      hp["distances"]),
         steps=hp["steps"], lr=hp["lr"], warmup=hp["warmup"], weight_decay=hp["weight_decay"],
     )
-    train_seconds = time.time() - t_start
-    cpu_seconds = time.process_time() - cpu_start
+    train_seconds, cpu_seconds = elapsed()
     folder = out_root / "induction-2l"
     _write_model(folder, cfg, model, induction_2l_tokenizer(), {})
     check_tokens = induction_batch(torch.Generator().manual_seed(10_000 + seed), 4, cfg["n_ctx"],
@@ -392,10 +406,7 @@ def train_induction_2l(out_root: Path, seed: int = 0, steps: int | None = None) 
         "metrics": metrics,
         "env": _env(),
     }
-    (folder / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "README.md").write_text(induction_2l_card(cfg, report))
-    _print_summary(report)
-    return report
+    return _publish(folder, report, induction_2l_card(cfg, report))
 
 
 @torch.no_grad()
@@ -602,10 +613,7 @@ def _quick_toy_lm_eval(tokenizer: Any) -> Callable[[nn.Module], dict[str, float]
 def train_toy_lm(out_root: Path, seed: int = 0, steps: int | None = None) -> dict:
     from ._tokenizers import toy_lm_tokenizer
 
-    t_start, cpu_start = time.time(), time.process_time()
-    hp = dict(TOY_LM_TRAIN)
-    if steps:
-        hp["steps"] = steps
+    hp, elapsed = _start(TOY_LM_TRAIN, steps)
     tokenizer = toy_lm_tokenizer()
     cfg = dict(TOY_LM_CONFIG)
     cfg["d_vocab"] = len(tokenizer.get_vocab())
@@ -662,8 +670,7 @@ def train_toy_lm(out_root: Path, seed: int = 0, steps: int | None = None) -> dic
         steps=hp["steps"], lr=hp["lr"], warmup=hp["warmup"], weight_decay=hp["weight_decay"],
         eval_every=200, eval_fn=_quick_toy_lm_eval(tokenizer),
     )
-    train_seconds = time.time() - t_start
-    cpu_seconds = time.process_time() - cpu_start
+    train_seconds, cpu_seconds = elapsed()
     folder = out_root / "toy-lm"
     _write_model(folder, cfg, model, tokenizer, {})
     for old in (folder / "saes",):
@@ -685,10 +692,7 @@ def train_toy_lm(out_root: Path, seed: int = 0, steps: int | None = None) -> dic
         "ioi_heads": summary,
         "env": _env(),
     }
-    (folder / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "README.md").write_text(toy_lm_card(cfg, report))
-    _print_summary(report)
-    return report
+    return _publish(folder, report, toy_lm_card(cfg, report))
 
 
 def measure_toy_lm(model: Any, seed: int = 0) -> dict[str, Any]:
