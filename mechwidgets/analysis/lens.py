@@ -35,9 +35,10 @@ and bias are applied in all cases (TransformerLens's ``logit_attrs`` leaves them
 expects them folded into the unembedding: ``fold_ln=True``).
 
 Everything is read from one run of the model, through
-:meth:`~mechwidgets._model.ModelHandle.run_with_cache`, optionally with ablation hooks (heads
-through :func:`~mechwidgets.analysis.attention.head_ablation_hooks`, MLPs on ``hook_mlp_out``
-with the same three modes), so an ablated view is the same computation on the ablated run.
+:meth:`~mechwidgets._model.ModelHandle.run_with_cache`, optionally with the hooks of
+:func:`~mechwidgets.analysis.attention.ablation_hooks` (heads on ``hook_z``, MLPs on
+``hook_mlp_out``; zero, mean or resample), so an ablated view is the same computation on the
+ablated run.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ import torch
 from jaxtyping import Float, Int
 
 from .._fast import FinalNorm
+from .._fingerprint import Stamp
 from .._model import ModelHandle
-from ..errors import ComponentError, PromptError
-from .attention import ABLATION_MODES, head_ablation_hooks, resample_tokens
+from ..errors import AnswerError, ComponentError, PromptError
+from .attention import Predictions, ablation_hooks, check_ablation, resample_tokens, top_predictions
 
 LnScale = Literal["final", "own"]
 DLABy = Literal["component", "head", "position"]
@@ -82,53 +84,7 @@ def _w_o(handle: ModelHandle, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return w_o.detach().float(), b_o.detach().float()
 
 
-# ---------------------------------------------------------------------------- ablation + record
-def ablation_hooks(
-    handle: ModelHandle,
-    tokens: torch.Tensor,
-    *,
-    heads: Sequence[tuple[int, int]] = (),
-    mlps: Sequence[int] = (),
-    mode: str = "zero",
-    ablation_prompt: str | torch.Tensor | None = None,
-    max_positions: int | None = None,
-) -> list[tuple[str, Any]]:
-    """Forward hooks ablating ``heads`` (on ``hook_z``, as
-    :func:`~mechwidgets.analysis.attention.ablate_heads`) and ``mlps`` (on ``hook_mlp_out``):
-    zero, mean over positions, or resampled from ``ablation_prompt`` (same token length). Runs
-    the resample prompt once when needed; call inside ``handle.session()``."""
-    if mode not in ABLATION_MODES:
-        raise ComponentError(f"unknown ablation mode {mode!r}: use one of {ABLATION_MODES}.")
-    heads = [handle.check_head(layer, head) for layer, head in heads]
-    mlps = [handle.check_layer(layer) for layer in mlps]
-    mlp_names = [handle.hook_name("mlp_out", layer) for layer in mlps]
-    if not heads and not mlps:
-        return []
-    resample: dict[str, torch.Tensor] | None = None
-    if mode == "resample":
-        if ablation_prompt is None:
-            raise PromptError(
-                "resample ablation needs a second prompt: pass ablation_prompt= (same token "
-                "length as the prompt), or choose zero or mean ablation."
-            )
-        other = resample_tokens(handle, ablation_prompt, tokens, max_positions=max_positions)
-        z_names = {handle.hook_name("z", layer) for layer, _ in heads}
-        _, resample = handle.run_with_cache(other, sorted(z_names | set(mlp_names)), return_type=None)
-    hooks = head_ablation_hooks(handle, heads, mode, resample)
-    for name in mlp_names:
-
-        def hook(out: torch.Tensor, hook: Any, name: str = name) -> torch.Tensor:
-            if mode == "zero":
-                return torch.zeros_like(out)
-            if mode == "mean":
-                return out.mean(dim=1, keepdim=True).expand_as(out).clone()
-            assert resample is not None
-            return resample[name].to(out.dtype).clone()
-
-        hooks.append((name, hook))
-    return hooks
-
-
+# ---------------------------------------------------------------------------- one recorded run
 @dataclass
 class _Record:
     tokens: torch.Tensor  # [1, pos]
@@ -211,32 +167,86 @@ def lens_logits(
     return x @ w_u + b_u
 
 
+#: How many vocabulary entries the lens unembeds at once, per position: a ``[pos, chunk]``
+#: block of logits (about 4 MB) stays in the CPU's cache while every reduction reads it, instead
+#: of five passes over a ``[pos, d_vocab]`` matrix in memory.
+LENS_BLOCK = 1 << 20
+
+
+def _lens_stats(
+    block: Any, vocab: int, n_pos: int, final_p: torch.Tensor, neg_entropy: torch.Tensor,
+    k: int, answer: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One layer's lens reductions over the vocabulary, a block of columns at a time:
+    ``block(start, stop)`` gives the ``[pos, stop - start]`` logits of those tokens. Returns
+    ``(top_ids, top_probs, kl, answer_rank, answer_prob)`` (the last two None without an
+    answer); the same numbers as the reductions over the whole ``[pos, d_vocab]`` logits:
+    ``logsumexp`` accumulated with a running maximum, the top-k merged block by block, the rank
+    counted against the answer's logit (its block comes first)."""
+    width = max(1024, LENS_BLOCK // max(n_pos, 1))
+    starts = list(range(0, vocab, width))
+    if answer is not None:  # the answer's block first: its logit is known before any count
+        starts.insert(0, starts.pop(answer // width))
+    dev = final_p.device
+    run_max = torch.full((n_pos,), -math.inf, device=dev)
+    run_sum = torch.zeros(n_pos, device=dev)
+    dot = torch.zeros(n_pos, device=dev)  # sum_v p_final(v) logits(v)
+    rank = torch.zeros(n_pos, dtype=torch.long, device=dev)
+    top_v = top_i = a = None
+    for start in starts:
+        stop = min(start + width, vocab)
+        logits = block(start, stop)
+        if a is None and answer is not None:
+            a = logits[:, answer - start].clone()
+        values, ids = logits.topk(min(k, stop - start), dim=-1)
+        new_max = torch.maximum(run_max, values[:, 0])
+        run_sum = run_sum * (run_max - new_max).exp() + (logits - new_max[:, None]).exp().sum(-1)
+        run_max = new_max
+        dot += torch.linalg.vecdot(final_p[:, start:stop], logits)
+        if a is not None:
+            rank += (logits > a[:, None]).sum(-1)
+        if top_v is None or top_i is None:
+            top_v, top_i = values, ids + start
+        else:
+            merged_v, order = torch.cat([top_v, values], 1).topk(k, dim=-1)
+            top_i, top_v = torch.cat([top_i, ids + start], 1).gather(1, order), merged_v
+    assert top_v is not None and top_i is not None
+    lse = run_max + run_sum.log()
+    kl = (neg_entropy - dot + lse).clamp_min(0)
+    if a is None:
+        return top_i, (top_v - lse[:, None]).exp(), kl, None, None
+    return top_i, (top_v - lse[:, None]).exp(), kl, rank, (a - lse).exp()
+
+
 def _lens_from_record(
     handle: ModelHandle, rec: _Record, *, answer: int | None, top_k: int, ln_scale: str
 ) -> LensResult:
     names = _stream_names(handle)
     final = rec.cache[names[-1]][0].float()
-    # KL(final || layer) = sum p_f log p_f - sum p_f logits + logsumexp(logits): one pass over
-    # the vocabulary per layer for the dot product, none for a second softmax
+    # KL(final || layer) = sum p_f log p_f - sum p_f logits + logsumexp(logits): one dot product
+    # per layer over the vocabulary, no second softmax
     final_logp = rec.logits.log_softmax(-1)
     final_p = final_logp.exp()
     neg_entropy = (final_p * final_logp).sum(-1)
     k = min(top_k, handle.d_vocab)
-    tops, probs, kls, ranks, aprobs = [], [], [], [], []
-    for name in names:  # one layer at a time: [pos, d_vocab] at most in memory
-        # the last row is the model's own logits (the final stream through the final norm and
-        # the unembedding, whichever scale): reuse them rather than unembed it again
-        logits = rec.logits if name == names[-1] else lens_logits(handle, rec.cache[name][0], final, ln_scale)
-        lse = logits.logsumexp(-1)
-        top, ids = logits.topk(k, dim=-1)
-        tops.append(ids)
-        probs.append((top - lse[:, None]).exp())
-        dot = torch.bmm(final_p[:, None, :], logits[:, :, None])[:, 0, 0]  # sum_v p_f logits
-        kls.append((neg_entropy - dot + lse).clamp_min(0))
-        if answer is not None:
-            a = logits[:, answer]
-            ranks.append((logits > a[:, None]).sum(-1))
-            aprobs.append((a - lse).exp())
+    norm = FinalNorm.of(handle)
+    w_u, b_u = _unembed_weights(handle)
+    n_pos, vocab = rec.logits.shape
+    rows = []
+    for name in names:  # one layer at a time, a block of the vocabulary at a time
+        x = None
+        if name != names[-1]:
+            stream = rec.cache[name][0].float()
+            scale = norm.scale(final) if ln_scale == "final" else norm.scale(stream)
+            x = norm.linear(stream, scale) + norm.bias(handle.d_model, stream.device)
+
+        def block(start: int, stop: int, x: torch.Tensor | None = x) -> torch.Tensor:
+            # the last row is the model's own logits (the final stream through the final norm
+            # and the unembedding, whichever scale): reused rather than unembedded again
+            return rec.logits[:, start:stop] if x is None else torch.addmm(b_u[start:stop], x, w_u[:, start:stop])
+
+        rows.append(_lens_stats(block, vocab, n_pos, final_p, neg_entropy, k, answer))
+    tops, probs, kls, ranks, aprobs = zip(*rows, strict=True)
     layers = [f"L{i} pre" for i in range(handle.n_layers)] + ["final"]
     return LensResult(
         tokens=rec.tokens[0].cpu(),
@@ -427,8 +437,6 @@ def _answers(handle: ModelHandle, answer: Any, wrong_answer: Any) -> tuple[int, 
     a = handle.single_token(answer, what="answer")
     w = None if wrong_answer is None else handle.single_token(wrong_answer, what="wrong answer")
     if w is not None and w == a:
-        from ..errors import AnswerError
-
         raise AnswerError(
             f"answer and wrong_answer are the same token ({handle.token_str(a)!r}): the logit "
             f"difference would be 0. Pass two different tokens, or wrong_answer=None."
@@ -486,6 +494,39 @@ class LensView:
     mode: str = "zero"
 
 
+def _view(
+    handle: ModelHandle, tokens: torch.Tensor, answers: tuple[int | None, int | None], *, top_k: int,
+    ln_scale: str, by: str, heads: Sequence[tuple[int, int]] = (), mlps: Sequence[int] = (),
+    mode: str = "zero", resample_from: torch.Tensor | None = None,
+) -> LensView:
+    """:func:`lens_view` on checked arguments (what :func:`check_ablation` returns)."""
+    answer_id, wrong_id = answers
+    with handle.session():
+        hooks = ablation_hooks(handle, heads, mlps, mode, resample_from)
+        rec = _record(handle, tokens, parts=answer_id is not None, patterns=by == "position", fwd_hooks=hooks)
+        lens = _lens_from_record(handle, rec, answer=answer_id, top_k=top_k, ln_scale=ln_scale)
+        dla = None
+        if answer_id is not None:
+            dla = _dla_from_record(handle, rec, answer=answer_id, wrong_answer=wrong_id, by=by)
+        norms = torch.stack([rec.cache[n][0].float().norm(dim=-1) for n in _stream_names(handle)]).cpu()
+    return LensView(lens, dla, norms, list(heads), list(mlps), mode)
+
+
+def _check_view(
+    handle: ModelHandle, prompt: Any, answer: Any, wrong_answer: Any, ablation_prompt: Any, *,
+    top_k: Any, ln_scale: str, by: str, max_positions: int | None,
+) -> tuple[torch.Tensor, tuple[int | None, int | None], torch.Tensor | None]:
+    """The checks of a whole view's arguments: ``(tokens, (answer, wrong_answer) ids, the
+    ablation prompt's tokens or None)``."""
+    _check_options(top_k, ln_scale, by)
+    tokens = handle.tokens(prompt, max_positions=max_positions)
+    if answer is None and wrong_answer is not None:
+        raise PromptError("wrong_answer= needs answer= too: the logit difference compares the two.")
+    answers = (None, None) if answer is None else _answers(handle, answer, wrong_answer)
+    other = None if ablation_prompt is None else resample_tokens(handle, ablation_prompt, tokens, max_positions=max_positions)
+    return tokens, answers, other
+
+
 def lens_view(
     model: Any,
     prompt: str | torch.Tensor,
@@ -505,23 +546,92 @@ def lens_view(
     the model, optionally with heads and MLPs ablated (``mode`` zero, mean or resample from
     ``ablation_prompt``): the numbers equal those functions' on the same (ablated) run."""
     handle = ModelHandle.wrap(model)
-    _check_options(top_k, ln_scale, by)
-    tokens = handle.tokens(prompt, max_positions=max_positions)
-    answer_id, wrong_id = (None, None) if answer is None else _answers(handle, answer, wrong_answer)
-    if answer is None and wrong_answer is not None:
-        raise PromptError("wrong_answer= needs answer= too: the logit difference compares the two.")
-    with handle.session():
-        hooks = ablation_hooks(
-            handle, tokens, heads=ablate_heads, mlps=ablate_mlps, mode=mode,
-            ablation_prompt=ablation_prompt, max_positions=max_positions,
+    tokens, answers, other = _check_view(handle, prompt, answer, wrong_answer, ablation_prompt, top_k=top_k,
+                                         ln_scale=ln_scale, by=by, max_positions=max_positions)
+    heads, mlps = check_ablation(handle, ablate_heads, ablate_mlps, mode, resample_from=other)
+    return _view(handle, tokens, answers, top_k=top_k, ln_scale=ln_scale, by=by, heads=heads, mlps=mlps,
+                 mode=mode, resample_from=other)
+
+
+class LensAnalysis:
+    """The whole lens view of one prompt (:class:`LensView`: lens, DLA by source position,
+    norms), prepared for :class:`~mechwidgets.widgets.lens.LogitLensWidget` or headless use,
+    with live ablation of heads and MLPs. Every argument is checked here, once (as
+    :func:`lens_view`). The clean view carries a :class:`~mechwidgets._fingerprint.Stamp` of the
+    model: :meth:`stale` says when the model changed since, :meth:`recompute` runs it again.
+
+    Attributes:
+        view: the clean run's :class:`LensView`; ``last_ablation`` the ablated run's (None when
+            nothing is ablated); ``ablated``: ``{heads, mlps, mode}`` in force.
+        prompt: the prompt as text; ``tokens``: ``[1, pos]``; ``answers``: the (answer,
+            wrong answer) ids, None where not given.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        prompt: str | torch.Tensor,
+        *,
+        answer: str | int | None = None,
+        wrong_answer: str | int | None = None,
+        ablation_prompt: str | torch.Tensor | None = None,
+        top_k: int = 5,
+        ln_scale: LnScale = "own",
+        max_positions: int = 512,
+    ) -> None:
+        self.handle = handle = ModelHandle.wrap(model)
+        self.tokens, self.answers, self.resample_from = _check_view(
+            handle, prompt, answer, wrong_answer, ablation_prompt, top_k=top_k, ln_scale=ln_scale,
+            by="position", max_positions=max_positions,
         )
-        rec = _record(handle, tokens, parts=answer_id is not None, patterns=by == "position", fwd_hooks=hooks)
-        lens = _lens_from_record(handle, rec, answer=answer_id, top_k=top_k, ln_scale=ln_scale)
-        dla = None
-        if answer_id is not None:
-            dla = _dla_from_record(handle, rec, answer=answer_id, wrong_answer=wrong_id, by=by)
-        norms = torch.stack([rec.cache[n][0].float().norm(dim=-1) for n in _stream_names(handle)]).cpu()
-    return LensView(lens, dla, norms, [tuple(h) for h in ablate_heads], list(ablate_mlps), mode)  # type: ignore[misc]
+        self.top_k, self.ln_scale = top_k, ln_scale
+        self.has_mlp = handle.has_hook(handle.hook_name("mlp_out", 0))
+        self.stamp = Stamp(handle.model)
+        self.view = self._run()
+        self.prompt = prompt if isinstance(prompt, str) else "".join(self.view.lens.str_tokens)
+        self.last_ablation: LensView | None = None
+        self.ablated: dict[str, Any] = {"heads": [], "mlps": [], "mode": "zero"}
+
+    def _run(self, heads: Sequence[tuple[int, int]] = (), mlps: Sequence[int] = (), mode: str = "zero") -> LensView:
+        return _view(self.handle, self.tokens, self.answers, top_k=self.top_k, ln_scale=self.ln_scale,
+                     by="position", heads=heads, mlps=mlps, mode=mode, resample_from=self.resample_from)
+
+    def ablate(self, heads: Sequence[Any] = (), mlps: Sequence[Any] = (), mode: str = "zero") -> LensView | None:
+        """Ablate ``heads`` (``(layer, head)`` pairs) and ``mlps`` (layers) with ``mode`` and
+        run the view again (:attr:`last_ablation`); nothing to ablate clears it (None)."""
+        pairs, layers = check_ablation(self.handle, heads, mlps, mode, resample_from=self.resample_from)
+        self.ablated = {"heads": [list(p) for p in pairs], "mlps": layers, "mode": mode}
+        self.last_ablation = self._run(pairs, layers, mode) if pairs or layers else None
+        return self.last_ablation
+
+    def stale(self) -> str | None:
+        """What changed in the model since the view was computed (None: nothing)."""
+        return self.stamp.stale()
+
+    def recompute(self, *, ablation: bool = True) -> None:
+        """Run the clean view again on the model as it is now, and (``ablation``) the ablation
+        in force."""
+        self.view = self._run()
+        self.stamp.renew()
+        if ablation and self.last_ablation is not None:
+            self.ablate(**self.ablated)
+
+    def layer_topk(self, layer: Any, run: str = "clean") -> tuple[torch.Tensor, torch.Tensor]:
+        """One lens row's ``([pos, k] top ids, [pos, k] probabilities)`` of the clean run or
+        (``run="ablated"``, when there is one) the ablated run."""
+        n = len(self.view.lens.layers)
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n:
+            raise ComponentError(f"lens layer {layer!r} is out of range: rows are 0..{n - 1} "
+                                 f"({self.view.lens.layers[0]} … {self.view.lens.layers[-1]}).")
+        if run not in ("clean", "ablated"):
+            raise ComponentError(f"run must be 'clean' or 'ablated', got {run!r}.")
+        view = self.view if run == "clean" or self.last_ablation is None else self.last_ablation
+        return view.lens.top_ids[layer], view.lens.top_probs[layer]
+
+    def predictions(self, view: LensView, k: int = 8) -> Predictions:
+        """The top ``k`` next tokens of ``view``'s run at the last position."""
+        assert view.lens.logits is not None
+        return top_predictions(self.handle, view.lens.logits[-1], k)
 
 
 # ---------------------------------------------------------------------------- norms
@@ -590,6 +700,7 @@ __all__ = [
     "LN_SCALES",
     "DLAResult",
     "FinalNorm",
+    "LensAnalysis",
     "LensResult",
     "LensView",
     "NormResult",
