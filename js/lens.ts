@@ -22,6 +22,7 @@ interface LensState {
   answer_prob?: Encoded | Record<string, never>;
   topk_ids?: Encoded | Record<string, never>;
   topk_probs?: Encoded | Record<string, never>;
+  computed_from?: number;
 }
 
 interface DLAState {
@@ -204,6 +205,10 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
     for (let i = rows.length - 1; i >= 0; i--) {
       const tr = h("tr", {}, h("th", {}, rows[i]));
       for (let j = 0; j < nPos; j++) {
+        if (j < (lens.computed_from ?? 0)) {
+          tr.append(h("td", { class: "mw-lens-cell", "data-testid": `cell-${i}-${j}`, title: "computing…" }, ""));
+          continue;
+        }
         const p = prob.data[i * nPos + j];
         const word = vocab[top1.data[i * nPos + j]] ?? "";
         const td = h("td", { class: "mw-lens-cell", "data-testid": `cell-${i}-${j}`, "data-layer": i, "data-pos": j }, clip(showToken(word), 8));
@@ -488,6 +493,11 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
     topkCache.clear();
     drawAll();
   };
+  // a long prompt's lens comes first at its last positions: ask for the rest once drawn
+  const complete = (): void => {
+    const partial = (model.get("lens")?.computed_from ?? 0) > 0 || (ablation().lens?.computed_from ?? 0) > 0;
+    if (partial && live()) client.request("complete_lens", {}).catch(fail);
+  };
   model.on("change:ablation", onAblation);
   const onAblated = (): void => {
     drawBars();
@@ -495,15 +505,20 @@ export function render({ model, el }: { model: LensModel; el: HTMLElement }): ()
   };
   model.on("change:ablated", onAblated);
   model.on("change:lens", onData);
+  model.on("change:lens", complete);
+  model.on("change:ablation", complete);
   model.on("change:dla", onData);
   model.on("change:norms", onData);
   if (hasAblation()) run = "ablated";
   drawAll();
+  complete();
 
   return () => {
     model.off("change:ablation", onAblation);
     model.off("change:ablated", onAblated);
     model.off("change:lens", onData);
+    model.off("change:lens", complete);
+    model.off("change:ablation", complete);
     model.off("change:dla", onData);
     model.off("change:norms", onData);
     client.dispose();

@@ -11,15 +11,17 @@ against the model goes through the request protocol of
   (``run`` ``"clean"`` or ``"ablated"``), for the hover tooltip of prompts too long to carry
   every layer's top-k in the state;
 - ``ablate {heads, mlps, mode}`` → the ``ablated`` and ``ablation`` traits: the lens, the DLA,
-  the norms and the predictions of the ablated run, shown beside the clean ones.
+  the norms and the predictions of the ablated run, shown beside the clean ones;
+- ``complete_lens {}`` → a long prompt's lens is computed first at its last positions (so the
+  widget shows in about a forward pass); this job fills in the rest, layer by layer, from the
+  same run's recorded streams, and rewrites the ``lens`` (and the ablation's) trait.
 
 The maths is in :mod:`mechwidgets.analysis.lens`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from html import escape
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -29,8 +31,8 @@ from .._args import Int, ListOf, Str, Tuple
 from ..analysis.attention import ABLATION_MODES
 from ..analysis.lens import LensAnalysis, LensResult, LensView, norm_summary
 from ._base import MechWidget
+from ._lens_picture import lens_svg
 from ._requests import page_request
-from ._svg import _label, diverging_rgb, sequential_rgb
 from ._traits import Arrays, as_wire
 from .attention import _predictions_state
 
@@ -41,6 +43,9 @@ _ROW = Int(0, lambda w: len(w.view.lens.layers) - 1)
 
 #: Next-token predictions listed before / after an ablation.
 N_PREDICTIONS = 8
+#: Lens cells (layers × positions) computed before the widget is shown: a longer prompt's lens
+#: starts at its last positions, and the page asks ``complete_lens`` for the rest once drawn.
+FIRST_VIEW_CELLS = 416
 
 
 class LogitLensWidget(MechWidget):
@@ -71,7 +76,8 @@ class LogitLensWidget(MechWidget):
     #: {vocab: the distinct top tokens as strings, top1: [layer, pos] int32 indices into vocab,
     #: top1_prob, kl: [layer, pos] float32, answer_rank: [layer, pos] int32 and answer_prob
     #: ({} without an answer), topk_ids/topk_probs: [layer, pos, k] (indices into vocab) when
-    #: the prompt is short enough (max_inline_cells), else {}: the page asks layer_topk per layer}
+    #: the prompt is short enough (max_inline_cells), else {}: the page asks layer_topk per layer;
+    #: computed_from: cells at earlier positions are not computed yet (zeros), see complete_lens}
     lens = Arrays().tag(sync=True)
     #: {labels, values: [part], heads: [layer, head], mlps, attn_bias: [layer],
     #: head_positions: [layer, head, pos] float32, total, norm_bias}; {} without an answer
@@ -132,6 +138,7 @@ class LogitLensWidget(MechWidget):
             "answer_prob": {} if lens.answer_prob is None else lens.answer_prob,
             "topk_ids": inverse if inline else {},
             "topk_probs": lens.top_probs if inline else {},
+            "computed_from": lens.computed_from,
         }
 
     def _view_state(self, view: LensView) -> dict[str, Any]:
@@ -194,6 +201,17 @@ class LogitLensWidget(MechWidget):
         self.analysis.ablate(heads, mlps, mode or self.ablation_mode)
         return self._show_ablation()
 
+    @page_request()
+    def _req_complete_lens(self) -> Iterator[dict[str, Any]]:
+        runs = ["clean"] + (["ablated"] if self.last_ablation is not None else [])
+        for run in runs:
+            yield from self.analysis.complete(run)
+        with self.hold_sync():
+            self.lens = self._lens_state(self.view.lens)
+            if self.last_ablation is not None:
+                self.ablation = {**self.ablation, "lens": self._lens_state(self.last_ablation.lens)}
+        return {"runs": runs}
+
     # ------------------------------------------------------------ Python API
     def ablate(
         self, heads: Sequence[tuple[int, int]] = (), mlps: Sequence[int] = (), *, mode: str | None = None
@@ -205,6 +223,10 @@ class LogitLensWidget(MechWidget):
         assert self.last_ablation is not None
         return self.last_ablation
 
+    def complete_lens(self) -> None:
+        """Compute the lens at every position (as the page asks once it has drawn a long prompt)."""
+        self._call("complete_lens")
+
     def clear_ablation(self) -> None:
         """Forget the ablation and show the clean run only."""
         self._call("ablate", heads=[], mlps=[], mode=self.ablation_mode)
@@ -212,63 +234,6 @@ class LogitLensWidget(MechWidget):
     def _static_svg(self) -> str | None:
         ids = self.view.lens.top_ids[..., 0].unique().tolist()
         return lens_svg(self.view, self.prompt, dict(zip(ids, self.analysis.handle.token_strs(ids), strict=True)))
-
-
-def lens_svg(view: LensView, prompt: str, token_strs: dict[int, str], *, max_cols: int = 48) -> str:
-    """The lens grid (top token per layer and position, coloured by its probability) and the
-    largest DLA terms, as one SVG document (``token_strs``: the top tokens' ids to strings). Long
-    prompts show their last ``max_cols`` positions."""
-    lens = view.lens
-    n_rows, n_pos = lens.top_ids.shape[:2]
-    first = max(0, n_pos - max_cols)
-    cols = list(range(first, n_pos))
-    cw, ch, left, top = 46, 18, 70, 96
-    grid_w = left + len(cols) * cw + 10
-    bars = view.dla.top(12) if view.dla is not None else []
-    bar_x = grid_w + 20
-    width = bar_x + (260 if bars else 0)
-    height = max(top + n_rows * ch + 30, 60 + 16 * len(bars))
-    title = f"Logit lens: top token per layer (rows) and position (columns), colour = its probability; {prompt}"
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="9">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="4" y="14" font-size="12">{_label(title, 160)}</text>',
-    ]
-    if first:
-        parts.append(f'<text x="4" y="30" fill="#57606a">(last {len(cols)} of {n_pos} positions)</text>')
-    for j, pos in enumerate(cols):
-        x, y = left + j * cw + cw // 2, top - 4
-        parts.append(f'<text transform="translate({x},{y}) rotate(-45)">{_label(lens.str_tokens[pos], 10)}</text>')
-    for i in range(n_rows):
-        y = top + (n_rows - 1 - i) * ch  # the final layer on top
-        parts.append(f'<text x="{left - 4}" y="{y + 12}" text-anchor="end">{escape(lens.layers[i])}</text>')
-        for j, pos in enumerate(cols):
-            p = float(lens.top_probs[i, pos, 0])
-            tok = int(lens.top_ids[i, pos, 0])
-            parts.append(
-                f'<rect x="{left + j * cw}" y="{y}" width="{cw - 1}" height="{ch - 1}" fill="{sequential_rgb(p)}"/>'
-            )
-            text = _label(token_strs.get(tok, str(tok)).replace(" ", "·"), 7)
-            colour = "white" if p > 0.6 else "black"
-            parts.append(f'<text x="{left + j * cw + 2}" y="{y + 12}" fill="{colour}">{text}</text>')
-    if bars:
-        scale = max(abs(v) for _, v in bars) or 1.0
-        dla = view.dla
-        assert dla is not None
-        what = f"logit({dla.answer_str}) - logit({dla.wrong_answer_str})" if dla.wrong_answer is not None else f"logit({dla.answer_str})"
-        parts.append(f'<text x="{bar_x}" y="{top - 30}" font-size="11">DLA to {_label(what, 40)}: largest parts</text>')
-        for k, (name, v) in enumerate(bars):
-            y = top - 16 + k * 16
-            w = 50 * abs(v) / scale
-            centre = bar_x + 122  # positive parts to the right of the axis, negative to the left
-            x0 = centre if v >= 0 else centre - w
-            parts.append(f'<text x="{bar_x + 64}" y="{y + 10}" text-anchor="end">{escape(name)}</text>')
-            parts.append(f'<rect x="{x0:.1f}" y="{y}" width="{w:.1f}" height="12" fill="{diverging_rgb(v / scale)}"/>')
-            parts.append(f'<line x1="{centre}" x2="{centre}" y1="{y}" y2="{y + 14}" stroke="#8c959f"/>')
-            parts.append(f'<text x="{bar_x + 180}" y="{y + 10}">{v:+.3f}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def show_logit_lens(
@@ -300,12 +265,17 @@ def show_logit_lens(
         max_inline_cells: up to this many layer × position cells, every cell's top-k travels in
             the widget's state (and survives a save); beyond, the frontend asks per layer.
 
+    A prompt of more than :data:`FIRST_VIEW_CELLS` layer × position cells shows its lens at the
+    last positions first; the page then asks for the rest (``complete_lens``), which comes from
+    the same forward pass. ``widget.complete_lens()`` does it from Python.
+
     Returns:
         The :class:`LogitLensWidget` over a :class:`~mechwidgets.analysis.lens.LensAnalysis`;
         display it, or drive it from Python (``widget.ablate(heads=[(3, 0)], mode="mean")``).
     """
     analysis = LensAnalysis(model, prompt, answer=answer, wrong_answer=wrong_answer, ablation_prompt=ablation_prompt,
-                            top_k=top_k, ln_scale=ln_scale, max_positions=max_positions)  # type: ignore[arg-type]
+                            top_k=top_k, ln_scale=ln_scale, max_positions=max_positions,  # type: ignore[arg-type]
+                            eager_cells=FIRST_VIEW_CELLS)
     return LogitLensWidget(analysis, max_inline_cells=max_inline_cells)
 
 
