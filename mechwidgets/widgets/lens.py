@@ -21,7 +21,7 @@ The maths is in :mod:`mechwidgets.analysis.lens`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import torch
@@ -202,7 +202,7 @@ class LogitLensWidget(MechWidget):
         return self._show_ablation()
 
     @page_request()
-    def _req_complete_lens(self) -> Iterator[dict[str, Any]]:
+    def _req_complete_lens(self) -> Generator[dict[str, Any], None, dict[str, Any]]:
         runs = ["clean"] + (["ablated"] if self.last_ablation is not None else [])
         for run in runs:
             yield from self.analysis.complete(run)

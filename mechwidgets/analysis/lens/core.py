@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -132,64 +131,63 @@ def lens_logits(
     return x @ w_u + b_u
 
 
-#: How many vocabulary entries the lens unembeds at once, per position: a ``[pos, chunk]``
-#: block of logits (about 4 MB) stays in the CPU's cache while every reduction reads it, instead
-#: of five passes over a ``[pos, d_vocab]`` matrix in memory.
+#: How many logits the lens holds at once: a ``[rows, pos, chunk]`` block of the vocabulary
+#: (about 4 MB) stays in the CPU's cache while every reduction reads it, instead of five passes
+#: over ``[rows, pos, d_vocab]`` logits in memory.
 LENS_BLOCK = 1 << 20
-
-
-def _lens_stats(
-    block: Any, vocab: int, n_pos: int, final_p: torch.Tensor, neg_entropy: torch.Tensor,
-    k: int, answer: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """One layer's lens reductions over the vocabulary, a block of columns at a time:
-    ``block(start, stop)`` gives the ``[pos, stop - start]`` logits of those tokens. Returns
-    ``(top_ids, top_probs, kl, answer_rank, answer_prob)`` (the last two None without an
-    answer); the same numbers as the reductions over the whole ``[pos, d_vocab]`` logits:
-    ``logsumexp`` accumulated with a running maximum, the top-k merged block by block, the rank
-    counted against the answer's logit (its block comes first)."""
-    width = max(1024, LENS_BLOCK // max(n_pos, 1))
-    starts = list(range(0, vocab, width))
-    if answer is not None:  # the answer's block first: its logit is known before any count
-        starts.insert(0, starts.pop(answer // width))
-    dev = final_p.device
-    run_max = torch.full((n_pos,), -math.inf, device=dev)
-    run_sum = torch.zeros(n_pos, device=dev)
-    dot = torch.zeros(n_pos, device=dev)  # sum_v p_final(v) logits(v)
-    rank = torch.zeros(n_pos, dtype=torch.long, device=dev)
-    top_v = top_i = a = None
-    for start in starts:
-        stop = min(start + width, vocab)
-        logits = block(start, stop)
-        if a is None and answer is not None:
-            a = logits[:, answer - start].clone()
-        values, ids = logits.topk(min(k, stop - start), dim=-1)
-        new_max = torch.maximum(run_max, values[:, 0])
-        run_sum = run_sum * (run_max - new_max).exp() + (logits - new_max[:, None]).exp().sum(-1)
-        run_max = new_max
-        dot += torch.linalg.vecdot(final_p[:, start:stop], logits)
-        if a is not None:
-            rank += (logits > a[:, None]).sum(-1)
-        if top_v is None or top_i is None:
-            top_v, top_i = values, ids + start
-        else:
-            merged_v, order = torch.cat([top_v, values], 1).topk(k, dim=-1)
-            top_i, top_v = torch.cat([top_i, ids + start], 1).gather(1, order), merged_v
-    assert top_v is not None and top_i is not None
-    lse = run_max + run_sum.log()
-    kl = (neg_entropy - dot + lse).clamp_min(0)
-    if a is None:
-        return top_i, (top_v - lse[:, None]).exp(), kl, None, None
-    return top_i, (top_v - lse[:, None]).exp(), kl, rank, (a - lse).exp()
-
 
 Row = tuple[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
 
 
+def _lens_stats(
+    block: Any, vocab: int, cells: int, final_p: torch.Tensor, neg_entropy: torch.Tensor, k: int, answer: int | None,
+) -> Row:
+    """Lens reductions over the vocabulary, a block of columns at a time: ``block(start, stop)``
+    gives the ``[rows, pos, stop - start]`` logits of those tokens (``cells = rows * pos``).
+    Returns ``[rows, pos, ...]`` ``(top_ids, top_probs, kl, answer_rank, answer_prob)`` (the last
+    two None without an answer): the same numbers as the reductions over the whole
+    ``[..., d_vocab]`` logits, ``logsumexp`` accumulated with a running maximum, the top-k merged
+    block by block, the rank counted against the answer's logit (its block comes first)."""
+    width = max(1024, LENS_BLOCK // max(cells, 1))
+    starts = list(range(0, vocab, width))
+    if answer is not None:  # the answer's block first: its logit is known before any count
+        starts.insert(0, starts.pop(answer // width))
+    run_max = run_sum = dot = rank = top_v = top_i = a = None
+    for start in starts:
+        stop = min(start + width, vocab)
+        logits = block(start, stop)
+        if a is None and answer is not None:
+            a = logits[..., answer - start].clone()
+        values, ids = logits.topk(min(k, stop - start), dim=-1)
+        block_max = values[..., 0]
+        new_max = block_max if run_max is None else torch.maximum(run_max, block_max)
+        block_sum = (logits - new_max[..., None]).exp().sum(-1)
+        run_sum = block_sum if run_sum is None or run_max is None else run_sum * (run_max - new_max).exp() + block_sum
+        run_max = new_max
+        block_dot = torch.linalg.vecdot(final_p[:, start:stop], logits)  # sum_v p_final(v) logits(v)
+        dot = block_dot if dot is None else dot + block_dot
+        if a is not None:
+            block_rank = (logits > a[..., None]).sum(-1)
+            rank = block_rank if rank is None else rank + block_rank
+        if top_v is None or top_i is None:
+            top_v, top_i = values, ids + start
+        else:
+            merged_v, order = torch.cat([top_v, values], -1).topk(k, dim=-1)
+            top_i, top_v = torch.cat([top_i, ids + start], -1).gather(-1, order), merged_v
+    assert top_v is not None and top_i is not None and run_max is not None and run_sum is not None and dot is not None
+    lse = run_max + run_sum.log()
+    kl = (neg_entropy - dot + lse).clamp_min(0)
+    probs = (top_v - lse[..., None]).exp()
+    return top_i, probs, kl, rank, None if a is None else (a - lse).exp()
+
+
 def _lens_rows(
-    handle: ModelHandle, rec: _Record, positions: slice, *, answer: int | None, k: int, ln_scale: str
-) -> Iterator[Row]:
-    """The lens's rows at ``positions``, layer by layer (:func:`_lens_stats` of each)."""
+    handle: ModelHandle, rec: _Record, positions: slice, rows: Sequence[int], *, answer: int | None, k: int,
+    ln_scale: str,
+) -> Row:
+    """The lens's ``rows`` (stream indices: ``n_layers`` is the final stream) at ``positions``,
+    ``[len(rows), pos, ...]`` (:func:`_lens_stats`): the layers' streams unembedded together, in
+    one pass over the unembedding per vocabulary block."""
     names = _stream_names(handle)
     final = rec.cache[names[-1]][0, positions].float()
     # KL(final || layer) = sum p_f log p_f - sum p_f logits + logsumexp(logits): one dot product
@@ -198,18 +196,29 @@ def _lens_rows(
     final_logp = own_logits.log_softmax(-1)
     final_p = final_logp.exp()
     neg_entropy = (final_p * final_logp).sum(-1)
-    norm = FinalNorm.of(handle)
-    w_u, b_u = _unembed_weights(handle)
     n_pos, vocab = own_logits.shape
-    for name in names:  # one layer at a time, a block of the vocabulary at a time
-        x = None if name == names[-1] else _normed(handle, norm, rec.cache[name][0, positions], final, ln_scale)
+    layers = [r for r in rows if r < handle.n_layers]
+    parts: list[Row] = []
+    if layers:
+        norm = FinalNorm.of(handle)
+        w_u, b_u = _unembed_weights(handle)
+        x = torch.cat([_normed(handle, norm, rec.cache[names[r]][0, positions], final, ln_scale) for r in layers])
 
-        def block(start: int, stop: int, x: torch.Tensor | None = x) -> torch.Tensor:
-            # the last row is the model's own logits (the final stream through the final norm
-            # and the unembedding, whichever scale): reused rather than unembedded again
-            return own_logits[:, start:stop] if x is None else torch.addmm(b_u[start:stop], x, w_u[:, start:stop])
+        def unembedded(start: int, stop: int) -> torch.Tensor:
+            return torch.addmm(b_u[start:stop], x, w_u[:, start:stop]).view(len(layers), n_pos, stop - start)
 
-        yield _lens_stats(block, vocab, n_pos, final_p, neg_entropy, k, answer)
+        parts.append(_lens_stats(unembedded, vocab, x.shape[0], final_p, neg_entropy, k, answer))
+    if len(layers) < len(rows):
+        # the last row is the model's own logits (the final stream through the final norm and
+        # the unembedding, whichever scale): reused rather than unembedded again
+        def own(start: int, stop: int) -> torch.Tensor:
+            return own_logits[None, :, start:stop]
+
+        parts.append(_lens_stats(own, vocab, n_pos, final_p, neg_entropy, k, answer))
+    return tuple(  # type: ignore[return-value]
+        None if parts[0][i] is None else torch.cat([part[i] for part in parts]).cpu()  # type: ignore[misc]
+        for i in range(5)
+    )
 
 
 def _lens_from_record(
@@ -217,28 +226,28 @@ def _lens_from_record(
 ) -> LensResult:
     """The lens of a recorded run at positions ``start:`` (earlier ones zeros, ``computed_from``)."""
     k = min(top_k, handle.d_vocab)
-    rows = list(_lens_rows(handle, rec, slice(start, None), answer=answer, k=k, ln_scale=ln_scale))
+    row = _lens_rows(handle, rec, slice(start, None), range(handle.n_layers + 1), answer=answer, k=k, ln_scale=ln_scale)
     n_pos = rec.logits.shape[0]
 
-    def stacked(i: int) -> torch.Tensor:
-        part = torch.stack([row[i] for row in rows]).cpu()  # type: ignore[misc]
+    def padded(part: torch.Tensor) -> torch.Tensor:
         if not start:
             return part
         out = part.new_zeros((part.shape[0], n_pos, *part.shape[2:]))
         out[:, start:] = part
         return out
 
+    top_ids, top_probs, kl, rank, aprob = row
     return LensResult(
         tokens=rec.tokens[0].cpu(),
         str_tokens=handle.str_tokens(rec.tokens),
         layers=[f"L{i} pre" for i in range(handle.n_layers)] + ["final"],
         ln_scale=ln_scale,
-        top_ids=stacked(0),
-        top_probs=stacked(1),
-        kl=stacked(2),
+        top_ids=padded(top_ids),
+        top_probs=padded(top_probs),
+        kl=padded(kl),
         answer=answer,
-        answer_rank=stacked(3) if answer is not None else None,
-        answer_prob=stacked(4) if answer is not None else None,
+        answer_rank=None if rank is None else padded(rank),
+        answer_prob=None if aprob is None else padded(aprob),
         logits=rec.logits.cpu(),
         computed_from=start,
     )

@@ -198,13 +198,13 @@ class LensAnalysis:
         one layer at a time from the run's recorded streams; yields progress after each."""
         lens = self._of(run).lens
         stop = lens.computed_from
-        rows = _lens_rows(self.handle, self._streams[run], slice(0, stop), answer=lens.answer,
-                          k=lens.top_ids.shape[-1], ln_scale=self.ln_scale)
-        for i, row in enumerate(rows if stop else ()):
+        for i in range(len(lens.layers) if stop else 0):  # one layer at a time, for the progress
+            row = _lens_rows(self.handle, self._streams[run], slice(0, stop), [i], answer=lens.answer,
+                             k=lens.top_ids.shape[-1], ln_scale=self.ln_scale)
             for full, part in zip((lens.top_ids, lens.top_probs, lens.kl, lens.answer_rank, lens.answer_prob), row,
                                   strict=True):
                 if full is not None and part is not None:
-                    full[i, :stop] = part.cpu()
+                    full[i, :stop] = part[0]
             yield {"done": i + 1, "total": len(lens.layers), "message": f"logit lens, {run} run: {lens.layers[i]}"}
         lens.computed_from = 0
 
