@@ -22,6 +22,7 @@ interface LensState {
   answer_prob?: Encoded | Record<string, never>;
   topk_ids?: Encoded | Record<string, never>;
   topk_probs?: Encoded | Record<string, never>;
+  computed_from?: number;
 }
 
 interface DLAState {
@@ -211,6 +212,10 @@ export function render({ model, el }: WidgetProps<LensTraits>): () => void {
     for (let i = rows.length - 1; i >= 0; i--) {
       const tr = h("tr", {}, h("th", {}, rows[i]));
       for (let j = 0; j < nPos; j++) {
+        if (j < (lens.computed_from ?? 0)) {
+          tr.append(h("td", { class: "mw-lens-cell", "data-testid": `cell-${i}-${j}`, title: "computing…" }, ""));
+          continue;
+        }
         const p = prob.data[i * nPos + j];
         const word = vocab[top1.data[i * nPos + j]] ?? "";
         const td = h("td", { class: "mw-lens-cell", "data-testid": `cell-${i}-${j}`, "data-layer": i, "data-pos": j }, clip(showToken(word), 8));
@@ -482,6 +487,11 @@ export function render({ model, el }: WidgetProps<LensTraits>): () => void {
     topkCache.clear();
     drawAll();
   };
+  // a long prompt's lens comes first at its last positions: ask for the rest once drawn
+  const complete = (): void => {
+    const partial = (model.get("lens")?.computed_from ?? 0) > 0 || (ablation().lens?.computed_from ?? 0) > 0;
+    if (partial && live()) w.ask("complete_lens", {});
+  };
   w.on("ablation", onAblation);
   const onAblated = (): void => {
     drawBars();
@@ -489,8 +499,10 @@ export function render({ model, el }: WidgetProps<LensTraits>): () => void {
   };
   w.on("ablated", onAblated);
   w.on(["lens", "dla", "norms"], onData);
+  w.on(["lens", "ablation"], complete);
   if (hasAblation()) run = "ablated";
   drawAll();
+  complete();
 
   return w.dispose;
 }

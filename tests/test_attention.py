@@ -186,3 +186,30 @@ def test_static_svg_escapes_tokens(model: Any) -> None:
     svg = data["image/svg+xml"]
     assert svg.startswith("<svg") and "<script>" not in svg
     assert "&lt;script&gt;" in svg
+
+
+def test_widget_over_an_analysis_object(model: Any, unchanged: Any) -> None:
+    """The widget is a view over an analysis object, built with a plain constructor call (from a
+    model or from precomputed patterns); the analysis works headless, with the numbers of the
+    analysis functions, and checks every argument itself."""
+    from mechwidgets.analysis.attention import AttentionAnalysis, LiveAttention
+
+    live = LiveAttention(model, PROMPT, layers=[1])
+    torch.testing.assert_close(live.patterns, get_attention_patterns(model, PROMPT, layers=[1]).patterns)
+    got = live.ablate([(0, 1)], "mean")
+    want = ablate_heads(model, PROMPT, [(0, 1)], mode="mean")
+    torch.testing.assert_close(got.loss_after, want.loss_after)
+    torch.testing.assert_close(got.pattern_change, want.pattern_change)
+    assert got.before.token_ids == want.before.token_ids and got.after.token_ids == want.after.token_ids
+    with pytest.raises(ComponentError, match="not shown"):
+        live.pattern(0, 0)
+    with pytest.raises(PromptError, match="ablation_prompt"):
+        live.ablate([(0, 1)], "resample")
+    w = AttentionWidget(live)
+    assert w.layers == [1] and w.n_layers == 2 and w.live
+    att = torch.rand(2, 3, 4, 4).tril()
+    pre = AttentionAnalysis.from_patterns(["a", "b", "a", "b"], att / att.sum(-1, keepdim=True))
+    w2 = AttentionWidget(pre)
+    assert not w2.live and w2.n_layers == 2 and w2.n_heads == 3
+    np.testing.assert_allclose(decode_array(w2.scores["induction"]), pre.scores["induction"].numpy())
+    assert decode_array(w2.thumbnails).dtype == np.uint8

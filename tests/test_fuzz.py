@@ -283,6 +283,7 @@ def lens_spec(model: Any) -> Spec:
         "ablate": lambda rng, w: {"heads": [[_int(rng, 0, L - 1), _int(rng, 0, H - 1)] for _ in range(rng.randint(0, 2))],
                                   "mlps": [_int(rng, 0, L - 1) for _ in range(rng.randint(0, 1))],
                                   "mode": rng.choice(["zero", "mean", "resample"])},
+        "complete_lens": lambda rng, w: {},
     }, {"ablate": 30})
 
 

@@ -458,3 +458,36 @@ def test_the_widget_follows_an_edited_model() -> None:
     finally:
         model.reset_hooks(including_permanent=True)
         w_o.data.copy_(saved)
+
+
+def test_a_long_prompt_shows_its_last_positions_first_then_the_rest(model: Any, unchanged: Any) -> None:
+    """With ``eager_cells`` (show_logit_lens: FIRST_VIEW_CELLS) the lens comes first at the last
+    positions only (the rest zeros, ``computed_from``); ``complete_lens`` (the page asks once
+    drawn) fills in the rest from the same run, equal to the whole lens; a layer's top-k asked
+    before that completes it first."""
+    from mechwidgets.analysis.lens import LensAnalysis
+
+    full = lens_view(model, PROMPT, answer=" Mary", wrong_answer=" John", ablate_heads=[(1, 2)], mode="mean")
+    clean = lens_view(model, PROMPT, answer=" Mary", wrong_answer=" John")
+    n_rows, n_pos = full.lens.kl.shape
+    analysis = LensAnalysis(model, PROMPT, answer=" Mary", wrong_answer=" John", eager_cells=3 * n_rows)
+    w = LogitLensWidget(analysis)
+    start = w.lens["computed_from"]
+    assert start == n_pos - 3 and w.view.lens.computed_from == start
+    assert not decode_array(w.lens["top1_prob"])[:, :start].any()
+    np.testing.assert_allclose(decode_array(w.lens["top1_prob"])[:, start:], clean.lens.top_probs[:, start:, 0].numpy(), atol=1e-6)
+    view = w.ablate(heads=[(1, 2)], mode="mean")
+    assert w.ablation["lens"]["computed_from"] == start
+    np.testing.assert_allclose(decode_array(w.ablation["dla"]["values"]), full.dla.values.numpy(), atol=1e-5)
+    sent = request(w, 1, "complete_lens")
+    assert "error" not in sent[-1], sent[-1]
+    assert w.lens["computed_from"] == 0 and w.ablation["lens"]["computed_from"] == 0
+    for got, want in ((w.view.lens, clean.lens), (view.lens, full.lens)):
+        assert torch.equal(got.top_ids, want.top_ids) and torch.equal(got.answer_rank, want.answer_rank)
+        for name in ("top_probs", "kl", "answer_prob"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(decode_array(w.ablation["lens"]["top1_prob"]), full.lens.top_probs[..., 0].numpy(), atol=1e-6)
+    lazy = LensAnalysis(model, PROMPT, answer=" Mary", eager_cells=1)
+    assert lazy.view.lens.computed_from == n_pos - 1
+    ids, _ = lazy.layer_topk(0)
+    assert lazy.view.lens.computed_from == 0 and torch.equal(ids, clean.lens.top_ids[0])

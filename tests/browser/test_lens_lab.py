@@ -50,7 +50,7 @@ def test_lens_in_jupyterlab(lab_page: LabPage, screenshot: Any) -> None:
     n_rows, n_pos = len(info["layers"]), len(info["tokens"])
     expect(widget.locator(".mw-lens-cell")).to_have_count(n_rows * n_pos)
     # the final row (drawn on top) is the model's own top prediction at each position
-    top_final = lab.py_json("[w._handle.token_str(int(i)) for i in w.view.lens.top_ids[-1, :, 0]]")
+    top_final = lab.py_json("[w.analysis.handle.token_str(int(i)) for i in w.view.lens.top_ids[-1, :, 0]]")
     assert cell_texts(widget)[:n_pos] == [clip(show_token(t), 8) for t in top_final]
     expect(widget.locator('[data-testid="dla-total"]')).to_contain_text(js_fmt(info["total"], 3))
     widget.locator('[data-testid="lens-grid"]').scroll_into_view_if_needed()
@@ -70,7 +70,7 @@ def test_lens_in_jupyterlab(lab_page: LabPage, screenshot: Any) -> None:
         "{'ablated': w.ablated, 'has_last': w.last_ablation is not None,"
         " 'heads': [list(h) for h in w.last_ablation.ablated_heads],"
         " 'total_after': w.last_ablation.dla.total, 'l3h0': float(w.last_ablation.dla.heads[3, 0]),"
-        " 'top_after': [w._handle.token_str(int(i)) for i in w.last_ablation.lens.top_ids[-1, :, 0]]}"
+        " 'top_after': [w.analysis.handle.token_str(int(i)) for i in w.last_ablation.lens.top_ids[-1, :, 0]]}"
     )
     assert state["ablated"] == {"heads": [[3, 0]], "mlps": [], "mode": "zero"}
     assert state["has_last"] and state["heads"] == [[3, 0]]
