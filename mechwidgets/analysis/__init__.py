@@ -5,8 +5,11 @@ is a view of. ``__all__`` lists every headless entry point (``tests/test_import_
 
 from .attention import (
     AblationResult,
+    AttentionAnalysis,
     AttentionPatterns,
+    LiveAttention,
     ablate_heads,
+    ablation_hooks,
     get_attention_patterns,
     head_scores,
 )
@@ -44,6 +47,7 @@ from .features import (
 )
 from .lens import (
     DLAResult,
+    LensAnalysis,
     LensResult,
     NormResult,
     direct_logit_attribution,
@@ -69,6 +73,7 @@ __all__ = [
     "DIRECTIONS",
     "METRICS",
     "AblationResult",
+    "AttentionAnalysis",
     "AttentionPatterns",
     "CircuitGraph",
     "CircuitResult",
@@ -81,7 +86,9 @@ __all__ = [
     "FeatureTrace",
     "HypothesisNode",
     "InterventionResult",
+    "LensAnalysis",
     "LensResult",
+    "LiveAttention",
     "Metric",
     "MetricFn",
     "Node",
@@ -91,6 +98,7 @@ __all__ = [
     "ScrubResult",
     "Scrubber",
     "ablate_heads",
+    "ablation_hooks",
     "acdc",
     "activation_patch",
     "attribution_patch",
