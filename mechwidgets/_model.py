@@ -226,7 +226,7 @@ class ModelHandle:
                     f"text: pass e.g. torch.tensor([...]) or attach a tokenizer to the model."
                 )
             self._check_text(prompt, what)
-            toks = self._encode(prompt, bos=None)
+            toks = self.encode(prompt, bos=None)
         else:
             toks = torch.as_tensor(prompt)
             if toks.ndim == 1:
@@ -332,7 +332,7 @@ class ModelHandle:
             return [f"#{int(t)}" for t in toks.reshape(-1)]
         return self._decode_each(toks.reshape(-1).cpu())
 
-    def _encode(self, text: str, *, bos: bool | None) -> torch.Tensor:
+    def encode(self, text: str, *, bos: bool | None) -> torch.Tensor:
         """``[1, pos]`` token ids of ``text`` (with the model's BOS in front if ``bos``; ``None``:
         as the model does by default): the backend's own tokenisation (here TransformerLens's
         ``to_tokens``)."""
@@ -375,7 +375,7 @@ class ModelHandle:
         if self.tokenizer is None:
             raise AnswerError(f"the model has no tokenizer, so the {what} {text!r} must be given "
                               f"as a token id (an int).")
-        toks = self._encode(text, bos=False)[0]
+        toks = self.encode(text, bos=False)[0]
         if toks.numel() != 1:
             pieces = self.str_tokens(toks)
             raise AnswerError(

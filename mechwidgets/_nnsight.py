@@ -399,7 +399,7 @@ class NNsightHandle(ModelHandle):
     def pads_left(self) -> bool:
         return False  # prompts reach the model as token tensors of one length: nothing is padded
 
-    def _encode(self, text: str, *, bos: bool | None) -> torch.Tensor:
+    def encode(self, text: str, *, bos: bool | None) -> torch.Tensor:
         tok: Any = self.tokenizer
         ids = list(tok(text, add_special_tokens=False)["input_ids"])
         bos_id = self.bos_token_id
@@ -427,8 +427,10 @@ class NNsightHandle(ModelHandle):
         the new activation or ``None`` after editing it in place) at this model's names; a
         backward hook ``fn(grad, hook)`` sees the gradient there when the caller backpropagates
         the returned logits (local models only)."""
-        if forward_kwargs:
-            raise ModelError(f"an nnsight model's run takes no {sorted(forward_kwargs)}: this is a bug in mechwidgets.")
+        return_type = forward_kwargs.pop("return_type", "logits")
+        if forward_kwargs or return_type not in ("logits", None):
+            raise ModelError(f"an nnsight model's run takes no {sorted(forward_kwargs)} and returns logits or "
+                             f"None (asked: {return_type!r}): this is a bug in mechwidgets.")
         by_name: dict[str, list[tuple[str, Any]]] = {}
         for kind, hooks in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
             for name, fn in hooks:
@@ -440,7 +442,7 @@ class NNsightHandle(ModelHandle):
                 by_name.setdefault(name, []).append((kind, fn))
         edits = {name: _edit(name, fns) for name, fns in by_name.items()}
         logits, _ = self.core.run(tokens, edits, own_session=False)
-        return logits
+        return logits if return_type == "logits" else None
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         hf: Any = self.module

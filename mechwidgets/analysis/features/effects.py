@@ -182,7 +182,6 @@ def _token_strs(handle: ModelHandle, ids: Iterable[int]) -> dict[int, str]:
     ids = sorted(set(int(i) for i in ids))
     if not ids:
         return {}
-    strs = handle.model.to_str_tokens(torch.tensor(ids))
-    return {i: str(s) for i, s in zip(ids, strs, strict=True)}
+    return dict(zip(ids, handle.token_strs(ids), strict=True))
 
 

@@ -108,7 +108,7 @@ def default_link_prompts(model: Any, n: int = 48, seed: int = 12345) -> list[str
 
         # a few documents run past the context window: keep the first n that fit
         fits = [t for t in tasks.sample_text(2 * n, seed=seed, n_segments=6)
-                if handle.model.to_tokens(t, truncate=False).shape[1] <= handle.cfg.n_ctx]
+                if handle.encode(t, bos=None).shape[1] <= handle.n_ctx]
         return fits[:n]
     raise SAEError(
         f"cross-layer links need sample prompts for {name or 'this model'}: pass "

@@ -222,7 +222,7 @@ class FeatureSession:
 
     def _strs(self, ids: Sequence[int]) -> dict[int, str]:
         uniq = sorted(set(ids))
-        return {i: str(s) for i, s in zip(uniq, self.handle.model.to_str_tokens(torch.tensor(uniq)), strict=True)}
+        return dict(zip(uniq, self.handle.token_strs(uniq), strict=True))
 
     # ------------------------------------------------------------ what a click shows
     def select_token(self, pos: Any) -> int:
@@ -277,7 +277,7 @@ class FeatureSession:
     def _context(self, fc: FeatureCorpus, doc: int, pos: int) -> dict[str, Any]:
         toks = fc.tokens[doc]
         lo, hi = max(0, pos - CONTEXT_BEFORE), min(toks.shape[0], pos + CONTEXT_AFTER + 1)
-        strs = [str(x) for x in self.handle.model.to_str_tokens(toks[lo:hi])]
+        strs = self.handle.str_tokens(toks[lo:hi])
         return {"doc": doc, "pos": pos, "tokens": strs, "highlight": pos - lo}
 
     def corpus_panel(self, i: int, feature: int) -> dict[str, Any] | None:
@@ -332,7 +332,7 @@ class FeatureSession:
         if number.isdigit():
             return {"sae": i, "query": q, "feature": self.check_feature(i, int(number)), "features": []}
         # a token: its leading space is part of it (" Mary" is not "Mary")
-        ids = self.handle.model.to_tokens(q, prepend_bos=False)[0].tolist() if q.strip() else []
+        ids = self.handle.encode(q, bos=False)[0].tolist() if q.strip() else []
         if len(ids) != 1:
             raise SAEError(f"search {q!r}: give a feature number (#123) or one token (it is {len(ids)} tokens).")
         f, v = features_promoting(self.handle, self.saes[i], ids[0], k=N_SEARCH, ln_scale=self.trace.ln_scale)
