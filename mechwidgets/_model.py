@@ -540,6 +540,26 @@ class ModelHandle:
         out = self.run(tokens, fwd_hooks=hooks, **forward_kwargs)
         return out, cache
 
+    def unembedding(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_U [d_model, d_vocab], b_U [d_vocab])``, detached float32 (zeros where the model
+        has no unembedding bias)."""
+        model = self.model
+        w_u = model.unembed.W_U if hasattr(model.unembed, "W_U") else model.W_U
+        b_u = getattr(model.unembed, "b_U", None)
+        if b_u is None:
+            b_u = getattr(model, "b_U", None)
+        w_u = w_u.detach().float()
+        return w_u, torch.zeros(w_u.shape[1], device=w_u.device) if b_u is None else b_u.detach().float()
+
+    def embedding(self) -> torch.Tensor:
+        """``W_E [d_vocab, d_model]``, detached float32."""
+        w_e: torch.Tensor = self.model.W_E
+        return w_e.detach().float()
+
+    def final_norm(self) -> _fast.FinalNorm:
+        """The final norm at a frozen scale (:class:`mechwidgets._fast.FinalNorm`)."""
+        return _fast.FinalNorm.of(self)
+
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and unembedding of residual-stream vectors (``[..., d_model]``)."""
         model = self.model

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from ._fast import FinalNorm
 from ._model import BACKENDS, ModelHandle
 from .errors import ComponentError, ModelError, RemoteError
 
@@ -443,6 +444,31 @@ class NNsightHandle(ModelHandle):
         edits = {name: _edit(name, fns) for name, fns in by_name.items()}
         logits, _ = self.core.run(tokens, edits, own_session=False)
         return logits if return_type == "logits" else None
+
+    def unembedding(self) -> tuple[torch.Tensor, torch.Tensor]:
+        hf: Any = self.module
+        head = hf.get_output_embeddings()
+        w_u = head.weight.detach().float().T
+        b_u = getattr(head, "bias", None)
+        return w_u, torch.zeros(w_u.shape[1], device=w_u.device) if b_u is None else b_u.detach().float()
+
+    def embedding(self) -> torch.Tensor:
+        hf: Any = self.module
+        emb = hf.get_input_embeddings()
+        w_e: torch.Tensor = emb.weight
+        return w_e.detach().float()
+
+    def final_norm(self) -> FinalNorm:
+        """The Hugging Face model's final norm: LayerNorm, or RMSNorm (Gemma's scales by
+        ``1 + weight``)."""
+        norm: Any = self.module.get_submodule(self.core.structure.final_norm)
+        name = type(norm).__name__
+        kind = "RMS" if "RMS" in name else "LN"
+        eps = float(getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", None) or 1e-5)
+        w = getattr(norm, "weight", None)
+        b = getattr(norm, "bias", None)
+        w = None if w is None else w.detach().float() + (1.0 if name.startswith("Gemma") else 0.0)
+        return FinalNorm(kind, eps, w, None if b is None else b.detach().float())
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
         hf: Any = self.module

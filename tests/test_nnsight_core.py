@@ -325,3 +325,58 @@ def test_remote_refused_before_sending(remote_lm, monkeypatch):
         NNsightCore(remote_lm, remote=True)
     with pytest.raises(RemoteError, match="built from a model object"):
         NNsightCore(zoo.load("toy-lm", backend="nnsight"), remote=True)
+
+
+# ------------------------------------------------------------------ analyses and widgets on nnsight
+IOI = ("When Mary and John went to the store, John gave a drink to",
+       "When Mary and John went to the store, Mary gave a drink to")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return zoo.load("toy-lm", backend="nnsight")
+
+
+def test_handle_answers_as_transformer_lens_does(toy, lm):
+    from mechwidgets._model import ModelHandle
+    from mechwidgets._nnsight import NNsightHandle
+
+    h, ht = ModelHandle.wrap(lm), ModelHandle.wrap(toy[0])
+    assert isinstance(h, NNsightHandle)
+    assert torch.equal(h.tokens(IOI[0]).cpu(), ht.tokens(IOI[0]).cpu())
+    assert h.str_tokens(h.tokens(IOI[0])) == ht.str_tokens(ht.tokens(IOI[0]))
+    assert h.single_token(" Mary") == ht.single_token(" Mary")
+    for a, b in zip(h.unembedding(), ht.unembedding(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(h.embedding(), ht.embedding())
+    na, nb = h.final_norm(), ht.final_norm()
+    assert (na.kind, na.eps) == (nb.kind, nb.eps) and torch.equal(na.w, nb.w) and torch.equal(na.b, nb.b)
+
+
+@pytest.mark.parametrize("component", ["resid_pre", "attn_out", "mlp_out", "head_out"])
+def test_patching_on_nnsight_equals_transformer_lens(toy, lm, component):
+    from mechwidgets.analysis import activation_patch, attribution_patch
+
+    kw = dict(component=component, answer=" Mary", wrong_answer=" John")
+    a, b = activation_patch(lm, *IOI, **kw), activation_patch(toy[0], *IOI, **kw)
+    assert (a.values - b.values).abs().max().item() <= TOL
+    a, b = attribution_patch(lm, *IOI, **kw), attribution_patch(toy[0], *IOI, **kw)
+    assert (a.values - b.values).abs().max().item() <= TOL
+
+
+def test_widgets_on_nnsight_equal_transformer_lens(toy, lm):
+    """show_patching and show_features take an nnsight model and show the numbers they show
+    for the TransformerLens model of the same weights; what needs attention patterns says so."""
+    from mechwidgets import show_attention, show_features, show_patching
+    from mechwidgets.errors import ComponentError
+
+    a = show_patching(lm, *IOI, answer=" Mary", wrong_answer=" John")
+    b = show_patching(toy[0], *IOI, answer=" Mary", wrong_answer=" John")
+    assert a.error == "" and (torch.as_tensor(a.values()) - torch.as_tensor(b.values())).abs().max().item() <= TOL
+    saes = zoo.load_saes("toy-lm")
+    fa, fb = show_features(lm, saes, IOI[0]), show_features(toy[0], saes, IOI[0])
+    ta, tb = fa.trace, fb.trace
+    assert torch.equal(ta.top_indices, tb.top_indices)
+    assert (ta.top_values - tb.top_values).abs().max().item() <= TOL
+    with pytest.raises(ComponentError, match="hook_pattern"):
+        show_attention(lm, IOI[0])

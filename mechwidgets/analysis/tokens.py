@@ -33,11 +33,11 @@ def similar_tokens(model: Any, token: int, *, k: int = 8, pool: int = 64) -> lis
     if not 0 <= int(token) < handle.d_vocab:
         raise ComponentError(f"token id {token} is outside the vocabulary [0, {handle.d_vocab}).")
     with handle.session():
-        w_e = handle.model.W_E.detach().float()
+        w_e = handle.embedding()
         unit = torch.nn.functional.normalize(w_e, dim=-1)
         sims = unit @ unit[int(token)]
     sims[int(token)] = -float("inf")
-    special = {getattr(handle.model.tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")}
+    special = {getattr(handle.tokenizer, a, None) for a in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")}
     out: list[int] = []
     for cand in sims.topk(min(pool, handle.d_vocab - 1)).indices.tolist():
         if cand in special:

@@ -73,16 +73,9 @@ def _to_residual(handle: ModelHandle, sae: BoundSAE, w: torch.Tensor) -> torch.T
 
 
 def _through_final_norm(handle: ModelHandle, d: torch.Tensor) -> torch.Tensor:
-    """Residual directions ``[n, d_model]`` through the final norm's linear part (centred for
-    LayerNorm, times ``ln_final.w`` when the model has one unfolded)."""
-    norm = str(getattr(handle.cfg, "normalization_type", None) or "")
-    if norm.startswith("LN"):
-        d = d - d.mean(-1, keepdim=True)  # the final LayerNorm removes the mean
-    ln = getattr(handle.model, "ln_final", None)
-    w_ln = getattr(ln, "w", None) if ln is not None else None
-    if isinstance(w_ln, torch.Tensor):
-        d = d * w_ln.detach().float()
-    return d
+    """Residual directions ``[n, d_model]`` through the final norm's linear part at scale 1
+    (centred for LayerNorm, times the norm's weight where it has one)."""
+    return handle.final_norm().linear(d, torch.ones(()))
 
 
 def logit_effect_matrix(
@@ -100,7 +93,7 @@ def logit_effects_of(
     from :func:`residual_directions`, concatenated: one pass over ``W_U`` for all of them)."""
     handle = ModelHandle.wrap(model)
     d = _through_final_norm(handle, directions.float())
-    w_u = handle.model.W_U.detach().float()
+    w_u = handle.unembedding()[0]
     return (d @ w_u) * float(ln_scale)
 
 
@@ -117,7 +110,7 @@ def features_promoting(
     b = sae if isinstance(sae, BoundSAE) else bind_saes(handle, [sae])[0]
     if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < handle.d_vocab:
         raise SAEError(f"token id {token!r} is out of range: the vocabulary has ids 0..{handle.d_vocab - 1}.")
-    col = handle.model.W_U[:, token].detach().float()
+    col = handle.unembedding()[0][:, token]
     with torch.no_grad():
         scores = torch.cat([
             _through_final_norm(handle, _to_residual(handle, b, b.W_dec[lo:lo + chunk].detach().float())) @ col

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from ..._fast import FinalNorm
 from ..._model import ModelHandle
 from ...errors import SAEError
 from ..results import PromptResult
@@ -132,7 +131,7 @@ def _padded_batches(handle: ModelHandle, docs: Sequence[torch.Tensor],
 
 def _final_scale(handle: ModelHandle, resid: torch.Tensor) -> torch.Tensor:
     """``[...]`` the final norm's ``1/sigma`` for residual vectors ``[..., d_model]``."""
-    return 1.0 / FinalNorm.of(handle).scale(resid.float())[..., 0]
+    return 1.0 / handle.final_norm().scale(resid.float())[..., 0]
 
 
 def _encode_all(

@@ -20,14 +20,7 @@ DLA_BY: tuple[str, ...] = ("component", "head", "position")
 
 
 def _unembed_weights(handle: ModelHandle) -> tuple[torch.Tensor, torch.Tensor]:
-    model = handle.model
-    w_u = model.unembed.W_U if hasattr(model.unembed, "W_U") else model.W_U
-    b_u = getattr(model.unembed, "b_U", None)
-    if b_u is None:
-        b_u = getattr(model, "b_U", None)
-    w_u = w_u.detach().float()
-    b_u = torch.zeros(w_u.shape[1], device=w_u.device) if b_u is None else b_u.detach().float()
-    return w_u, b_u
+    return handle.unembedding()
 
 
 def _w_o(handle: ModelHandle, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +118,7 @@ def lens_logits(
     """``[..., pos, d_vocab]`` logits of streams (``[..., pos, d_model]``) through the final norm
     (scale from ``final_stream`` ``[pos, d_model]``, or each stream's own) and the unembedding."""
     w_u, b_u = _unembed_weights(handle)
-    x = _normed(handle, FinalNorm.of(handle), streams, final_stream, ln_scale)
+    x = _normed(handle, handle.final_norm(), streams, final_stream, ln_scale)
     if x.ndim == 2:  # one fused multiply-add: no second pass over [pos, d_vocab] for the bias
         return torch.addmm(b_u, x, w_u)
     return x @ w_u + b_u
@@ -200,7 +193,7 @@ def _lens_rows(
     layers = [r for r in rows if r < handle.n_layers]
     parts: list[Row] = []
     if layers:
-        norm = FinalNorm.of(handle)
+        norm = handle.final_norm()
         w_u, b_u = _unembed_weights(handle)
         x = torch.cat([_normed(handle, norm, rec.cache[names[r]][0, positions], final, ln_scale) for r in layers])
 
