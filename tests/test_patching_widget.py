@@ -15,8 +15,9 @@ from mechwidgets._model import hook_count
 from mechwidgets._tensor import decode_array
 from mechwidgets.analysis.attribution import attribution_patch
 from mechwidgets.analysis.patching import activation_patch
+from mechwidgets.analysis.patching.session import view_key as grid_key
 from mechwidgets.errors import AnswerError, ComponentError, MetricError, PromptError
-from mechwidgets.widgets.patching import PatchingWidget, grid_key
+from mechwidgets.widgets.patching import PatchingWidget
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -79,7 +80,7 @@ def test_token_click_proposes_single_token_replacements_and_builds_the_corrupted
     # a view request: attribution at once, then exact layer by layer
     sent = request(w, 3, "view", component="resid_pre", direction="denoising", metric="logit_diff")
     assert sent[-1]["result"] == {"key": "resid_pre|denoising|logit_diff"}
-    ref = activation_patch(model, CLEAN, w._corrupted, component="resid_pre", answer=w.answer, wrong_answer=w.wrong_answer)
+    ref = activation_patch(model, CLEAN, w.session.corrupted, component="resid_pre", answer=w.answer, wrong_answer=w.wrong_answer)
     np.testing.assert_allclose(grid(w), ref.values.numpy(), atol=1e-5)
     # the differing position at layer 0 fully restores the clean run (denoising)
     assert grid(w)[0, 2] == pytest.approx(1.0)
@@ -91,11 +92,12 @@ def test_token_click_proposes_single_token_replacements_and_builds_the_corrupted
 def test_toggles_reuse_cached_views(model: Any, unchanged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     w = show_patching(model, CLEAN, CORRUPTED, **ANSWERS)
     w.show(direction="noising")
-    import mechwidgets.widgets.patching as mod
+    import mechwidgets.analysis.attribution as attribution
+    import mechwidgets.analysis.patching.session as session
 
     calls: list[str] = []
-    monkeypatch.setattr(mod, "activation_patch", lambda *a, **k: calls.append("exact"))
-    monkeypatch.setattr(mod, "attribution_patch", lambda *a, **k: calls.append("attribution"))
+    monkeypatch.setattr(session, "activation_patch", lambda *a, **k: calls.append("exact"))
+    monkeypatch.setattr(attribution, "attribution_patch", lambda *a, **k: calls.append("attribution"))
     sent = request(w, 1, "view", component="resid_pre", direction="denoising", metric="logit_diff")
     assert "error" not in sent[-1] and calls == []
     assert w.direction == "denoising"

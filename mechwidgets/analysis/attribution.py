@@ -29,36 +29,18 @@ result.baseline`` is the attribution itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .metrics import MetricFn
-from .patching import (
-    Direction,
-    PatchingResult,
-    Prompt,
-    check_direction,
-    choose_metric,
-    get_component,
-    make_result,
-    metric_values,
-    token_pair,
-    wrap_model,
-)
+from .patching.setup import PatchingResult, PatchOptions, Prompt, prepare
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def attribution_patch(
-    model: Any,
-    clean: Prompt,
-    corrupted: Prompt,
-    *,
-    component: str,
-    metric: str | MetricFn = "logit_diff",
-    direction: Direction = "denoising",
-    answer: str | int | None = None,
-    wrong_answer: str | int | None = None,
-    normalize: bool = True,
+    model: Any, clean: Prompt, corrupted: Prompt, *, component: str, **options: Unpack[PatchOptions]
 ) -> PatchingResult:
     """Estimate every patch of ``component`` from one backward pass (module docstring).
 
@@ -66,15 +48,9 @@ def attribution_patch(
     :func:`~mechwidgets.analysis.patching.activation_patch` (``result.method == "attribution"``).
     A callable metric must be differentiable (built from torch operations).
     """
-    handle = wrap_model(model)
-    comp = get_component(handle, component)
-    check_direction(direction)
-    clean_tokens, corrupted_tokens = token_pair(handle, clean, corrupted)
+    job = prepare(model, clean, corrupted, component, **options)
+    handle, comp = job.handle, job.comp
     names = [handle.hook_name(comp.hook, layer) for layer in range(handle.n_layers)]
-    denoising = direction == "denoising"
-    base_tokens, source_tokens = (
-        (corrupted_tokens, clean_tokens) if denoising else (clean_tokens, corrupted_tokens)
-    )
     saved: dict[str, torch.Tensor] = {}
 
     def saver(name: str) -> Any:
@@ -88,25 +64,14 @@ def attribution_patch(
 
     with handle.session(grad=True):
         with torch.no_grad():
-            source_logits, source = handle.run_last_logits(source_tokens, names)
+            source_logits, source = handle.run_last_logits(job.source_tokens, names)
         base_logits, _ = handle.run_last_logits(
-            base_tokens, fwd_hooks=[(n, saver(n)) for n in names]
+            job.base_tokens, fwd_hooks=[(n, saver(n)) for n in names]
         )
-        clean_logits, corrupted_logits = (
-            (source_logits, base_logits) if denoising else (base_logits, source_logits)
-        )
-        resolved, answer_id, wrong_id, notes = choose_metric(
-            handle,
-            metric,
-            clean_logits[0].detach(),
-            corrupted_logits[0].detach(),
-            answer,
-            wrong_answer,
-        )
-        base_metric = metric_values(resolved, base_logits)
-        grads = torch.autograd.grad(base_metric.sum(), [saved[n] for n in names])
-        source_value = float(metric_values(resolved, source_logits))
-    base_value = float(base_metric.detach())
+        pair = (source_logits, base_logits) if job.denoising else (base_logits, source_logits)
+        baselines, both = job.measure(*pair)
+        base_metric = both[1] if job.denoising else both[0]  # both: clean, corrupted
+        grads = torch.autograd.grad(base_metric, [saved[n] for n in names])
     rows = []
     for name, grad in zip(names, grads, strict=True):
         product = ((source[name] - saved[name].detach()) * grad)[0].float()
@@ -116,26 +81,8 @@ def attribution_patch(
             rows.append(product.sum(-1).T if comp.by_pos else product.sum((0, 2)))
         else:  # [pos, d_model]
             rows.append(product.sum(-1))
-    values = base_value + torch.stack(rows).detach()
-    clean_value, corrupted_value = (
-        (source_value, base_value) if denoising else (base_value, source_value)
-    )
-    return make_result(
-        handle,
-        comp,
-        values,
-        direction=direction,
-        method="attribution",
-        metric=resolved,
-        normalized=normalize,
-        clean_value=clean_value,
-        corrupted_value=corrupted_value,
-        answer=answer_id,
-        wrong_answer=wrong_id,
-        clean_tokens=clean_tokens,
-        corrupted_tokens=corrupted_tokens,
-        notes=notes,
-    )
+    values = float(base_metric.detach()) + torch.stack(rows).detach()
+    return job.result(values, method="attribution", baselines=baselines)
 
 
 __all__ = ["attribution_patch"]
