@@ -92,12 +92,11 @@ def test_token_click_proposes_single_token_replacements_and_builds_the_corrupted
 def test_toggles_reuse_cached_views(model: Any, unchanged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     w = show_patching(model, CLEAN, CORRUPTED, **ANSWERS)
     w.show(direction="noising")
-    import mechwidgets.analysis.attribution as attribution
     import mechwidgets.analysis.patching.session as session
 
     calls: list[str] = []
     monkeypatch.setattr(session, "activation_patch", lambda *a, **k: calls.append("exact"))
-    monkeypatch.setattr(attribution, "attribution_patch", lambda *a, **k: calls.append("attribution"))
+    monkeypatch.setattr(session, "attribution_patch", lambda *a, **k: calls.append("attribution"))
     sent = request(w, 1, "view", component="resid_pre", direction="denoising", metric="logit_diff")
     assert "error" not in sent[-1] and calls == []
     assert w.direction == "denoising"

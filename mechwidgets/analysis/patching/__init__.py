@@ -54,10 +54,12 @@ Where the model is not a TransformerLens 3.x ``HookedTransformer`` of a supporte
 
 The package: :mod:`.setup` (the components, the checked inputs, the metric and its baselines,
 the labelled :class:`PatchingResult`), :mod:`.engines` (which cells to run and the two engines
-behind :func:`activation_patch`) and :mod:`.session` (:class:`PatchingSession`, a prompt pair
+behind :func:`activation_patch`), :mod:`.attribution` (:func:`attribution_patch`, the gradient
+estimate of the same grids) and :mod:`.session` (:class:`PatchingSession`, a prompt pair
 prepared for interactive patching, the analysis behind :func:`mechwidgets.show_patching`).
 """
 
+from .attribution import attribution_patch
 from .engines import activation_patch
 from .session import DEFAULT_COMPONENTS, METRICS, PatchingSession, PatchingView
 from .setup import COMPONENTS, DIRECTIONS, Component, Direction, PatchingResult, Prompt
@@ -76,4 +78,5 @@ __all__ = [
     "PatchingView",
     "Prompt",
     "activation_patch",
+    "attribution_patch",
 ]

@@ -30,9 +30,9 @@ from ..._fingerprint import Stamp, check_unchanged
 from ..._model import ModelHandle
 from ..._steps import run_to_end
 from ...errors import ComponentError, MetricError, ModelChangedError, PromptError
-from .. import attribution
 from ..attention import top_predictions
 from ..tokens import replace_token, similar_tokens
+from .attribution import attribution_patch
 from .engines import activation_patch
 from .setup import COMPONENTS, DIRECTIONS, PatchingResult, check_same_length, choose_metric
 
@@ -277,7 +277,7 @@ class PatchingSession:
         job = self._stamp.fork()  # the model the views are of, even if a click renews the stamp
         view = self.views.get(key)
         if view is None:
-            attr = attribution.attribution_patch(self.handle, self.clean, corrupted, **args)
+            attr = attribution_patch(self.handle, self.clean, corrupted, **args)
             rows = attr.values.shape[0] * (attr.values.shape[1] if attr.values.ndim == 3 else 1)
             view = PatchingView(key, attr, torch.full((rows, attr.values.shape[-1]), float("nan")), 0)
             self.views[key] = view
