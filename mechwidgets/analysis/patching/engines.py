@@ -176,7 +176,7 @@ def entries_for_layer(
     source: dict[str, torch.Tensor],
 ) -> list[_Entry]:
     """The residual stream after each patch, at the first block the patch has not yet been
-    through (see the module docstring for why each step is exact)."""
+    through (see the package docstring for why each step is exact)."""
     cfg = handle.cfg
     n_pos = base[handle.hook_name("resid_pre", 0)].shape[1]
 
@@ -289,7 +289,7 @@ def run_fast(
     metric: Metric,
     max_batch: int,
 ) -> dict[int, torch.Tensor]:
-    """Batched patched runs that start at the patched layer and position (module docstring)."""
+    """Batched patched runs that start at the patched layer and position (package docstring)."""
     n_layers = handle.n_layers
     runner = handle.block_runner()
     entries: list[_Entry] = []
