@@ -482,5 +482,4 @@ __all__ = [
     "PatchingResult",
     "Prepared",
     "Prompt",
-    "prepare",
 ]
