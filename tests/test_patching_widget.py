@@ -15,8 +15,9 @@ from mechwidgets._model import hook_count
 from mechwidgets._tensor import decode_array
 from mechwidgets.analysis.attribution import attribution_patch
 from mechwidgets.analysis.patching import activation_patch
+from mechwidgets.analysis.patching.session import view_key as grid_key
 from mechwidgets.errors import AnswerError, ComponentError, MetricError, PromptError
-from mechwidgets.widgets.patching import PatchingWidget, grid_key
+from mechwidgets.widgets.patching import PatchingWidget
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -79,7 +80,7 @@ def test_token_click_proposes_single_token_replacements_and_builds_the_corrupted
     # a view request: attribution at once, then exact layer by layer
     sent = request(w, 3, "view", component="resid_pre", direction="denoising", metric="logit_diff")
     assert sent[-1]["result"] == {"key": "resid_pre|denoising|logit_diff"}
-    ref = activation_patch(model, CLEAN, w._corrupted, component="resid_pre", answer=w.answer, wrong_answer=w.wrong_answer)
+    ref = activation_patch(model, CLEAN, w.session.corrupted, component="resid_pre", answer=w.answer, wrong_answer=w.wrong_answer)
     np.testing.assert_allclose(grid(w), ref.values.numpy(), atol=1e-5)
     # the differing position at layer 0 fully restores the clean run (denoising)
     assert grid(w)[0, 2] == pytest.approx(1.0)
@@ -91,11 +92,11 @@ def test_token_click_proposes_single_token_replacements_and_builds_the_corrupted
 def test_toggles_reuse_cached_views(model: Any, unchanged: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     w = show_patching(model, CLEAN, CORRUPTED, **ANSWERS)
     w.show(direction="noising")
-    import mechwidgets.widgets.patching as mod
+    import mechwidgets.analysis.patching.session as session
 
     calls: list[str] = []
-    monkeypatch.setattr(mod, "activation_patch", lambda *a, **k: calls.append("exact"))
-    monkeypatch.setattr(mod, "attribution_patch", lambda *a, **k: calls.append("attribution"))
+    monkeypatch.setattr(session, "activation_patch", lambda *a, **k: calls.append("exact"))
+    monkeypatch.setattr(session, "attribution_patch", lambda *a, **k: calls.append("attribution"))
     sent = request(w, 1, "view", component="resid_pre", direction="denoising", metric="logit_diff")
     assert "error" not in sent[-1] and calls == []
     assert w.direction == "denoising"
@@ -169,3 +170,42 @@ def test_static_picture_and_update_sizes(model: Any, unchanged: Any) -> None:
     for name in ("grids", "detail", "candidates"):
         state, buffers = split_buffers(getattr(w, name))
         assert sum(len(b) for b in buffers) + len(repr(state)) <= MAX_UPDATE_BYTES
+
+
+def test_session_headless_views_refresh_and_stale_jobs(make_model: Any) -> None:
+    """PatchingSession without a widget: its views equal the headless functions; a view job
+    stores nothing once its inputs change and stops when the model changes; refresh drops the
+    views of a changed model."""
+    from mechwidgets.analysis.patching import PatchingSession
+    from mechwidgets.errors import ModelChangedError
+
+    model = make_model()  # a model of its own: this test edits its weights
+
+    s = PatchingSession(model, CLEAN, **ANSWERS)
+    with pytest.raises(PromptError, match="no corrupted prompt yet"):
+        s.view("head_out")
+    s.corrupt(10, " Mary")
+    assert s.differing == [10] and torch.equal(s.corrupted, model.to_tokens(CORRUPTED))
+    view = s.view("head_out", "noising")
+    exact = activation_patch(model, CLEAN, CORRUPTED, component="head_out", direction="noising", **ANSWERS)
+    attr = attribution_patch(model, CLEAN, CORRUPTED, component="head_out", direction="noising", **ANSWERS)
+    assert view.complete and view.row_labels == exact.labels["layer"] and view.col_labels == exact.labels["head"]
+    torch.testing.assert_close(view.exact, exact.values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(view.attribution_grid, attr.values, atol=1e-5, rtol=0)
+    assert s.view("head_out", "noising") is view  # cached
+    # a job whose answers change after its first step stores nothing more
+    steps = s.view_steps("resid_pre", "denoising", "logprob")
+    next(steps)
+    assert s.views["resid_pre|denoising|logprob"].exact_done == 0
+    s.set_answers(" John", " Mary")
+    assert s.views == {} and list(steps) == [] and s.views == {}
+    # the model changes while a job runs: it stops, the views are dropped, refresh re-resolves
+    steps = s.view_steps("resid_pre", "denoising", "logit_diff")
+    next(steps)
+    with torch.no_grad():
+        model.W_U[:, model.to_single_token(" John")] += 1.0
+    with pytest.raises(ModelChangedError, match="exact patching grid"):
+        next(steps)
+    assert s.views == {} and s.refresh() is not None and s.refresh() is None
+    fresh = activation_patch(model, CLEAN, CORRUPTED, component="resid_pre", answer=" John", wrong_answer=" Mary")
+    torch.testing.assert_close(s.view("resid_pre").exact, fresh.values, atol=1e-5, rtol=0)

@@ -486,7 +486,7 @@ def test_patching_view_job_stops_when_the_model_changes(toy: Any) -> None:
     w = show_patching(toy, CLEAN, components=["resid_pre"])
     w.set_corrupted(CORRUPTED)
     w.set_answers(" John", " Mary")
-    w.grids = {}  # as if the view had never been computed
+    w.session.views.clear()  # as if the view had never been computed
     sent: list[dict[str, Any]] = []
 
     async def scenario() -> None:

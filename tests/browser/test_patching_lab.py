@@ -41,7 +41,7 @@ from mechwidgets.analysis.patching import activation_patch
 
 def check():
     \"\"\"The widget's current grid against the headless analysis run here.\"\"\"
-    ref = activation_patch(model, w._clean, w._corrupted, component=w.component,
+    ref = activation_patch(model, w.session.clean, w.session.corrupted, component=w.component,
                            direction=w.direction, metric=w.metric, answer=w.answer,
                            wrong_answer=w.wrong_answer)
     got = w.values()
