@@ -56,7 +56,7 @@ from .lens import (
     residual_norms,
 )
 from .metrics import METRICS, Metric, MetricFn
-from .patching import COMPONENTS, DIRECTIONS, PatchingResult, activation_patch
+from .patching import COMPONENTS, DIRECTIONS, PatchingResult, PatchingSession, activation_patch
 from .scrubbing import (
     HypothesisNode,
     Scrubber,
@@ -95,6 +95,7 @@ __all__ = [
     "NodeEffect",
     "NormResult",
     "PatchingResult",
+    "PatchingSession",
     "ScrubResult",
     "Scrubber",
     "ablate_heads",

@@ -13,7 +13,7 @@ import torch
 from ... import _fast
 from ..._fingerprint import Stamp
 from ...errors import MetricError
-from ..patching import choose_metric, token_str
+from ..patching import choose_metric
 from .base import PatcherBase
 from .inputs import IG_STEPS, CircuitError, resolve
 
@@ -247,8 +247,8 @@ class EapScoring(PatcherBase):
             self.wrong_ids = torch.tensor([w if w is not None else 0 for w in wrong_ids], device=device)
             if handle.tokenizer is not None:
                 handle.token_strs([t for t in answer_ids + wrong_ids if t is not None])
-            self._answers = [token_str(handle, a) for a in answer_ids if a is not None]
-            self._wrong = [token_str(handle, w) for w in wrong_ids if w is not None] or None
+            self._answers = [handle.token_str(a) for a in answer_ids if a is not None]
+            self._wrong = [handle.token_str(w) for w in wrong_ids if w is not None] or None
             # clean run's metric and its gradient at hook_q/k/v, hook_mlp_in and the final residual
             metric = self._metric(final)
             self.clean_metric = self._finite(metric, "clean")

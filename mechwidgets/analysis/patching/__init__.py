@@ -64,7 +64,6 @@ from .engines import activation_patch
 from .session import DEFAULT_COMPONENTS, METRICS, PatchingSession, PatchingView
 from .setup import COMPONENTS, DIRECTIONS, Component, Direction, PatchingResult, Prompt
 from .setup import choose_metric as choose_metric  # for analysis/circuits.py
-from .setup import token_str as token_str  # for analysis/circuits.py
 
 __all__ = [
     "COMPONENTS",

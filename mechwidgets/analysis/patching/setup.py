@@ -197,11 +197,6 @@ def token_pair(
     """Tokenise both prompts (``[1, pos]`` each) and check they line up one-for-one."""
     toks = []
     for prompt, what in ((clean, "clean prompt"), (corrupted, "corrupted prompt")):
-        if isinstance(prompt, str) and getattr(handle.model, "tokenizer", None) is None:
-            raise PromptError(
-                f"the model has no tokenizer, so the {what} must be a token tensor, not text: "
-                f"pass e.g. torch.tensor([...]) or attach a tokenizer to the model."
-            )
         toks.append(handle.tokens(prompt, what=what))
     a, b = toks
     check_same_length(handle, a, b)
@@ -254,22 +249,10 @@ def check_same_length(handle: ModelHandle, a: torch.Tensor, b: torch.Tensor) -> 
             f"the clean prompt is {a.shape[1]} tokens and the corrupted prompt {b.shape[1]}: "
             f"patching swaps activations position by position, so both need the same number "
             f"of tokens. Within the first {n} positions they differ at {differ or 'none'}; "
-            f"positions {n}.. exist in only one. Clean tokens: {str_tokens(handle, a)}; "
-            f"corrupted tokens: {str_tokens(handle, b)}. Reword one of them so the tokens line "
+            f"positions {n}.. exist in only one. Clean tokens: {handle.str_tokens(a)}; "
+            f"corrupted tokens: {handle.str_tokens(b)}. Reword one of them so the tokens line "
             f"up (e.g. swap a name for another single-token name)."
         )
-
-
-def str_tokens(handle: ModelHandle, tokens: torch.Tensor) -> list[str]:
-    if getattr(handle.model, "tokenizer", None) is None:
-        return [f"#{int(t)}" for t in tokens.flatten()]
-    return handle.str_tokens(tokens)
-
-
-def token_str(handle: ModelHandle, token: int) -> str:
-    if getattr(handle.model, "tokenizer", None) is None:
-        return f"#{int(token)}"
-    return handle.token_str(token)
 
 
 #: How many answer tokens each named metric reads (answer, then wrong_answer).
@@ -296,7 +279,7 @@ def choose_metric(
     if needs or answer is not None:
         if answer is None:
             a = int(clean_order[0])
-            notes.append(f"answer defaulted to the clean run's top token {token_str(handle, a)!r}.")
+            notes.append(f"answer defaulted to the clean run's top token {handle.token_str(a)!r}.")
         else:
             a = handle.single_token(answer, what="answer")
     if needs == 2 or wrong_answer is not None:
@@ -305,13 +288,13 @@ def choose_metric(
             if w == a:
                 w = next(int(t) for t in clean_order[:2] if int(t) != a)
                 notes.append(
-                    f"the corrupted run's top token is the answer {token_str(handle, a)!r} too, so "
+                    f"the corrupted run's top token is the answer {handle.token_str(a)!r} too, so "
                     f"wrong_answer defaulted to the clean run's next most likely token "
-                    f"{token_str(handle, w)!r}; pass wrong_answer= to choose."
+                    f"{handle.token_str(w)!r}; pass wrong_answer= to choose."
                 )
             else:
                 notes.append(
-                    f"wrong_answer defaulted to the corrupted run's top token {token_str(handle, w)!r}."
+                    f"wrong_answer defaulted to the corrupted run's top token {handle.token_str(w)!r}."
                 )
         else:
             w = handle.single_token(wrong_answer, what="wrong answer")
@@ -320,7 +303,7 @@ def choose_metric(
                     "" if answer is not None else " (answer defaulted to the clean run's top token)"
                 )
                 raise AnswerError(
-                    f"answer{how} and wrong_answer are the same token {token_str(handle, w)!r} (id {w}): "
+                    f"answer{how} and wrong_answer are the same token {handle.token_str(w)!r} (id {w}): "
                     f"a logit difference of a token with itself is always 0. Pass two different "
                     f"tokens, e.g. the clean and the corrupted prompt's correct answers."
                 )
@@ -329,7 +312,7 @@ def choose_metric(
         answer=a,
         wrong_answer=w,
         clean_logits=clean_logits,
-        token_str=lambda t: token_str(handle, t),
+        token_str=handle.token_str,
     )
     return resolved, a, w, notes
 
@@ -413,7 +396,7 @@ class Prepared:
         if normalized:
             values = normalize(values, base, other, metric=f"metric {m.metric.name!r}")
         clean_tokens, corrupted_tokens = self.clean_tokens, self.corrupted_tokens
-        clean_str, corr_str = str_tokens(handle, clean_tokens), str_tokens(handle, corrupted_tokens)
+        clean_str, corr_str = handle.str_tokens(clean_tokens), handle.str_tokens(corrupted_tokens)
         differ = [
             i
             for i, (a, b) in enumerate(
@@ -459,8 +442,8 @@ class Prepared:
             corrupted_value=m.corrupted_value,
             answer=m.answer,
             wrong_answer=m.wrong_answer,
-            answer_str=None if m.answer is None else token_str(handle, m.answer),
-            wrong_answer_str=None if m.wrong_answer is None else token_str(handle, m.wrong_answer),
+            answer_str=None if m.answer is None else handle.token_str(m.answer),
+            wrong_answer_str=None if m.wrong_answer is None else handle.token_str(m.wrong_answer),
             clean_tokens=clean_tokens[0].cpu(),
             corrupted_tokens=corrupted_tokens[0].cpu(),
             clean_str_tokens=clean_str,
