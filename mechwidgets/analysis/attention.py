@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -463,6 +463,15 @@ class AttentionAnalysis:
             "this view was built from precomputed patterns, with no model behind it, so it "
             "cannot run ablations. Use show_attention(model, prompt) for a live view."
         )
+
+
+class AttentionOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`LiveAttention` (its docstring gives their defaults), as
+    :func:`mechwidgets.show_attention` passes them through."""
+
+    ablation_prompt: str | torch.Tensor | None
+    max_positions: int
+    layers: Sequence[int] | None
 
 
 class LiveAttention(AttentionAnalysis):

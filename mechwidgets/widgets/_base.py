@@ -159,6 +159,17 @@ class MechWidget(anywidget.AnyWidget):
         whose caches were computed on the model as it was recomputes them here when the model
         changed since (see :mod:`mechwidgets._fingerprint`); errors go to the banner."""
 
+    def _refresh(self, analysis: Any, redraw: Callable[[], None]) -> None:
+        """If ``analysis`` (an object with ``stale()``, ``recompute()`` and ``seconds``) was
+        computed on the model as it was: recompute it and ``redraw`` what is on screen, inside
+        :meth:`_recomputing` (the status line says why; running jobs are cancelled)."""
+        change = analysis.stale()
+        if change is None:
+            return
+        with self._recomputing(change, analysis.seconds):
+            analysis.recompute()
+            redraw()
+
     @contextlib.contextmanager
     def _recomputing(self, change: str, expected_seconds: float) -> Iterator[None]:
         """Around a recomputation forced by a changed model: running jobs are of the old model,

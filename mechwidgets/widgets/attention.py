@@ -14,7 +14,7 @@ through the request protocol of :class:`~mechwidgets.widgets._base.MechWidget`:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from ..analysis.attention import (
     ABLATION_MODES,
     AblationResult,
     AttentionAnalysis,
+    AttentionOptions,
     LiveAttention,
     Predictions,
     thumbnails,
@@ -33,6 +34,9 @@ from ._base import MAX_UPDATE_BYTES, MechWidget
 from ._requests import page_request
 from ._svg import heatmap_svg
 from ._traits import Arrays, as_wire
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: How many downstream heads the ablation view lists.
 TOP_CHANGED_HEADS = 10
@@ -108,11 +112,8 @@ class AttentionWidget(MechWidget):
         """The model changed since the patterns were taken: recompute them, the head scores and
         what is on screen (the selected head's pattern, the ablation in force) before the click
         runs."""
-        change = self.analysis.stale()
-        if change is None:
-            return
-        with self._recomputing(change, self.analysis.seconds):
-            self.analysis.recompute()
+
+        def redraw() -> None:
             with self.hold_sync():
                 self.thumbnails = self.analysis.thumbnails()
                 self.scores = self.analysis.scores
@@ -120,6 +121,8 @@ class AttentionWidget(MechWidget):
                 self._req_select_head(*self._selected_head)
             if self._ablated_heads is not None and kind != "ablate":
                 self._req_ablate(*self._ablated_heads)
+
+        self._refresh(self.analysis, redraw)
 
     # ------------------------------------------------------------ the analysis, as tests read it
     @property
@@ -213,13 +216,7 @@ class AttentionWidget(MechWidget):
         )
 
 
-def show_attention(
-    model: Any,
-    prompt: str | torch.Tensor,
-    *,
-    ablation_prompt: str | torch.Tensor | None = None,
-    max_positions: int = 512,
-    layers: Sequence[int] | None = None,
+def show_attention(model: Any, prompt: str | torch.Tensor, **options: Unpack[AttentionOptions]
 ) -> AttentionWidget:
     """Show every head's attention pattern on ``prompt``, with head scores and live ablation.
 
@@ -236,9 +233,7 @@ def show_attention(
         display it (it is the cell's value) or keep a handle to drive it from Python
         (``widget.select_head(1, 3)``, ``widget.ablate([(1, 3)])``).
     """
-    return AttentionWidget(LiveAttention(
-        model, prompt, ablation_prompt=ablation_prompt, max_positions=max_positions, layers=layers
-    ))
+    return AttentionWidget(LiveAttention(model, prompt, **options))
 
 
 def attention_patterns(

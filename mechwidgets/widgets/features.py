@@ -111,11 +111,8 @@ class FeaturesWidget(MechWidget):
     def _before_request(self, kind: str) -> None:
         """The model or an SAE changed since the trace was taken: recompute the session, then
         what is on screen (the selected feature, the interventions in force) before the click."""
-        change = self.session.stale()
-        if change is None:
-            return
-        with self._recomputing(change, self.session.seconds):
-            self.session.recompute()
+
+        def redraw() -> None:
             with self.hold_sync():
                 for name, value in self._trace_state().items():
                     setattr(self, name, value)
@@ -124,6 +121,8 @@ class FeaturesWidget(MechWidget):
                 self._req_select_feature(*self._selected)
             if self.session.interventions and kind != "intervene":
                 self._req_intervene(self.session.interventions)
+
+        self._refresh(self.session, redraw)
 
     # ------------------------------------------------------------ requests
     @page_request(pos=Int(0, lambda w: len(w.trace.str_tokens) - 1))

@@ -22,7 +22,7 @@ The maths is in :mod:`mechwidgets.analysis.lens`.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import traitlets
@@ -30,11 +30,15 @@ import traitlets
 from .._args import Int, ListOf, Str, Tuple
 from ..analysis.attention import ABLATION_MODES
 from ..analysis.lens import LensAnalysis, LensResult, LensView, norm_summary
+from ..analysis.lens.view import LensOptions
 from ._base import MechWidget
 from ._lens_picture import lens_svg
 from ._requests import page_request
 from ._traits import Arrays, as_wire
 from .attention import _predictions_state
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # arguments of the page's requests, bounds from the Python side (the model, the clean view)
 _LAYER = Int(0, lambda w: w.analysis.handle.n_layers - 1)
@@ -237,16 +241,7 @@ class LogitLensWidget(MechWidget):
 
 
 def show_logit_lens(
-    model: Any,
-    prompt: str | torch.Tensor,
-    *,
-    answer: str | int | None = None,
-    wrong_answer: str | int | None = None,
-    ablation_prompt: str | torch.Tensor | None = None,
-    top_k: int = 5,
-    ln_scale: str = "own",
-    max_positions: int = 512,
-    max_inline_cells: int = 2048,
+    model: Any, prompt: str | torch.Tensor, *, max_inline_cells: int = 2048, **options: Unpack[LensOptions]
 ) -> LogitLensWidget:
     """Show the residual stream of ``prompt`` layer by layer: the logit lens, direct logit
     attribution and the stream's norm, with live ablation of heads and MLPs.
@@ -273,9 +268,7 @@ def show_logit_lens(
         The :class:`LogitLensWidget` over a :class:`~mechwidgets.analysis.lens.LensAnalysis`;
         display it, or drive it from Python (``widget.ablate(heads=[(3, 0)], mode="mean")``).
     """
-    analysis = LensAnalysis(model, prompt, answer=answer, wrong_answer=wrong_answer, ablation_prompt=ablation_prompt,
-                            top_k=top_k, ln_scale=ln_scale, max_positions=max_positions,  # type: ignore[arg-type]
-                            eager_cells=FIRST_VIEW_CELLS)
+    analysis = LensAnalysis(model, prompt, eager_cells=FIRST_VIEW_CELLS, **options)
     return LogitLensWidget(analysis, max_inline_cells=max_inline_cells)
 
 

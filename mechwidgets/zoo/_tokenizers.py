@@ -12,13 +12,8 @@ def _fast(tok: Any, unk: str | None) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=BOS,
-        pad_token=BOS,
-        unk_token=unk,
-        clean_up_tokenization_spaces=False,
-        model_max_length=1 << 20,
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS, unk_token=unk,
+        clean_up_tokenization_spaces=False, model_max_length=1 << 20,
     )
 
 

@@ -161,14 +161,8 @@ def build_graph(n_layers: int, n_heads: int, *, has_mlp: bool, parallel_attn_mlp
             src_idx.append(s)
             dst_idx.append(d)
     return CircuitGraph(
-        n_layers=n_layers,
-        n_heads=n_heads,
-        has_mlp=has_mlp,
-        nodes=nodes,
-        sources=sources,
-        dests=dests,
-        dest_reads=dest_reads,
-        dest_layer=dest_layer,
+        n_layers=n_layers, n_heads=n_heads, has_mlp=has_mlp,
+        nodes=nodes, sources=sources, dests=dests, dest_reads=dest_reads, dest_layer=dest_layer,
         edge_src=torch.tensor(src_idx, dtype=torch.long),
         edge_dst=torch.tensor(dst_idx, dtype=torch.long),
     )

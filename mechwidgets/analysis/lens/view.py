@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from jaxtyping import Float
@@ -113,6 +113,18 @@ def lens_view(
     heads, mlps = check_ablation(handle, ablate_heads, ablate_mlps, mode, resample_from=other)
     return _view(handle, tokens, answers, top_k=top_k, ln_scale=ln_scale, by=by, heads=heads, mlps=mlps,
                  mode=mode, resample_from=other)[0]
+
+
+class LensOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`LensAnalysis` (its docstring gives their defaults), as
+    :func:`mechwidgets.show_logit_lens` passes them through."""
+
+    answer: str | int | None
+    wrong_answer: str | int | None
+    ablation_prompt: str | torch.Tensor | None
+    top_k: int
+    ln_scale: LnScale
+    max_positions: int
 
 
 class LensAnalysis:
