@@ -556,6 +556,17 @@ class ModelHandle:
         w_e: torch.Tensor = self.model.W_E
         return w_e.detach().float()
 
+    def head_out_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W_O [head, d_head, d_model], b_O [d_model])`` of a layer's attention, detached
+        float32."""
+        model = self.model
+        attn = model.blocks[layer].attn
+        w_o = attn.W_O if hasattr(attn, "W_O") else model.W_O[layer]
+        b_o = getattr(attn, "b_O", None)
+        if b_o is None:
+            b_o = model.b_O[layer]
+        return w_o.detach().float(), b_o.detach().float()
+
     def final_norm(self) -> _fast.FinalNorm:
         """The final norm at a frozen scale (:class:`mechwidgets._fast.FinalNorm`)."""
         return _fast.FinalNorm.of(self)

@@ -63,6 +63,11 @@ class Structure:
     attn: str
     mlp: str
     out_proj: str
+    #: in a block, the modules whose outputs are what attention and the MLP add to the residual
+    #: stream (TransformerLens's hook_attn_out / hook_mlp_out): the attention module and the
+    #: MLP, or (Gemma 2 and 3) the norms after them
+    attn_out: str
+    mlp_out: str
     final_norm: str
     n_layers: int
     n_heads: int
@@ -104,7 +109,11 @@ def find_structure(hf_model: torch.nn.Module) -> Structure:
     norm = _child(base, _FINAL_NORM, "final norm", base_path or "the model")
     n_heads = int(config.num_attention_heads)
     d_head = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
-    return Structure(layers=path, attn=attn, mlp=mlp, out_proj=f"{attn}.{out_proj}",
+    children = dict(block.named_children())
+    post_norms = all(n in children for n in ("post_attention_layernorm", "pre_feedforward_layernorm",
+                                              "post_feedforward_layernorm"))
+    attn_out, mlp_out = ("post_attention_layernorm", "post_feedforward_layernorm") if post_norms else (attn, mlp)
+    return Structure(layers=path, attn=attn, mlp=mlp, out_proj=f"{attn}.{out_proj}", attn_out=attn_out, mlp_out=mlp_out,
                      final_norm=f"{base_path}.{norm}" if base_path else norm,
                      n_layers=int(n_layers), n_heads=n_heads, d_head=d_head)
 
@@ -257,9 +266,9 @@ def _read(model: Any, s: Structure, layer: int, kind: str, raw: bool = False) ->
     if kind == "hook_resid_post":
         return _first(block.output)
     if kind == "hook_attn_out":
-        return _first(_envoy(block, s.attn).output)
+        return _first(_envoy(block, s.attn_out).output)
     if kind == "hook_mlp_out":
-        return _first(_envoy(block, s.mlp).output)
+        return _first(_envoy(block, s.mlp_out).output)
     z = _envoy(block, s.out_proj).input
     return z if raw else z.reshape(*z.shape[:-1], s.n_heads, s.d_head)
 
@@ -271,7 +280,7 @@ def _write(model: Any, s: Structure, layer: int, kind: str, value: torch.Tensor)
     elif kind == "attn.hook_z":
         _envoy(block, s.out_proj).input = value.reshape(*value.shape[:-2], s.n_heads * s.d_head)
     else:
-        env = block if kind == "hook_resid_post" else _envoy(block, s.attn if kind == "hook_attn_out" else s.mlp)
+        env = block if kind == "hook_resid_post" else _envoy(block, s.attn_out if kind == "hook_attn_out" else s.mlp_out)
         out = env.output
         env.output = (value, *out[1:]) if isinstance(out, tuple) else value
 
@@ -471,10 +480,35 @@ class NNsightHandle(ModelHandle):
         return FinalNorm(kind, eps, w, None if b is None else b.detach().float())
 
     def unembed(self, resid: torch.Tensor) -> torch.Tensor:
+        """The final norm and unembedding, and Gemma 2's soft cap on the logits where the
+        model has one (``final_logit_softcapping``), as the model's own forward does."""
         hf: Any = self.module
         norm, head = hf.get_submodule(self.core.structure.final_norm), hf.get_output_embeddings()
         out: torch.Tensor = head(norm(resid))
-        return out
+        cap = getattr(hf.config, "final_logit_softcapping", None)
+        return out if not cap else torch.tanh(out / cap) * cap
+
+    def head_out_weights(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.core.structure
+        proj: Any = self.module.get_submodule(f"{s.layers}.{layer}.{s.out_proj}")
+        w = proj.weight.detach().float()
+        w = w.T if isinstance(proj, torch.nn.Linear) else w  # a Linear's weight is [out, in]; GPT-2's Conv1D [in, out]
+        b = getattr(proj, "bias", None)
+        b = torch.zeros(w.shape[-1], device=w.device) if b is None else b.detach().float()
+        return w.reshape(s.n_heads, s.d_head, -1), b
+
+    def hook_name(self, kind: str, layer: int | None = None) -> str:
+        try:
+            return super().hook_name(kind, layer)
+        except ComponentError:
+            if kind not in ("resid_pre", "resid_post", "attn_out", "mlp_out", "z"):
+                raise ComponentError(
+                    f"an nnsight model offers resid_pre, z (attn.hook_z), attn_out, mlp_out and "
+                    f"resid_post here, not {kind!r}: attention patterns, q/k/v and MLP neurons are "
+                    f"not read from nnsight models yet (show_attention and show_logit_lens need "
+                    f"patterns). Use a TransformerLens model for these."
+                ) from None
+            raise
 
     def attn_out_from_z(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         s = self.core.structure

@@ -4,7 +4,6 @@ over the Hugging Face model (TransformerLens 4.x) gives them too."""
 
 from __future__ import annotations
 
-import nnsight
 import pytest
 import torch
 
@@ -46,6 +45,8 @@ def test_hf_logits_equal_transformer_lens(tl_model, batch):
 
 
 def test_nnsight_trace_equals_transformer_lens(tl_model, batch):
+    import nnsight  # imported here, not at collection: importing nnsight breaks a later `import marimo`
+
     lm = zoo.load("toy-lm", backend="nnsight")
     toks = batch[0]
     # a value read inside the trace (the last block's MLP output), and the logits

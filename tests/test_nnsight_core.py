@@ -8,7 +8,6 @@ import copy
 
 import pytest
 import torch
-from nnsight import LanguageModel
 
 from mechwidgets import zoo
 from mechwidgets._nnsight import NNsightCore, find_structure
@@ -103,13 +102,20 @@ def _random_lm(kind: str):
     tok = zoo.load("toy-lm", backend="hf").tokenizer
     common = dict(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=128, max_position_embeddings=64)
+    torch.manual_seed(0)
     if kind == "neox":
         cfg = transformers.GPTNeoXConfig(**common, use_parallel_residual=True, rotary_pct=0.5)
         model = transformers.GPTNeoXForCausalLM(cfg)
+    elif kind == "gemma":  # norms after attention and after the MLP, a soft cap on the logits
+        cfg = transformers.Gemma2Config(**common, num_key_value_heads=2, head_dim=16, final_logit_softcapping=5.0)
+        model = transformers.Gemma2ForCausalLM(cfg)
     else:
         cfg = transformers.LlamaConfig(**common, num_key_value_heads=2)
         model = transformers.LlamaForCausalLM(cfg)
-    torch.manual_seed(0)
+    with torch.no_grad():  # norms that are not the identity, so that skipping one shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.5, 0.5)
     model.eval()
     return model, tok
 
@@ -120,7 +126,7 @@ def _hooked_reference(hf, s, toks, edit_layer, edit_head):
     out, handles = {}, []
     layers = hf.get_submodule(s.layers)
     for i, block in enumerate(layers):
-        attn, mlp = block.get_submodule(s.attn), block.get_submodule(s.mlp)
+        attn, mlp = block.get_submodule(s.attn_out), block.get_submodule(s.mlp_out)
         proj = block.get_submodule(s.out_proj)
 
         def pre(mod, args, kwargs=None, i=i):
@@ -136,7 +142,8 @@ def _hooked_reference(hf, s, toks, edit_layer, edit_head):
         handles += [
             block.register_forward_pre_hook(pre, with_kwargs=True),
             proj.register_forward_pre_hook(z_pre),
-            attn.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(f"blocks.{i}.hook_attn_out", o[0].detach().clone())),
+            attn.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(
+                f"blocks.{i}.hook_attn_out", (o[0] if isinstance(o, tuple) else o).detach().clone())),
             mlp.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(f"blocks.{i}.hook_mlp_out", o.detach().clone())),
             block.register_forward_hook(lambda m, a, o, i=i: out.__setitem__(
                 f"blocks.{i}.hook_resid_post", (o[0] if isinstance(o, tuple) else o).detach().clone())),
@@ -150,10 +157,13 @@ def _hooked_reference(hf, s, toks, edit_layer, edit_head):
     return logits, out
 
 
-@pytest.mark.parametrize("kind", ["neox", "llama"])
+@pytest.mark.parametrize("kind", ["neox", "llama", "gemma"])
 def test_other_families_equal_plain_hooks(kind):
     hf, tok = _random_lm(kind)
     reference = copy.deepcopy(hf)  # nnsight patches the forward of the model it wraps
+    # not at collection: importing nnsight breaks a later `import marimo` (measured)
+    from nnsight import LanguageModel
+
     core = NNsightCore(LanguageModel(hf, tokenizer=tok))
     s = core.structure
     assert s.n_layers == 2 and s.n_heads == 4 and s.d_head == 16
@@ -170,9 +180,22 @@ def test_other_families_equal_plain_hooks(kind):
     assert (logits - ref_logits).abs().max().item() <= TOL
     for n in names:
         assert (rec[n] - ref[n]).abs().max().item() <= TOL, n
-    if kind == "neox":  # parallel attention: the block adds both to its input
-        post = rec["blocks.1.hook_resid_pre"] + rec["blocks.1.hook_attn_out"] + rec["blocks.1.hook_mlp_out"]
-        assert (post - rec["blocks.1.hook_resid_post"]).abs().max().item() <= TOL
+    # independent of which modules the names were read from: the block adds exactly attn_out and
+    # mlp_out to its input (in parallel or one after the other)
+    for i in range(2):
+        post = rec[f"blocks.{i}.hook_resid_pre"] + rec[f"blocks.{i}.hook_attn_out"] + rec[f"blocks.{i}.hook_mlp_out"]
+        assert (post - rec[f"blocks.{i}.hook_resid_post"]).abs().max().item() <= TOL
+    # the handle's unembedding of the last stream is the model's logits (Gemma's soft cap too)
+    from mechwidgets._nnsight import NNsightHandle
+
+    handle = NNsightHandle(core.model)
+    unembedded = handle.unembed(rec["blocks.1.hook_resid_post"])
+    assert (unembedded - ref_logits).abs().max().item() <= TOL
+    # W_O: z through the per-head output weights is attn_out (before any post-norm)
+    w_o, b_o = handle.head_out_weights(0)
+    z = rec["blocks.0.attn.hook_z"]
+    attn = torch.einsum("bphd,hdm->bpm", z, w_o) + b_o
+    assert (attn - handle.attn_out_from_z(0, z)).abs().max().item() <= TOL
 
 
 def test_bad_names_and_models(toy):
@@ -351,6 +374,9 @@ def test_handle_answers_as_transformer_lens_does(toy, lm):
     assert torch.equal(h.embedding(), ht.embedding())
     na, nb = h.final_norm(), ht.final_norm()
     assert (na.kind, na.eps) == (nb.kind, nb.eps) and torch.equal(na.w, nb.w) and torch.equal(na.b, nb.b)
+    for layer in range(4):
+        for a, b in zip(h.head_out_weights(layer), ht.head_out_weights(layer), strict=True):
+            assert (a - b).abs().max().item() <= 1e-6
 
 
 @pytest.mark.parametrize("component", ["resid_pre", "attn_out", "mlp_out", "head_out"])
@@ -378,5 +404,5 @@ def test_widgets_on_nnsight_equal_transformer_lens(toy, lm):
     ta, tb = fa.trace, fb.trace
     assert torch.equal(ta.top_indices, tb.top_indices)
     assert (ta.top_values - tb.top_values).abs().max().item() <= TOL
-    with pytest.raises(ComponentError, match="hook_pattern"):
+    with pytest.raises(ComponentError, match="attention patterns, q/k/v and MLP neurons are not read"):
         show_attention(lm, IOI[0])

@@ -303,14 +303,17 @@ def test_greater_than_mass(toy_lm):
     assert (corr * above).sum(-1).mean().item() < mass
 
 
-def test_toy_lm_card_says_it_has_no_induction(toy_lm):
-    """The card promises no induction (induction-2l is the zoo's model for it), and that is true:
-    re-measured here, no head of toy-lm scores as an induction head on random word lists."""
+def test_toy_lm_card_says_what_it_does_on_induction(toy_lm):
+    """The card says whether toy-lm has an induction head (the shipped one has none: the card
+    sends readers to induction-2l), and what it says is true, re-measured here on fresh random
+    word lists: a re-trained model that forms one gets a card that says so."""
+    from mechwidgets.zoo.train import INDUCTION_HEAD_SCORE
+
     card = zoo.model_card("toy-lm")
-    assert "**No induction.**" in card and "`induction-2l` is the zoo's model for induction" in card
     toks = repeated(toy_lm, 32, 20, seed=777, name="toy-lm")
     _, ind = head_scores(toy_lm, toks, 20)
-    assert ind.max().item() < 0.3, ind
+    assert ("**No induction.**" in card) == (ind.max().item() < INDUCTION_HEAD_SCORE), (ind.max(), card[:600])
+    assert "`induction-2l` is the zoo's" in card
 
 
 def test_toy_lm_card_is_the_generators_output():

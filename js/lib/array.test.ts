@@ -52,4 +52,14 @@ describe("putBuffers", () => {
     const plain = { type: "reply", result: { k: 1 } };
     expect(putBuffers(plain, [])).toEqual(plain);
   });
+
+  it("skips a path that names a property of an array (untrusted state: no throw, no change)", () => {
+    const b0 = new DataView(new ArrayBuffer(4));
+    const state = { a: [1, 2], m: { n: [3] } };
+    const out = putBuffers(state, [b0, b0, b0], [["a", "length"], ["m", "n", "x", "y"], ["a", 1]]) as any;
+    expect(out.a.length).toBe(2);
+    expect(out.a[1]).toBe(b0); // the valid path still lands
+    expect(out.m.n).toEqual([3]);
+    expect(() => putBuffers([1], [b0], [["length"]])).not.toThrow();
+  });
 });

@@ -122,6 +122,10 @@ export function putBuffers<T = unknown>(obj: T, buffers: ReadonlyArray<DataView 
   paths.forEach((path, k) => {
     if (!isSafePath(path) || k >= buffers.length || !obj || typeof obj !== "object") return;
     let at = obj as Record<string | number, unknown>;
+    // an array takes only index keys ("length" or another name on an array would throw or
+    // corrupt it): such a path is skipped
+    const fits = (container: unknown, key: string | number): boolean => !Array.isArray(container) || typeof key === "number";
+    if (!fits(at, path[0])) return;
     for (let i = 0; i < path.length - 1; i++) {
       let next = own(at, path[i]);
       if (next === undefined || next === null || typeof next !== "object") {
@@ -129,6 +133,7 @@ export function putBuffers<T = unknown>(obj: T, buffers: ReadonlyArray<DataView 
         at[path[i]] = next;
       }
       at = next as Record<string | number, unknown>;
+      if (!fits(at, path[i + 1])) return;
     }
     at[path[path.length - 1]] = buffers[k];
   });

@@ -59,11 +59,10 @@ def _to_residual(handle: ModelHandle, sae: BoundSAE, w: torch.Tensor) -> torch.T
     if sae.d_out == handle.d_model and not sae.hook_out.endswith(("attn.hook_z", "mlp.hook_post")):
         return w
     m = re.match(r"blocks\.(\d+)\.(mlp\.hook_post|attn\.hook_z)$", sae.hook_out)
-    block = handle.model.blocks[int(m.group(1))] if m else None
-    if m and m.group(2) == "mlp.hook_post" and block is not None:
-        return w @ block.mlp.W_out.detach().float()
-    if m and m.group(2) == "attn.hook_z" and block is not None:
-        w_o = block.attn.W_O.detach().float()  # [head, d_head, d_model]
+    if m and m.group(2) == "mlp.hook_post":  # (a hook only TransformerLens models have)
+        return w @ handle.model.blocks[int(m.group(1))].mlp.W_out.detach().float()
+    if m and m.group(2) == "attn.hook_z":
+        w_o = handle.head_out_weights(int(m.group(1)))[0]  # [head, d_head, d_model]
         return w @ w_o.reshape(-1, w_o.shape[-1])
     raise SAEError(
         f"the SAE on {sae.hook_out!r} writes {sae.d_out}-wide vectors, not the residual stream's "

@@ -25,12 +25,7 @@ def _unembed_weights(handle: ModelHandle) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _w_o(handle: ModelHandle, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``W_O`` (``[head, d_head, d_model]``) and ``b_O`` of a layer."""
-    attn = handle.model.blocks[layer].attn
-    w_o = attn.W_O if hasattr(attn, "W_O") else handle.model.W_O[layer]
-    b_o = getattr(attn, "b_O", None)
-    if b_o is None:
-        b_o = handle.model.b_O[layer]
-    return w_o.detach().float(), b_o.detach().float()
+    return handle.head_out_weights(layer)
 
 
 # ---------------------------------------------------------------------------- one recorded run
