@@ -12,9 +12,11 @@ side of the core offers, under the same activation names:
 
 Names (TransformerLens's, so analyses need no second vocabulary): ``blocks.L.hook_resid_pre``
 (the decoder layer's input), ``blocks.L.hook_resid_post`` (its output), ``blocks.L.hook_attn_out``
-(the attention module's output), ``blocks.L.hook_mlp_out`` (the MLP's output),
-and ``blocks.L.attn.hook_z`` (the per-head input of the attention's output projection,
-``[batch, pos, n_heads, d_head]``). Each equals TransformerLens's activation of that name on the
+and ``blocks.L.hook_mlp_out`` (what attention and the MLP add to the residual stream: their
+modules' outputs, or Gemma 2/3's norms after them), ``blocks.L.attn.hook_z`` (the per-head input
+of the attention's output projection, ``[batch, pos, n_heads, d_head]``) and
+``blocks.L.attn.hook_pattern`` (``[batch, head, dest, src]``, read only: eager attention returns
+it, switched on for a trace that reads it; locally only). Each equals TransformerLens's activation of that name on the
 same weights (``tests/test_nnsight_core.py``); the final norm has no such point (TransformerLens's
 ``ln_final.hook_normalized`` is before the norm's weight and bias, a Hugging Face norm's output
 after them), so none is offered.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -51,8 +53,10 @@ _MLP = ("mlp", "feed_forward", "ffn")
 _OUT_PROJ = ("o_proj", "c_proj", "dense", "out_proj")
 _FINAL_NORM = ("ln_f", "norm", "final_layer_norm", "final_layernorm")
 #: the order in which a block computes its named points (reads in a trace must follow it)
-_ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "hook_attn_out": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
-_NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|hook_attn_out|hook_mlp_out|hook_resid_post)$")
+_ORDER = {"hook_resid_pre": 0, "attn.hook_z": 1, "attn.hook_pattern": 2, "hook_attn_out": 3, "hook_mlp_out": 4,
+          "hook_resid_post": 5}
+_NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|attn\.hook_z|attn\.hook_pattern|hook_attn_out|hook_mlp_out"
+                   r"|hook_resid_post)$")
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,9 @@ class NNsightCore:
         ``own_session=False``: run inside the caller's :meth:`session` (its grad mode), so a
         local run's logits can be backpropagated after it."""
         edits = dict(edits or {})
+        if any(name.endswith("attn.hook_pattern") for name in edits):
+            raise ComponentError("attention patterns of an nnsight model can be read, not replaced: patch "
+                                 "attn.hook_z (a head's output) instead.")
         want = set(names)
         plan = [(name, *_split(name), edits.get(name), name in want)
                 for name in sorted(set(edits) | want, key=_order)]
@@ -210,7 +217,8 @@ class NNsightCore:
         model, s = self.model, self.structure  # the trace body names no mechwidgets object but these
         saved: dict[str, Any] = {}
         session = self.session(grad=False) if own_session else contextlib.nullcontext()
-        with session, _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
+        eager = _eager(model._module, any(p[2] == "attn.hook_pattern" for p in plan))
+        with session, eager, _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
             for name, layer, kind, edit, keep in plan:
                 value = None
                 if edit is not None:
@@ -239,7 +247,8 @@ class NNsightCore:
 
         model, s = self.model, self.structure
         grads: dict[str, Any] = {}
-        with self.session(grad=True), _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
+        eager = _eager(model._module, any(p[2] == "attn.hook_pattern" for p in plan))
+        with self.session(grad=True), eager, _remote_errors(model, self.remote), model.trace(tokens, remote=self.remote):
             # raw: hook_z as the projection's input itself, so that the gradient reaches it
             acts = [(name, _read(model, s, layer, kind, raw=True)) for name, layer, kind in plan]
             value = metric(model.output.logits)
@@ -265,6 +274,8 @@ def _read(model: Any, s: Structure, layer: int, kind: str, raw: bool = False) ->
         return block.input
     if kind == "hook_resid_post":
         return _first(block.output)
+    if kind == "attn.hook_pattern":  # [batch, head, dest, src]: eager attention returns it
+        return _envoy(block, s.attn).output[1]
     if kind == "hook_attn_out":
         return _first(_envoy(block, s.attn_out).output)
     if kind == "hook_mlp_out":
@@ -283,6 +294,22 @@ def _write(model: Any, s: Structure, layer: int, kind: str, value: torch.Tensor)
         env = block if kind == "hook_resid_post" else _envoy(block, s.attn_out if kind == "hook_attn_out" else s.mlp_out)
         out = env.output
         env.output = (value, *out[1:]) if isinstance(out, tuple) else value
+
+
+@contextlib.contextmanager
+def _eager(hf: Any, needed: bool) -> Iterator[None]:
+    """Eager attention while a trace reads attention patterns (fused attention kernels return
+    none); the model's own setting restored after. Locally only: a remote model keeps NDIF's."""
+    config = getattr(hf, "config", None)
+    if not needed or config is None or getattr(config, "_attn_implementation", "eager") == "eager":
+        yield
+        return
+    before = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def _check_remote(model: Any) -> None:
@@ -437,22 +464,40 @@ class NNsightHandle(ModelHandle):
         the new activation or ``None`` after editing it in place) at this model's names; a
         backward hook ``fn(grad, hook)`` sees the gradient there when the caller backpropagates
         the returned logits (local models only)."""
-        return_type = forward_kwargs.pop("return_type", "logits")
-        if forward_kwargs or return_type not in ("logits", None):
-            raise ModelError(f"an nnsight model's run takes no {sorted(forward_kwargs)} and returns logits or "
-                             f"None (asked: {return_type!r}): this is a bug in mechwidgets.")
+        return_type = _return_type(forward_kwargs)
+        logits, _ = self.core.run(tokens, self._edits(fwd_hooks, bwd_hooks), own_session=False)
+        return logits if return_type == "logits" else None
+
+    def run_with_cache(
+        self,
+        tokens: torch.Tensor,
+        names: Sequence[str] | Callable[[str], bool],
+        *,
+        fwd_hooks: Any = (),
+        detach: bool = True,
+        **forward_kwargs: Any,
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """One trace recording ``names`` (after any ``fwd_hooks`` at the same point): read, not
+        hooked, so reading attention patterns needs no edit of them."""
+        return_type = _return_type(forward_kwargs)
+        wanted = names if callable(names) else set(names).__contains__
+        record = [n for n in sorted(self._names) if wanted(n)]
+        logits, cache = self.core.run(tokens, self._edits(fwd_hooks, ()), names=record, own_session=False)
+        cache = {k: v.detach() if detach else v for k, v in cache.items()}
+        return (logits if return_type == "logits" else None), cache
+
+    def _edits(self, fwd_hooks: Any, bwd_hooks: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         by_name: dict[str, list[tuple[str, Any]]] = {}
         for kind, hooks in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
             for name, fn in hooks:
                 if name not in self._names:
                     raise ComponentError(
                         f"an nnsight model has no activation {name!r} here: use a block's "
-                        f"hook_resid_pre, attn.hook_z, hook_attn_out, hook_mlp_out or hook_resid_post."
+                        f"hook_resid_pre, attn.hook_z, attn.hook_pattern (read only), hook_attn_out, "
+                        f"hook_mlp_out or hook_resid_post."
                     )
                 by_name.setdefault(name, []).append((kind, fn))
-        edits = {name: _edit(name, fns) for name, fns in by_name.items()}
-        logits, _ = self.core.run(tokens, edits, own_session=False)
-        return logits if return_type == "logits" else None
+        return {name: _edit(name, fns) for name, fns in by_name.items()}
 
     def unembedding(self) -> tuple[torch.Tensor, torch.Tensor]:
         hf: Any = self.module
@@ -501,12 +546,11 @@ class NNsightHandle(ModelHandle):
         try:
             return super().hook_name(kind, layer)
         except ComponentError:
-            if kind not in ("resid_pre", "resid_post", "attn_out", "mlp_out", "z"):
+            if kind not in ("resid_pre", "resid_post", "attn_out", "mlp_out", "z", "pattern"):
                 raise ComponentError(
-                    f"an nnsight model offers resid_pre, z (attn.hook_z), attn_out, mlp_out and "
-                    f"resid_post here, not {kind!r}: attention patterns, q/k/v and MLP neurons are "
-                    f"not read from nnsight models yet (show_attention and show_logit_lens need "
-                    f"patterns). Use a TransformerLens model for these."
+                    f"an nnsight model offers resid_pre, z (attn.hook_z), pattern, attn_out, mlp_out "
+                    f"and resid_post here, not {kind!r}: q/k/v and MLP neurons are not read from "
+                    f"nnsight models yet. Use a TransformerLens model for these."
                 ) from None
             raise
 
@@ -515,6 +559,14 @@ class NNsightHandle(ModelHandle):
         proj = self.module.get_submodule(f"{s.layers}.{layer}.{s.out_proj}")
         out: torch.Tensor = proj(z.reshape(*z.shape[:-2], s.n_heads * s.d_head))
         return out
+
+
+def _return_type(forward_kwargs: dict[str, Any]) -> Any:
+    return_type = forward_kwargs.pop("return_type", "logits")
+    if forward_kwargs or return_type not in ("logits", None):
+        raise ModelError(f"an nnsight model's run takes no {sorted(forward_kwargs)} and returns logits or "
+                         f"None (asked: {return_type!r}): this is a bug in mechwidgets.")
+    return return_type
 
 
 def _edit(name: str, fns: list[tuple[str, Any]]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 
 from mechwidgets import zoo
 from mechwidgets._nnsight import NNsightCore, find_structure
-from mechwidgets.errors import ModelError
+from mechwidgets.errors import ComponentError, ModelError
 
 TOL = 1e-4
 KINDS = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
@@ -33,13 +33,19 @@ def test_structure_of_gpt2(toy):
 
 def test_record_equals_transformer_lens(toy):
     tl, core, toks = toy
-    names = [f"blocks.{layer}.{k}" for layer in (0, 3) for k in KINDS]
+    names = [f"blocks.{layer}.{k}" for layer in (0, 3) for k in (*KINDS, "attn.hook_pattern")]
+    hf_config = core.model._module.config
+    attn_before = hf_config._attn_implementation
     rec = core.record(toks, names)
     _, cache = tl.run_with_cache(toks, names_filter=names)
     for n in names:
         assert rec[n].shape == cache[n].shape, n
         assert (rec[n] - cache[n]).abs().max().item() <= TOL, n
     assert core.traces == 1
+    # patterns come from eager attention, switched on for the trace only
+    assert hf_config._attn_implementation == attn_before
+    with pytest.raises(ComponentError, match="can be read, not replaced"):
+        core.run(toks, {"blocks.0.attn.hook_pattern": lambda p: p * 0})
 
 
 def test_edits_equal_transformer_lens_hooks(toy):
@@ -391,10 +397,10 @@ def test_patching_on_nnsight_equals_transformer_lens(toy, lm, component):
 
 
 def test_widgets_on_nnsight_equal_transformer_lens(toy, lm):
-    """show_patching and show_features take an nnsight model and show the numbers they show
-    for the TransformerLens model of the same weights; what needs attention patterns says so."""
+    """show_patching, show_features and show_attention take an nnsight model and show the
+    numbers they show for the TransformerLens model of the same weights; the lens, which needs
+    values (hook_v), says what is missing."""
     from mechwidgets import show_attention, show_features, show_patching
-    from mechwidgets.errors import ComponentError
 
     a = show_patching(lm, *IOI, answer=" Mary", wrong_answer=" John")
     b = show_patching(toy[0], *IOI, answer=" Mary", wrong_answer=" John")
@@ -404,5 +410,14 @@ def test_widgets_on_nnsight_equal_transformer_lens(toy, lm):
     ta, tb = fa.trace, fb.trace
     assert torch.equal(ta.top_indices, tb.top_indices)
     assert (ta.top_values - tb.top_values).abs().max().item() <= TOL
-    with pytest.raises(ComponentError, match="attention patterns, q/k/v and MLP neurons are not read"):
-        show_attention(lm, IOI[0])
+    aa, ab = show_attention(lm, IOI[0]), show_attention(toy[0], IOI[0])
+    for layer in range(4):
+        assert (aa.analysis.pattern(layer, 1) - ab.analysis.pattern(layer, 1)).abs().max().item() <= TOL
+    for k in ab.scores_tensors:
+        assert (aa.scores_tensors[k] - ab.scores_tensors[k]).abs().max().item() <= TOL, k
+    ra, rb = aa.ablate([(3, 0)]), ab.ablate([(3, 0)])
+    assert (torch.as_tensor(ra.loss_after) - torch.as_tensor(rb.loss_after)).abs().max().item() <= TOL
+    from mechwidgets import show_logit_lens
+
+    with pytest.raises(ComponentError, match="q/k/v and MLP neurons are not read from nnsight models"):
+        show_logit_lens(lm, IOI[0], answer=" Mary")
